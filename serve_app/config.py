@@ -1,0 +1,96 @@
+"""The operator's settings: ``args:`` of config/serve.yaml, validated by the typed app builder.
+
+``AppArgs`` is the only place settings are read from; the builder turns it into small frozen
+settings objects for each deployment, with every path made absolute on the machine that builds the app.
+"""
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .images import MB, UploadLimits
+from .presets import Preset
+
+
+class WorkerArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    num_replicas: int = Field(1, ge=1, le=64, description="model workers; each runs one job at a time")
+    num_gpus: float = Field(0, ge=0, description="GPUs per worker: 1 on a GPU machine, 0 on CPU")
+    num_cpus: float = Field(1, ge=0)
+    resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources to pin workers")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    torch_threads: int | None = Field(None, ge=1, description="CPU threads for torch; default: all cores")
+    png_compress_level: int = Field(1, ge=0, le=9, description="1 is fast; 6 is Pillow's default")
+
+
+class AppArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    state_dir: str = Field("state", description="key file, results and built models live here")
+    results_dir: str | None = Field(None, description="default: <state_dir>/results")
+    models_dir: str | None = Field(None, description="where the embedded tiny model is built; default <state_dir>/models")
+    api_key_file: str | None = Field(None, description="default: <state_dir>/api_key")
+    max_queue_size: int = Field(10, ge=1, le=10_000, description="queued + processing jobs")
+    cleanup_age_seconds: float = Field(3600, gt=0, description="finished jobs are removed after this age")
+    max_upload_mb: float = Field(10, gt=0, le=200)
+    max_body_mb: float = Field(32, gt=0, le=1000, description="whole request; larger bodies get 413 unread")
+    max_image_side: int = Field(2048, ge=64, le=16384)
+    max_instruction_chars: int = Field(500, ge=1, le=10_000)
+    default_preset: str | None = Field("tiny", description="preset for jobs that name none; null: load-model first")
+    edit_timeout_seconds: float = Field(600, gt=0, description="how long a blocking /edit waits")
+    load_timeout_seconds: float = Field(1800, gt=0)
+    ingress_replicas: int = Field(1, ge=1, le=64)
+    worker: WorkerArgs = Field(default_factory=WorkerArgs)
+    presets: dict[str, dict] = Field(default_factory=dict, description="added or changed presets")
+
+    @field_validator("max_body_mb")
+    @classmethod
+    def _body_holds_an_image(cls, v, info):
+        upload = info.data.get("max_upload_mb", 10)
+        if v < upload:
+            raise ValueError(f"max_body_mb ({v}) must be at least max_upload_mb ({upload})")
+        return v
+
+    def path(self, value: str | None, default: str) -> Path:
+        return Path(value).expanduser().resolve() if value else (Path(self.state_dir) / default).expanduser().resolve()
+
+    @property
+    def upload_limits(self) -> UploadLimits:
+        return UploadLimits(max_bytes=int(self.max_upload_mb * MB), max_side=self.max_image_side)
+
+
+class QueueSettings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    max_queue_size: int
+    cleanup_age_seconds: float
+    results_dir: str
+    presets: dict[str, Preset]
+    default_preset: str | None
+    load_timeout_seconds: float
+
+
+class WorkerSettings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    models_dir: str
+    device: str
+    torch_threads: int | None
+    png_compress_level: int
+    preload: Preset | None
+
+
+class IngressSettings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    upload_limits: UploadLimits
+    max_body_bytes: int
+    max_instruction_chars: int
+    edit_timeout_seconds: float
+    load_timeout_seconds: float
+    key_digests: tuple[bytes, ...]
+    presets: dict[str, Preset]
+    cleanup_age_seconds: float
+    max_queue_size: int

@@ -1,0 +1,115 @@
+"""The model worker: a Serve deployment whose replicas each hold one pipeline (one GPU when pinned).
+
+Each replica pulls work from the queue actor in a loop: one job at a time, in FIFO order, with the
+preset the job names (switching when the previous job used another). Inference runs in a thread so
+the replica stays responsive to Serve's health checks. A job that raises is reported as ``failed``
+with a one-line reason and the replica carries on with the next job.
+
+Replicas: ``worker.num_replicas`` in config/serve.yaml; GPU pinning: ``worker.num_gpus`` (1 on a GPU
+machine). Scaling out needs nothing else: more replicas simply pull more jobs.
+"""
+
+import asyncio
+import logging
+import time
+import uuid
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from .config import WorkerSettings
+from .pipeline import EditEngine, public_error
+from .queue_actor import JobTask, LoadTask
+
+log = logging.getLogger("ray.serve")
+POLL_S = 5.0
+
+
+@serve.deployment(max_ongoing_requests=8)
+class ModelWorker:
+    async def __init__(self, queue: DeploymentHandle, settings: WorkerSettings):
+        self.queue = queue
+        try:
+            self.id = serve.get_replica_context().replica_id.unique_id
+        except Exception:
+            self.id = uuid.uuid4().hex[:12]
+        self.engine = EditEngine(settings.models_dir, settings.device, settings.torch_threads,
+                                 settings.png_compress_level)
+        self.jobs_done = 0
+        await self._report("starting")
+        if settings.preload is not None:
+            await self._report("loading", settings.preload.name)
+            try:
+                await asyncio.to_thread(self.engine.ensure, settings.preload)
+            except Exception as exc:
+                log.exception("[ModelWorker] preloading %s failed", settings.preload.name)
+                await self._report("failed", None, public_error(exc))
+        self._loop_task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def _report(self, state: str, preset: str | None = None, detail: str | None = None) -> None:
+        try:
+            await self.queue.worker_state.remote(self.id, state, preset, detail)
+        except Exception:
+            log.warning("[ModelWorker] could not report state %s to the queue", state)
+
+    @property
+    def _preset_name(self) -> str | None:
+        return self.engine.preset.name if self.engine.preset else None
+
+    async def _loop(self) -> None:
+        if self.engine.preset is not None:
+            await self._report("ready", self._preset_name)
+        while True:
+            try:
+                task = await self.queue.next_task.remote(self.id, POLL_S)
+            except Exception:
+                log.warning("[ModelWorker] queue unreachable; retrying in 1s")
+                await asyncio.sleep(1.0)
+                continue
+            if isinstance(task, LoadTask):
+                await self._load(task)
+            elif isinstance(task, JobTask):
+                await self._run(task)
+
+    async def _load(self, task: LoadTask) -> None:
+        try:
+            seconds = await asyncio.to_thread(self.engine.ensure, task.preset)
+            error = None
+        except Exception as exc:
+            log.exception("[ModelWorker] loading %s failed", task.preset.name)
+            seconds, error = None, public_error(exc)
+        await self._call_queue("load_done", self.id, task.preset.name, seconds, error)
+
+    async def _run(self, task: JobTask) -> None:
+        start = time.perf_counter()
+        try:
+            result = await asyncio.to_thread(self.engine.run, task.preset, task.image, task.instruction,
+                                             task.seed, task.system_prompt)
+        except Exception as exc:
+            log.exception("[ModelWorker] job %s raised", task.job_id[:8])
+            await self._call_queue("job_failed", self.id, task.job_id, public_error(exc),
+                                   time.perf_counter() - start)
+            return
+        self.jobs_done += 1
+        await self._call_queue("job_done", self.id, task.job_id, result.png, result.seconds)
+
+    async def _call_queue(self, method: str, *args, attempts: int = 5) -> None:
+        """Report an outcome, retrying briefly so a queue hiccup does not strand a finished job."""
+        for attempt in range(attempts):
+            try:
+                await getattr(self.queue, method).remote(*args)
+                return
+            except Exception:
+                log.warning("[ModelWorker] %s failed (attempt %d/%d)", method, attempt + 1, attempts)
+                await asyncio.sleep(0.5 * (attempt + 1))
+
+    def check_health(self) -> None:
+        if self._loop_task.done():
+            raise RuntimeError("the worker's job loop stopped")
+
+    def info(self) -> dict:
+        """Which device and preset this replica has (used by tests and operators)."""
+        import ray
+
+        return {"id": self.id, "device": self.engine.device, "preset": self._preset_name,
+                "gpu_ids": ray.get_gpu_ids(), "jobs_done": self.jobs_done}

@@ -1,0 +1,173 @@
+"""The preset registry: named model settings that stations ask for, and where their weights live.
+
+A preset names a base pipeline (a local folder, a hub id, or ``builtin:tiny``), an optional LoRA,
+steps, CFG and working resolution. Presets are plain data, validated once when the app is built;
+operators add or change them in ``config/serve.yaml`` without code. Stations may use the older
+spellings (``4-step``...) wherever a preset is named: ``resolve`` maps them to the canonical name.
+
+``missing_weights`` answers, without loading anything and without touching the network, whether a
+preset's files are on this machine, and if not, a sentence that says what to provide.
+"""
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .errors import BadRequest, PresetUnavailable
+
+BUILTIN_TINY = "builtin:tiny"
+LIGHTNING_REPO = "lightx2v/Qwen-Image-Lightning"
+# Scheduler settings the Lightning LoRAs were distilled with (from the LoRA authors' model card).
+LIGHTNING_SCHEDULER = {
+    "base_image_seq_len": 256, "base_shift": 1.0986122886681098, "max_shift": 1.0986122886681098,
+    "max_image_seq_len": 8192, "num_train_timesteps": 1000, "shift": 1.0, "shift_terminal": None,
+    "use_dynamic_shifting": True, "time_shift_type": "exponential",
+    "use_beta_sigmas": False, "use_exponential_sigmas": False, "use_karras_sigmas": False,
+}
+
+
+class LoraSpec(BaseModel):
+    """A LoRA file: ``path`` on disk, or ``repo`` + ``file`` in the Hugging Face cache."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    path: str | None = None
+    repo: str | None = None
+    file: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if bool(self.path) == bool(self.repo and self.file):
+            raise ValueError("a LoRA needs either `path`, or both `repo` and `file`")
+        return self
+
+    def describe(self) -> str:
+        return self.path or f"{self.file} from {self.repo}"
+
+
+class Preset(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,40}$")
+    aliases: tuple[str, ...] = ()
+    description: str = ""
+    base: str = Field(min_length=1, description="local folder, hub id, or builtin:tiny")
+    pipeline: Literal["QwenImageEditPlusPipeline", "QwenImageEditPipeline"] = "QwenImageEditPlusPipeline"
+    lora: LoraSpec | None = None
+    scheduler: Literal["default", "lightning"] = "default"
+    steps: int = Field(ge=1, le=200)
+    cfg_scale: float = Field(ge=1.0, le=20.0)
+    negative_prompt: str | None = None
+    resolution: int = Field(1024, ge=64, le=2048, description="working area is resolution x resolution")
+    nominal_seconds: float = Field(gt=0, description="seeds the ETA until jobs have been measured")
+
+    @property
+    def suffix(self) -> str:
+        return self.name.removeprefix("qwen-")
+
+    @property
+    def estimated_time(self) -> str:
+        s = self.nominal_seconds
+        return f"~{s:g} seconds" if s < 120 else f"~{s / 60:g} minutes"
+
+    def public(self) -> dict:
+        """The entry /api/v1/models shows (contract fields first, then additions)."""
+        return {
+            "name": self.name, "suffix": self.suffix, "steps": self.steps, "cfg_scale": self.cfg_scale,
+            "estimated_time": self.estimated_time, "description": self.description,
+            "aliases": list(self.aliases), "estimated_seconds": self.nominal_seconds,
+        }
+
+
+DEFAULT_PRESETS: dict[str, dict] = {
+    "qwen-4step": {
+        "aliases": ["4-step"], "description": "Qwen-Image-Edit-2509 + Lightning 4-step LoRA (fast)",
+        "base": "Qwen/Qwen-Image-Edit-2509", "scheduler": "lightning", "steps": 4, "cfg_scale": 1.0,
+        "lora": {"repo": LIGHTNING_REPO,
+                 "file": "Qwen-Image-Edit-2509/Qwen-Image-Edit-2509-Lightning-4steps-V1.0-bf16.safetensors"},
+        "nominal_seconds": 20,
+    },
+    "qwen-8step": {
+        "aliases": ["8-step"], "description": "Qwen-Image-Edit-2509 + Lightning 8-step LoRA (balanced)",
+        "base": "Qwen/Qwen-Image-Edit-2509", "scheduler": "lightning", "steps": 8, "cfg_scale": 1.0,
+        "lora": {"repo": LIGHTNING_REPO,
+                 "file": "Qwen-Image-Edit-2509/Qwen-Image-Edit-2509-Lightning-8steps-V1.0-bf16.safetensors"},
+        "nominal_seconds": 40,
+    },
+    "qwen-40step": {
+        "aliases": ["40-step"], "description": "Qwen-Image-Edit-2509, 40 steps, true CFG 4.0 (best quality)",
+        "base": "Qwen/Qwen-Image-Edit-2509", "steps": 40, "cfg_scale": 4.0, "negative_prompt": " ",
+        "nominal_seconds": 180,
+    },
+    "tiny": {
+        "description": "Embedded random-weight model of the real architecture, for CPU demos and tests "
+                       "(its pictures are noise, not edits)",
+        "base": BUILTIN_TINY, "steps": 4, "cfg_scale": 1.0, "resolution": 256, "nominal_seconds": 1.0,
+    },
+}
+
+
+def build_registry(overrides: dict[str, dict] | None) -> dict[str, Preset]:
+    """Defaults merged with the YAML's ``presets:`` (a field given there replaces the default's)."""
+    merged = {name: dict(spec) for name, spec in DEFAULT_PRESETS.items()}
+    for name, spec in (overrides or {}).items():
+        merged[name] = {**merged.get(name, {}), **(spec or {})}
+    registry = {name: Preset(name=name, **spec) for name, spec in merged.items()}
+    seen: dict[str, str] = {}
+    for preset in registry.values():
+        for label in (preset.name, *preset.aliases):
+            if label in seen and seen[label] != preset.name:
+                raise ValueError(f"preset name or alias {label!r} is used by both {seen[label]} and {preset.name}")
+            seen[label] = preset.name
+    return registry
+
+
+def resolve(registry: dict[str, Preset], name: str) -> Preset:
+    """The preset for a canonical name or an alias; 400 naming the choices otherwise."""
+    wanted = name.strip()
+    for preset in registry.values():
+        if wanted == preset.name or wanted in preset.aliases:
+            return preset
+    choices = ", ".join(sorted(registry))
+    raise BadRequest(f"Unknown preset {wanted[:60]!r}. Choose one of: {choices}.")
+
+
+def _looks_local(ref: str) -> bool:
+    return ref.startswith(("/", "./", "../", "~")) or os.path.isabs(ref) or Path(ref).exists()
+
+
+def _hub_cached(repo: str, filename: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id=repo, filename=filename)
+    return isinstance(found, str)
+
+
+def missing_weights(preset: Preset) -> str | None:
+    """None when every file the preset needs is on this machine, else what is missing and how to fix it."""
+    if preset.base != BUILTIN_TINY:
+        if _looks_local(preset.base):
+            if not (Path(preset.base).expanduser() / "model_index.json").is_file():
+                return (f"Preset {preset.name} needs a diffusers model folder at {preset.base}, "
+                        "but it has no model_index.json.")
+        elif not _hub_cached(preset.base, "model_index.json"):
+            return (f"Preset {preset.name} needs the weights of {preset.base}, which are not on this server. "
+                    f"Download them (`hf download {preset.base}`) or set presets.{preset.name}.base "
+                    "in config/serve.yaml to a local folder.")
+    lora = preset.lora
+    if lora is not None:
+        if lora.path is not None:
+            if not Path(lora.path).expanduser().is_file():
+                return f"Preset {preset.name} needs the LoRA file {lora.path}, which does not exist."
+        elif not _hub_cached(lora.repo, lora.file):
+            return (f"Preset {preset.name} needs the LoRA {lora.file} from {lora.repo}, which is not on this "
+                    f"server. Download it (`hf download {lora.repo} {lora.file}`) or set "
+                    f"presets.{preset.name}.lora.path in config/serve.yaml.")
+    return None
+
+
+def require_available(preset: Preset) -> None:
+    missing = missing_weights(preset)
+    if missing:
+        raise PresetUnavailable(missing)

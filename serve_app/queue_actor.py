@@ -1,0 +1,307 @@
+"""The singleton job queue: a one-replica Serve deployment wrapping ``queue_core.JobQueue``.
+
+Why a deployment and not a named actor: a named actor created by an ingress replica dies with that
+replica and races redeploys; a one-replica deployment is owned by Serve, outlives ingress replicas,
+and is torn down with the app.
+
+Roles:
+- the ingress calls ``submit``, ``status``, ``result``, ``wait``, ``queue_stats``, ``health``,
+  ``load_model``;
+- model workers *pull* work with ``next_task`` (a long poll), then report ``job_done`` /
+  ``job_failed`` / ``load_done``. Pulling keeps FIFO exact and gives each worker one job at a time,
+  however many replicas run, without the queue having to address replicas.
+
+Every method runs on the replica's single event loop, and the core's admission check and insert
+happen in one synchronous call, so the cap holds exactly under any concurrency. Image bytes and
+result PNGs travel through Ray; result files are written here, under the results folder.
+State is in memory in this version: a restart of this replica loses the queue (see README).
+"""
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from ray import serve
+
+from .config import QueueSettings
+from .errors import (ApiError, LoadInProgress, NoModelLoaded, ResultNotReady, ServiceUnavailable)
+from .presets import Preset, require_available, resolve
+from .queue_core import JobQueue, JobStatus
+from .storage import ResultStore, result_name
+
+log = logging.getLogger("ray.serve")
+WORKER_SILENCE_S = 30.0  # an idle worker polls every few seconds; silent this long = gone
+CLEANUP_PERIOD_S = 5.0
+
+
+@dataclass(frozen=True)
+class JobTask:
+    job_id: str
+    preset: Preset
+    image: bytes
+    instruction: str
+    seed: int
+    system_prompt: str | None
+
+
+@dataclass(frozen=True)
+class LoadTask:
+    preset: Preset
+
+
+@dataclass
+class WorkerInfo:
+    id: str
+    state: str = "starting"  # starting | loading | ready | busy | failed
+    preset: str | None = None
+    last_seen: float = field(default_factory=time.monotonic)
+    detail: str | None = None
+
+
+@dataclass
+class LoadRequest:
+    preset: Preset
+    pending: set[str]
+    seconds: dict[str, float] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+@serve.deployment(num_replicas=1, max_ongoing_requests=10_000, ray_actor_options={"num_cpus": 0})
+class QueueActor:
+    async def __init__(self, settings: QueueSettings):
+        self.settings = settings
+        self.presets = settings.presets
+        self.default_preset = settings.default_preset
+        self.core = JobQueue(
+            max_size=settings.max_queue_size,
+            cleanup_age_s=settings.cleanup_age_seconds,
+            nominal_seconds={p.name: p.nominal_seconds for p in self.presets.values()},
+        )
+        self.store = ResultStore(settings.results_dir)
+        self.workers: dict[str, WorkerInfo] = {}
+        self.load: LoadRequest | None = None
+        self._changed = asyncio.Event()
+        self._cleanup_task = asyncio.get_running_loop().create_task(self._cleanup_loop())
+        log.info("[JobQueue] Started - Max size: %d, Cleanup age: %ss",
+                 settings.max_queue_size, int(settings.cleanup_age_seconds))
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    def _notify(self) -> None:
+        """Wake every long poll; each re-checks what it waits for."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _wait_change(self, timeout: float) -> None:
+        event = self._changed
+        try:
+            await asyncio.wait_for(event.wait(), timeout=max(timeout, 0))
+        except asyncio.TimeoutError:
+            pass
+
+    def _expire(self) -> None:
+        for job in self.core.expire():
+            if job.result_name:
+                self.store.delete(job.result_name)
+            log.info("[JobQueue] Job %s expired and was removed", job.id[:8])
+
+    async def _cleanup_loop(self) -> None:
+        period = min(CLEANUP_PERIOD_S, self.settings.cleanup_age_seconds / 4)
+        while True:
+            await asyncio.sleep(period)
+            try:
+                self._expire()
+                self._prune_workers()
+            except Exception:  # keep cleaning whatever one pass hit
+                log.exception("[JobQueue] cleanup pass failed")
+
+    def _alive_workers(self) -> list[WorkerInfo]:
+        now = time.monotonic()
+        busy = {j.worker_id for j in self.core.running()}
+        return [w for w in self.workers.values() if w.id in busy or now - w.last_seen < WORKER_SILENCE_S]
+
+    def _prune_workers(self) -> None:
+        alive = {w.id for w in self._alive_workers()}
+        for wid in list(self.workers):
+            if wid not in alive:
+                log.warning("[JobQueue] Worker %s stopped polling; forgetting it", wid)
+                del self.workers[wid]
+        self.core.worker_slots = max(1, len(self.workers))
+        if self.load:
+            self.load.pending &= alive
+
+    def check_health(self) -> None:
+        if self._cleanup_task.done():
+            raise RuntimeError("the queue's cleanup loop stopped")
+
+    # --- ingress API ---------------------------------------------------------------------------
+
+    def resolve_preset(self, name: str | None) -> Preset:
+        if name is None:
+            if self.default_preset is None:
+                raise NoModelLoaded()
+            name = self.default_preset
+        preset = resolve(self.presets, name)
+        require_available(preset)
+        return preset
+
+    async def submit(self, job_id: str, image: bytes, instruction: str, seed: int,
+                     preset: str | None, system_prompt: str | None) -> dict:
+        chosen = self.resolve_preset(preset)
+        self._expire()
+        # No await between the check and the insert below: admission is atomic.
+        job = self.core.submit(job_id, instruction=instruction, preset=chosen.name, seed=seed,
+                               system_prompt=system_prompt, payload=image)
+        self._notify()
+        log.info("[JobQueue] Job %s submitted - Queue size: %d - preset %s",
+                 job.id[:8], self.core.occupancy, chosen.name)
+        return self.core.view(job)
+
+    def status(self, job_id: str) -> dict:
+        self._expire()
+        return self.core.view(self.core.get(job_id))
+
+    def result(self, job_id: str) -> tuple[str, bytes, dict]:
+        self._expire()
+        job = self.core.get(job_id)
+        if job.status is not JobStatus.COMPLETED or not job.result_name:
+            raise ResultNotReady(f"Job {job_id} has no result yet: its status is {job.status.value}."
+                                 + (f" Error: {job.error}" if job.error else ""))
+        try:
+            data = self.store.read(job.result_name)
+        except FileNotFoundError:
+            raise ResultNotReady(f"The result of job {job_id} is no longer on this server.") from None
+        return job.result_name, data, self.core.view(job)
+
+    async def wait(self, job_id: str, timeout: float) -> dict:
+        """The job's status once it is finished, or when ``timeout`` passes, whichever is first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.core.get(job_id)
+            if job.status.terminal or time.monotonic() >= deadline:
+                return self.core.view(job)
+            await self._wait_change(min(deadline - time.monotonic(), 5.0))
+
+    def queue_stats(self) -> dict:
+        self._expire()
+        return self.core.stats()
+
+    def health(self) -> dict:
+        workers = self._alive_workers()
+        states = [w.state for w in workers]
+        return {
+            "current_model": self.default_preset,
+            "model_loaded": any(s in ("ready", "busy") for s in states),
+            "is_loading": self.load is not None or any(s in ("starting", "loading") for s in states),
+            "is_generating": bool(self.core.running()),
+            "queue_max_size": self.core.max_size,
+            "queue_cleanup_age_seconds": self.core.cleanup_age_s,
+            "workers": [{"id": w.id[-12:], "state": w.state, "preset": w.preset} for w in workers],
+        }
+
+    async def load_model(self, name: str) -> dict:
+        preset = resolve(self.presets, name)
+        require_available(preset)
+        if self.load is not None:
+            raise LoadInProgress(f"A model load is already running ({self.load.preset.name}). "
+                                 "Try again when it finishes.")
+        workers = self._alive_workers()
+        if not workers:
+            raise ServiceUnavailable("No model worker is running yet (they may still be starting). "
+                                     "Try again in a few seconds.")
+        request = LoadRequest(preset=preset, pending={w.id for w in workers})
+        self.load = request
+        self._notify()
+        log.info("[JobQueue] Loading preset %s on %d worker(s)", preset.name, len(workers))
+        deadline = time.monotonic() + self.settings.load_timeout_seconds
+        try:
+            while request.pending and time.monotonic() < deadline:
+                self._prune_workers()
+                await self._wait_change(1.0)
+        finally:
+            self.load = None
+            self._notify()
+        if not request.seconds:
+            reason = "; ".join(sorted(set(request.errors.values()))) or "no worker finished loading in time"
+            raise ServiceUnavailable(f"Loading {preset.name} failed: {reason}")
+        self.default_preset = preset.name
+        return {
+            "status": "success",
+            "message": f"Model {preset.name} loaded successfully",
+            "model": preset.name,
+            "preset": preset.name,
+            "model_name": preset.base,
+            "load_time_seconds": round(max(request.seconds.values()), 3),
+            "estimated_generation_time": preset.estimated_time,
+        }
+
+    # --- worker API ----------------------------------------------------------------------------
+
+    def _worker(self, worker_id: str) -> WorkerInfo:
+        info = self.workers.get(worker_id)
+        if info is None:
+            info = self.workers[worker_id] = WorkerInfo(worker_id)
+            self.core.worker_slots = max(1, len(self.workers))
+            log.info("[JobQueue] Worker %s joined", worker_id)
+        info.last_seen = time.monotonic()
+        return info
+
+    def worker_state(self, worker_id: str, state: str, preset: str | None = None,
+                     detail: str | None = None) -> None:
+        info = self._worker(worker_id)
+        info.state, info.preset, info.detail = state, preset, detail
+
+    async def next_task(self, worker_id: str, timeout: float = 5.0) -> JobTask | LoadTask | None:
+        """Long poll: the next thing this worker should do, or None after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            info = self._worker(worker_id)
+            if self.load and worker_id in self.load.pending:
+                info.state = "loading"
+                return LoadTask(self.load.preset)
+            job = self.core.claim(worker_id)
+            if job is not None:
+                info.state = "busy"
+                self._notify()
+                log.info("[JobQueue] Processing job %s - %s", job.id[:8], job.instruction[:50])
+                return JobTask(job.id, self.presets[job.preset], job.payload, job.instruction,
+                               job.seed, job.system_prompt)
+            if time.monotonic() >= deadline:
+                return None
+            await self._wait_change(deadline - time.monotonic())
+
+    def job_done(self, worker_id: str, job_id: str, png: bytes, run_seconds: float) -> None:
+        job = self.core.get(job_id)
+        name = result_name(job.preset, time.time(), job.seed, job.id)
+        self.store.write(name, png)
+        self.core.complete(job_id, name, run_seconds)
+        info = self._worker(worker_id)
+        info.state, info.preset = "ready", job.preset
+        self._notify()
+        log.info("[JobQueue] Job %s completed in %.2fs - Path: %s", job_id[:8], run_seconds, name)
+
+    def job_failed(self, worker_id: str, job_id: str, error: str, run_seconds: float) -> None:
+        self.core.fail(job_id, error, run_seconds)
+        self._worker(worker_id).state = "ready"
+        self._notify()
+        log.warning("[JobQueue] Job %s failed after %.2fs - %s", job_id[:8], run_seconds, error)
+
+    def load_done(self, worker_id: str, preset: str, seconds: float | None, error: str | None) -> None:
+        info = self._worker(worker_id)
+        if self.load and self.load.preset.name == preset:
+            self.load.pending.discard(worker_id)
+            if error is None:
+                self.load.seconds[worker_id] = seconds or 0.0
+            else:
+                self.load.errors[worker_id] = error
+        info.state, info.preset = ("ready", preset) if error is None else ("ready", info.preset)
+        self._notify()
+
+
+def api_error_of(exc: BaseException) -> ApiError | None:
+    """The ApiError behind an exception that crossed a Ray call, if that is what it is."""
+    if isinstance(exc, ApiError):
+        return exc
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, ApiError) else None

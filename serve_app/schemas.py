@@ -1,0 +1,89 @@
+"""Response shapes of the HTTP API (the stations' contract, plus documented additions)."""
+
+from pydantic import BaseModel, Field
+
+
+class ErrorBody(BaseModel):
+    detail: str = Field(examples=["Queue is full (maximum 10 jobs). Please try again later."])
+
+
+class SubmitResponse(BaseModel):
+    job_id: str
+    status: str = "queued"
+    position: int | None
+    message: str
+    estimated_wait_seconds: int = Field(description="seconds until the result should be ready")
+
+
+class JobStatusResponse(BaseModel):
+    job_id: str
+    status: str = Field(description="queued | processing | completed | failed")
+    position: int | None = Field(description="1-based among queued jobs, live; null unless queued")
+    created_at: str | None
+    started_at: str | None
+    completed_at: str | None
+    result_path: str | None = Field(description="result file NAME, download it from .../result")
+    result_seed: int | None
+    error: str | None
+    instruction: str
+    model: str
+    estimated_wait_seconds: int | None = Field(None, description="addition: seconds until the result")
+
+
+class QueueResponse(BaseModel):
+    queue_size: int = Field(description="queued + processing: what counts against max_queue_size")
+    max_queue_size: int
+    queued_count: int
+    processing_count: int
+    completed_count: int
+    failed_count: int
+    current_job_id: str | None
+    total_jobs: int
+    running_job_ids: list[str] = Field(default_factory=list)
+    refused_count: int = 0
+
+
+class WorkerView(BaseModel):
+    id: str
+    state: str
+    preset: str | None
+
+
+class HealthResponse(BaseModel):
+    status: str = Field(description="healthy (a worker is ready), starting, or degraded (queue unreachable)")
+    current_model: str | None
+    model_loaded: bool
+    is_loading: bool
+    is_generating: bool
+    queue_max_size: int
+    queue_cleanup_age_seconds: float
+    workers: list[WorkerView] = Field(default_factory=list)
+
+
+class PresetView(BaseModel):
+    name: str
+    suffix: str
+    steps: int
+    cfg_scale: float
+    estimated_time: str
+    description: str
+    aliases: list[str]
+    estimated_seconds: float
+    available: bool
+    missing: str | None = None
+
+
+class ModelsResponse(BaseModel):
+    models: dict[str, PresetView]
+    note: str
+    default: str | None = None
+
+
+class LoadModelResponse(BaseModel):
+    status: str
+    message: str
+    model: str
+    preset: str
+    model_name: str
+    load_time_seconds: float
+    estimated_generation_time: str
