@@ -1,0 +1,37 @@
+# Two commands on a fresh machine: `make serve` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+# Ray stays on loopback, sends no usage stats, and local clusters need no token; no hub downloads.
+RAY_ENV := RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled \
+           HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+
+.PHONY: serve serve-gpu test unit smoke tiny clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+serve: $(STAMP)  ## serve the API on 127.0.0.1:8000 with the embedded tiny model (CPU)
+	$(RAY_ENV) $(VENV)/bin/serve run config/serve.yaml
+
+serve-gpu: $(STAMP)  ## serve on a GPU machine with the real presets
+	RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1 $(VENV)/bin/serve run config/serve.gpu.yaml
+
+test: $(STAMP)  ## the whole suite: unit tests, then integration tests on a local Ray cluster
+	$(RAY_ENV) $(PY) -m pytest -q -p no:cacheprovider
+
+unit: $(STAMP)
+	$(RAY_ENV) $(PY) -m pytest -q tests/unit
+
+smoke: $(STAMP)  ## `serve run config/serve.yaml` end to end: health, one job, result, SIGTERM, nothing left
+	$(RAY_ENV) $(PY) tests/smoke_serve_run.py
+
+tiny: $(STAMP)  ## build the embedded tiny model into state/models/tiny
+	$(PY) -m serve_app.tiny_model state/models/tiny
+
+clean:
+	rm -rf state .pytest_cache

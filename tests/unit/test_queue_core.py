@@ -1,0 +1,150 @@
+"""The queue's rules, with a fake clock: milliseconds, no Ray."""
+
+import pytest
+
+from serve_app.errors import JobNotFound, QueueFull
+from serve_app.queue_core import JobQueue, JobStatus, iso
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1_700_000_000.0
+
+    def __call__(self):
+        return self.t
+
+
+def make(max_size=10, ttl=3600.0, nominal=None):
+    clock = Clock()
+    q = JobQueue(max_size, ttl, nominal or {"fast": 10.0, "slow": 100.0}, clock=clock)
+    return q, clock
+
+
+def submit(q, i, preset="fast", payload=b"img"):
+    return q.submit(f"job-{i}", instruction=f"edit {i}", preset=preset, seed=i, payload=payload)
+
+
+def test_cap_counts_queued_plus_processing():
+    q, _ = make(max_size=10)
+    submit(q, 0)
+    assert q.claim("w1").id == "job-0"  # one processing
+    for i in range(1, 10):
+        submit(q, i)  # nine queued: 10 in all
+    with pytest.raises(QueueFull) as err:
+        submit(q, 10)
+    assert err.value.status_code == 429
+    assert err.value.detail == "Queue is full (maximum 10 jobs). Please try again later."
+    assert int(err.value.headers["Retry-After"]) >= 1
+    assert q.stats()["queue_size"] == 10
+    assert q.stats()["refused_count"] == 1
+
+
+def test_fifo_claims_and_live_positions():
+    q, _ = make()
+    jobs = [submit(q, i) for i in range(4)]
+    assert [q.position(j) for j in jobs] == [1, 2, 3, 4]
+    assert q.claim("w").id == "job-0"
+    assert [q.position(j) for j in jobs] == [None, 1, 2, 3]
+    q.complete("job-0", "r.png", 5.0)
+    assert q.claim("w").id == "job-1"
+    assert [q.position(j) for j in jobs] == [None, None, 1, 2]
+    assert q.claim("w").id == "job-2" and q.claim("w").id == "job-3" and q.claim("w") is None
+
+
+def test_states_and_payload_dropped_when_finished():
+    q, clock = make()
+    job = submit(q, 0, payload=b"x" * 100)
+    assert job.status is JobStatus.QUEUED and job.payload
+    q.claim("w")
+    assert job.status is JobStatus.PROCESSING and job.started_at == clock.t
+    clock.t += 3
+    q.complete(job.id, "res.png", 3.0)
+    assert job.status is JobStatus.COMPLETED and job.payload is None and job.result_name == "res.png"
+    other = submit(q, 1)
+    q.claim("w")
+    q.fail(other.id, "CUDA out of memory")
+    assert other.status is JobStatus.FAILED and other.payload is None and other.error == "CUDA out of memory"
+    view = q.view(other)
+    assert view["result_seed"] is None and view["error"] == "CUDA out of memory"
+    assert q.view(job)["result_seed"] == 0 and q.view(job)["result_path"] == "res.png"
+
+
+def test_eta_uses_measured_times_and_running_remaining():
+    q, clock = make(nominal={"fast": 10.0, "slow": 100.0})
+    a, b, c = submit(q, 0, "slow"), submit(q, 1, "fast"), submit(q, 2, "fast")
+    q.claim("w")
+    clock.t += 40  # 60 s of the slow job left
+    assert q.estimated_wait(a) == 60
+    assert q.estimated_wait(b) == 60 + 10
+    assert q.estimated_wait(c) == 60 + 10 + 10
+    # measurements move the average (EMA seeded with the nominal time)
+    q.complete(a.id, "a.png", run_seconds=40.0)
+    q.claim("w")
+    q.complete(b.id, "b.png", run_seconds=2.0)
+    assert q.average_seconds("slow") == pytest.approx(100 + 0.3 * (40 - 100))
+    assert q.average_seconds("fast") == pytest.approx(10 + 0.3 * (2 - 10))
+    assert q.estimated_wait(c) == 8  # ceil(7.6)
+
+
+def test_eta_spreads_over_worker_slots():
+    q, _ = make(nominal={"fast": 10.0})
+    jobs = [submit(q, i) for i in range(4)]
+    q.worker_slots = 2
+    assert [q.estimated_wait(j) for j in jobs] == [10, 10, 20, 20]
+
+
+def test_retry_after_is_time_to_first_free_slot():
+    q, clock = make(max_size=2, nominal={"fast": 10.0})
+    submit(q, 0)
+    submit(q, 1)
+    q.claim("w")
+    clock.t += 7
+    with pytest.raises(QueueFull) as err:
+        submit(q, 2)
+    assert err.value.headers["Retry-After"] == "3"
+
+
+def test_ttl_expiry_returns_removed_jobs_and_keeps_counters():
+    q, clock = make(ttl=60)
+    job = submit(q, 0)
+    q.claim("w")
+    q.complete(job.id, "r.png", 1.0)
+    queued = submit(q, 1)
+    clock.t += 59
+    assert q.expire() == []
+    clock.t += 1
+    assert [j.id for j in q.expire()] == [job.id]
+    with pytest.raises(JobNotFound) as err:
+        q.get(job.id)
+    assert err.value.detail == (f"Job {job.id} not found. It may have been cleaned up "
+                                "(jobs are kept for 1 minute after completion).")
+    assert q.get(queued.id) is queued  # unfinished jobs never expire
+    stats = q.stats()
+    assert stats["completed_count"] == 1 and stats["total_jobs"] == 1
+
+
+def test_not_found_message_matches_contract_for_any_id():
+    q, _ = make(ttl=3600)
+    for job_id in ["abc123", "../../etc/passwd", "x" * 300]:
+        with pytest.raises(JobNotFound) as err:
+            q.get(job_id)
+        assert err.value.status_code == 404
+        assert err.value.detail.endswith("It may have been cleaned up (jobs are kept for 1 hour after completion).")
+    assert "Job abc123 not found." in JobNotFound("abc123", 3600).detail
+
+
+def test_queue_stats_shape():
+    q, _ = make()
+    submit(q, 0)
+    submit(q, 1)
+    q.claim("w")
+    s = q.stats()
+    assert {k: s[k] for k in ("queue_size", "max_queue_size", "queued_count", "processing_count",
+                              "completed_count", "failed_count", "current_job_id", "total_jobs")} == {
+        "queue_size": 2, "max_queue_size": 10, "queued_count": 1, "processing_count": 1,
+        "completed_count": 0, "failed_count": 0, "current_job_id": "job-0", "total_jobs": 2}
+
+
+def test_iso_is_utc_seconds():
+    assert iso(0) == "1970-01-01T00:00:00"
+    assert iso(None) is None
