@@ -1,0 +1,152 @@
+"""A real Ray cluster on loopback with real Serve apps built from config/serve.yaml.
+
+Apps (each its own queue, workers and state folder):
+- ``main`` at ``/``: the file's args with test overrides (a known key, temp folders, and a ``slow``
+  tiny preset that takes about a second so queue behaviour can be observed);
+- ``frozen`` at ``/frozen``: workers pinned to a Ray resource no node has, so jobs stay queued
+  forever: exact admission counts with no job finishing in between;
+- ``ttl`` at ``/ttl``: finished jobs expire after 2 seconds.
+Every Ray step has a deadline; teardown is ``ray.shutdown()``.
+"""
+
+import copy
+import os
+import socket
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+KEY = "test-key-" + "x" * 24
+ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+       "HF_HUB_OFFLINE": "1"}
+SLOW = {"base": "builtin:tiny", "steps": 8, "cfg_scale": 1.0, "resolution": 384, "nominal_seconds": 2.0}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def config_args() -> dict:
+    config = yaml.safe_load((ROOT / "config" / "serve.yaml").read_text())
+    return copy.deepcopy(config["applications"][0]["args"])
+
+
+def merged(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+class Api:
+    """An httpx client for one app, with the key set."""
+
+    def __init__(self, base_url: str, state: Path):
+        self.base = base_url
+        self.state = state
+        self.http = httpx.Client(base_url=base_url, headers={"X-API-Key": KEY}, timeout=60)
+
+    def submit(self, image: bytes, instruction="make the sky blue", **fields):
+        data = {"instruction": instruction, **{k: str(v) for k, v in fields.items()}}
+        return self.http.post("/api/v1/submit", files={"image": ("in.png", image, "image/png")}, data=data)
+
+    def status(self, job_id):
+        return self.http.get(f"/api/v1/status/{job_id}")
+
+    def wait(self, job_id, timeout=60.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            body = self.status(job_id).json()
+            if body["status"] in ("completed", "failed"):
+                return body
+            time.sleep(0.1)
+        raise AssertionError(f"job {job_id} did not finish in {timeout}s")
+
+    def drain(self, timeout=90.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.http.get("/api/v1/queue").json()["queue_size"] == 0:
+                return
+            time.sleep(0.2)
+        raise AssertionError("queue did not drain")
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory):
+    os.environ.update(ENV)
+    import ray
+    from ray import serve
+
+    port = _free_port()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             _temp_dir=str(tmp_path_factory.mktemp("ray")))
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    root = tmp_path_factory.mktemp("apps")
+    yield {"port": port, "root": root}
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+
+
+def _args(root: Path, name: str, **over) -> dict:
+    state = root / name
+    state.mkdir(parents=True, exist_ok=True)
+    (state / "api_key").write_text(KEY + "\n")
+    base = {"state_dir": str(state), "models_dir": str(root / "models"),
+            "presets": {"slow": SLOW}}
+    return merged(merged(config_args(), base), over)
+
+
+def _wait_http(url: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code in (200, 503):
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"{url} did not answer within {timeout}s")
+
+
+def _deploy(cluster, name: str, prefix: str, wait_workers: bool, **over) -> Api:
+    from ray import serve
+
+    from serve_app.deployments import build_app
+
+    args = _args(cluster["root"], name, **over)
+    app = build_app(args)
+    # Not waiting for RUNNING when the workers can never be placed (the frozen app).
+    serve.run_many([serve.RunTarget(app, name=name, route_prefix=prefix)], wait_for_applications_running=wait_workers)
+    base = f"http://127.0.0.1:{cluster['port']}{'' if prefix == '/' else prefix}"
+    _wait_http(base + "/api/v1/health")
+    api = Api(base, Path(args["state_dir"]))
+    if wait_workers:
+        deadline = time.monotonic() + 120
+        while not api.http.get("/api/v1/health").json().get("model_loaded"):
+            assert time.monotonic() < deadline, "model worker did not load in 120s"
+            time.sleep(0.3)
+    return api
+
+
+@pytest.fixture(scope="session")
+def api(cluster) -> Api:
+    return _deploy(cluster, "main", "/", wait_workers=True)
+
+
+@pytest.fixture(scope="session")
+def frozen(cluster) -> Api:
+    return _deploy(cluster, "frozen", "/frozen", wait_workers=False,
+                   worker={"resources": {"no-such-node": 1}})
+
+
+@pytest.fixture(scope="session")
+def ttl_api(cluster) -> Api:
+    return _deploy(cluster, "ttl", "/ttl", wait_workers=True, cleanup_age_seconds=2)
