@@ -19,7 +19,7 @@ from ray.serve.handle import DeploymentHandle
 
 from .config import WorkerSettings
 from .pipeline import EditEngine, public_error
-from .queue_actor import JobTask, LoadTask
+from .queue_actor import HEARTBEAT_S, JobTask, LoadTask
 
 log = logging.getLogger("ray.serve")
 POLL_S = 5.0
@@ -36,6 +36,8 @@ class ModelWorker:
         self.engine = EditEngine(settings.models_dir, settings.device, settings.torch_threads,
                                  settings.png_compress_level)
         self.jobs_done = 0
+        loop = asyncio.get_running_loop()
+        self._heartbeat_task = loop.create_task(self._heartbeat())  # also during a long preload
         await self._report("starting")
         if settings.preload is not None:
             await self._report("loading", settings.preload.name)
@@ -44,7 +46,7 @@ class ModelWorker:
             except Exception as exc:
                 log.exception("[ModelWorker] preloading %s failed", settings.preload.name)
                 await self._report("failed", None, public_error(exc))
-        self._loop_task = asyncio.get_running_loop().create_task(self._loop())
+        self._loop_task = loop.create_task(self._loop())
 
     async def _report(self, state: str, preset: str | None = None, detail: str | None = None) -> None:
         try:
@@ -56,12 +58,21 @@ class ModelWorker:
     def _preset_name(self) -> str | None:
         return self.engine.preset.name if self.engine.preset else None
 
+    async def _heartbeat(self) -> None:
+        """Tell the queue this replica is alive, also while a job runs (inference is in a thread)."""
+        while True:
+            try:
+                await self.queue.heartbeat.remote(self.id)
+            except Exception:
+                log.warning("[ModelWorker] heartbeat to the queue failed")
+            await asyncio.sleep(HEARTBEAT_S)
+
     async def _loop(self) -> None:
         if self.engine.preset is not None:
             await self._report("ready", self._preset_name)
         while True:
             try:
-                task = await self.queue.next_task.remote(self.id, POLL_S)
+                task = await self.queue.next_task.remote(self.id, self._preset_name, POLL_S)
             except Exception:
                 log.warning("[ModelWorker] queue unreachable; retrying in 1s")
                 await asyncio.sleep(1.0)
@@ -104,7 +115,7 @@ class ModelWorker:
                 await asyncio.sleep(0.5 * (attempt + 1))
 
     def check_health(self) -> None:
-        if self._loop_task.done():
+        if self._loop_task.done() or self._heartbeat_task.done():
             raise RuntimeError("the worker's job loop stopped")
 
     def info(self) -> dict:

@@ -31,8 +31,12 @@ from .queue_core import JobQueue, JobStatus
 from .storage import ResultStore, result_name
 
 log = logging.getLogger("ray.serve")
-WORKER_SILENCE_S = 30.0  # an idle worker polls every few seconds; silent this long = gone
-CLEANUP_PERIOD_S = 5.0
+# Workers heartbeat every HEARTBEAT_S, busy or idle; one silent for WORKER_SILENCE_S is gone (its
+# replica died or was replaced), and the job it was running is failed so it cannot hold a slot forever.
+HEARTBEAT_S = 2.0
+WORKER_SILENCE_S = 10.0
+CLEANUP_PERIOD_S = 1.0
+LOST = "worker lost: the model worker stopped while running this job; submit it again"
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,7 @@ class LoadTask:
 @dataclass
 class WorkerInfo:
     id: str
-    state: str = "starting"  # starting | loading | ready | busy | failed
+    state: str = "starting"  # starting | loading | idle (nothing loaded) | ready | busy | failed
     preset: str | None = None
     last_seen: float = field(default_factory=time.monotonic)
     detail: str | None = None
@@ -67,7 +71,9 @@ class LoadRequest:
     errors: dict[str, str] = field(default_factory=dict)
 
 
-@serve.deployment(num_replicas=1, max_ongoing_requests=10_000, ray_actor_options={"num_cpus": 0})
+# Access logs off: workers long-poll this replica every few seconds, which would drown the job log.
+@serve.deployment(num_replicas=1, max_ongoing_requests=10_000, ray_actor_options={"num_cpus": 0},
+                  logging_config={"enable_access_log": False})
 class QueueActor:
     async def __init__(self, settings: QueueSettings):
         self.settings = settings
@@ -118,15 +124,19 @@ class QueueActor:
 
     def _alive_workers(self) -> list[WorkerInfo]:
         now = time.monotonic()
-        busy = {j.worker_id for j in self.core.running()}
-        return [w for w in self.workers.values() if w.id in busy or now - w.last_seen < WORKER_SILENCE_S]
+        return [w for w in self.workers.values() if now - w.last_seen < WORKER_SILENCE_S]
 
     def _prune_workers(self) -> None:
         alive = {w.id for w in self._alive_workers()}
         for wid in list(self.workers):
             if wid not in alive:
-                log.warning("[JobQueue] Worker %s stopped polling; forgetting it", wid)
+                log.warning("[JobQueue] Worker %s went silent; forgetting it", wid)
                 del self.workers[wid]
+        for job in self.core.running():
+            if job.worker_id not in alive:
+                self.core.fail(job.id, LOST)
+                log.warning("[JobQueue] Job %s failed - %s", job.id[:8], LOST)
+                self._notify()
         self.core.worker_slots = max(1, len(self.workers))
         if self.load:
             self.load.pending &= alive
@@ -247,16 +257,26 @@ class QueueActor:
         info.last_seen = time.monotonic()
         return info
 
+    def heartbeat(self, worker_id: str) -> None:
+        self._worker(worker_id)
+
     def worker_state(self, worker_id: str, state: str, preset: str | None = None,
                      detail: str | None = None) -> None:
         info = self._worker(worker_id)
         info.state, info.preset, info.detail = state, preset, detail
 
-    async def next_task(self, worker_id: str, timeout: float = 5.0) -> JobTask | LoadTask | None:
-        """Long poll: the next thing this worker should do, or None after ``timeout`` seconds."""
+    async def next_task(self, worker_id: str, preset: str | None = None,
+                        timeout: float = 5.0) -> JobTask | LoadTask | None:
+        """Long poll: the next thing this worker should do, or None after ``timeout`` seconds.
+
+        A worker asks only when it is idle; ``preset`` is the one it has loaded (None: none yet)."""
         deadline = time.monotonic() + timeout
         while True:
             info = self._worker(worker_id)
+            if preset is not None:
+                info.state, info.preset = "ready", preset
+            elif info.state != "failed":
+                info.state = "idle"  # up, but no preset loaded yet
             if self.load and worker_id in self.load.pending:
                 info.state = "loading"
                 return LoadTask(self.load.preset)
@@ -271,7 +291,17 @@ class QueueActor:
                 return None
             await self._wait_change(deadline - time.monotonic())
 
+    def _still_running(self, worker_id: str, job_id: str) -> bool:
+        """False for a report about a job this worker no longer holds (it was declared lost)."""
+        job = self.core.get(job_id)
+        if job.status is JobStatus.PROCESSING and job.worker_id == worker_id:
+            return True
+        log.warning("[JobQueue] Ignoring a late report on job %s (now %s)", job_id[:8], job.status.value)
+        return False
+
     def job_done(self, worker_id: str, job_id: str, png: bytes, run_seconds: float) -> None:
+        if not self._still_running(worker_id, job_id):
+            return
         job = self.core.get(job_id)
         name = result_name(job.preset, time.time(), job.seed, job.id)
         self.store.write(name, png)
@@ -282,6 +312,8 @@ class QueueActor:
         log.info("[JobQueue] Job %s completed in %.2fs - Path: %s", job_id[:8], run_seconds, name)
 
     def job_failed(self, worker_id: str, job_id: str, error: str, run_seconds: float) -> None:
+        if not self._still_running(worker_id, job_id):
+            return
         self.core.fail(job_id, error, run_seconds)
         self._worker(worker_id).state = "ready"
         self._notify()

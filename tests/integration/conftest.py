@@ -32,8 +32,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def config_args() -> dict:
-    config = yaml.safe_load((ROOT / "config" / "serve.yaml").read_text())
+def config_args(file: str = "serve.yaml") -> dict:
+    config = yaml.safe_load((ROOT / "config" / file).read_text())
     return copy.deepcopy(config["applications"][0]["args"])
 
 
@@ -84,7 +84,8 @@ def cluster(tmp_path_factory):
     from ray import serve
 
     port = _free_port()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+    # num_gpus=1 fakes a GPU resource so the GPU config's `num_gpus: 1` can be placed and checked.
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,
              _temp_dir=str(tmp_path_factory.mktemp("ray")))
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     root = tmp_path_factory.mktemp("apps")
@@ -95,13 +96,13 @@ def cluster(tmp_path_factory):
         ray.shutdown()
 
 
-def _args(root: Path, name: str, **over) -> dict:
+def _args(root: Path, name: str, config_file: str = "serve.yaml", **over) -> dict:
     state = root / name
     state.mkdir(parents=True, exist_ok=True)
     (state / "api_key").write_text(KEY + "\n")
     base = {"state_dir": str(state), "models_dir": str(root / "models"),
             "presets": {"slow": SLOW}}
-    return merged(merged(config_args(), base), over)
+    return merged(merged(config_args(config_file), base), over)
 
 
 def _wait_http(url: str, timeout: float = 120.0) -> None:
@@ -116,12 +117,12 @@ def _wait_http(url: str, timeout: float = 120.0) -> None:
     raise AssertionError(f"{url} did not answer within {timeout}s")
 
 
-def _deploy(cluster, name: str, prefix: str, wait_workers: bool, **over) -> Api:
+def _deploy(cluster, name: str, prefix: str, wait_workers: bool, config_file: str = "serve.yaml", **over) -> Api:
     from ray import serve
 
     from serve_app.deployments import build_app
 
-    args = _args(cluster["root"], name, **over)
+    args = _args(cluster["root"], name, config_file, **over)
     app = build_app(args)
     # Not waiting for RUNNING when the workers can never be placed (the frozen app).
     serve.run_many([serve.RunTarget(app, name=name, route_prefix=prefix)], wait_for_applications_running=wait_workers)
@@ -150,3 +151,10 @@ def frozen(cluster) -> Api:
 @pytest.fixture(scope="session")
 def ttl_api(cluster) -> Api:
     return _deploy(cluster, "ttl", "/ttl", wait_workers=True, cleanup_age_seconds=2)
+
+
+@pytest.fixture(scope="session")
+def gpu_api(cluster) -> Api:
+    """config/serve.gpu.yaml on the faked GPU (no CPU reservation, so it fits next to the others)."""
+    return _deploy(cluster, "gpu", "/gpu", wait_workers=False, config_file="serve.gpu.yaml",
+                   worker={"num_cpus": 0})

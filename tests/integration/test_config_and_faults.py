@@ -1,0 +1,73 @@
+"""The GPU config's placement, config validation, and a worker dying mid-job."""
+
+import time
+
+import pytest
+import ray
+from pydantic import ValidationError
+from ray import serve
+
+from serve_app.deployments import build_app
+from tests.integration.test_api import IMAGE
+
+pytestmark = pytest.mark.integration
+
+
+def _worker_info(app_name: str, timeout: float = 120.0) -> dict:
+    handle = serve.get_deployment_handle("ModelWorker", app_name=app_name)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return handle.info.remote().result(timeout_s=10)
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def test_gpu_config_pins_the_worker_to_a_gpu(gpu_api, api):
+    info = _worker_info("gpu")
+    assert info["gpu_ids"] == [0]  # num_gpus: 1 from config/serve.gpu.yaml reached the replica
+    main_info = _worker_info("main")
+    assert main_info["gpu_ids"] == [] and main_info["device"] == "cpu"
+    # its default preset's weights are not on this machine: a clear 400, never a hang
+    r = gpu_api.submit(IMAGE)
+    assert r.status_code == 400 and "Qwen/Qwen-Image-Edit-2509" in r.json()["detail"]
+    deadline = time.monotonic() + 60
+    while not (health := gpu_api.http.get("/api/v1/health").json())["workers"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    assert health["model_loaded"] is False and health["workers"][0]["state"] == "idle"
+
+
+def test_config_is_validated_with_a_clear_message():
+    with pytest.raises(ValidationError, match="max_queue_siz"):
+        build_app({"max_queue_siz": 10})
+    with pytest.raises(ValidationError, match="max_queue_size"):
+        build_app({"max_queue_size": 0})
+    with pytest.raises(Exception, match="Unknown preset 'nope'"):
+        build_app({"default_preset": "nope"})
+
+
+def _kill_worker(app_name: str) -> None:
+    names = [a for a in ray.util.list_named_actors(all_namespaces=True)
+             if a["name"].startswith(f"SERVE_REPLICA::{app_name}#ModelWorker#")]
+    assert len(names) == 1, names
+    ray.kill(ray.get_actor(names[0]["name"], namespace=names[0]["namespace"]), no_restart=True)
+
+
+def test_worker_killed_mid_job_fails_the_job_and_service_recovers(api):
+    api.drain()
+    job_id = api.submit(IMAGE, preset="slow").json()["job_id"]
+    deadline = time.monotonic() + 30
+    while api.status(job_id).json()["status"] != "processing":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    _kill_worker("main")
+    done = api.wait(job_id, timeout=40)
+    assert done["status"] == "failed" and done["error"].startswith("worker lost")
+    q = api.http.get("/api/v1/queue").json()
+    assert q["processing_count"] == 0 and q["failed_count"] >= 1
+    # Serve replaces the replica; the next job runs on it
+    after = api.submit(IMAGE).json()["job_id"]
+    assert api.wait(after, timeout=120)["status"] == "completed"
