@@ -67,6 +67,11 @@ class Preset(BaseModel):
         return self.name.removeprefix("qwen-")
 
     @property
+    def model_name(self) -> str:
+        """What the preset runs, safe to show stations: a hub id, or a local folder's name only."""
+        return Path(self.base).name if _looks_local(self.base) else self.base
+
+    @property
     def estimated_time(self) -> str:
         s = self.nominal_seconds
         return f"~{s:g} seconds" if s < 120 else f"~{s / 60:g} minutes"
@@ -145,12 +150,15 @@ def _hub_cached(repo: str, filename: str) -> bool:
 
 
 def missing_weights(preset: Preset) -> str | None:
-    """None when every file the preset needs is on this machine, else what is missing and how to fix it."""
+    """None when every file the preset needs is on this machine, else what is missing and how to fix it.
+
+    The sentence goes to stations, so it never contains a server path: local folders and files are
+    named by the config key that sets them."""
     if preset.base != BUILTIN_TINY:
         if _looks_local(preset.base):
             if not (Path(preset.base).expanduser() / "model_index.json").is_file():
-                return (f"Preset {preset.name} needs a diffusers model folder at {preset.base}, "
-                        "but it has no model_index.json.")
+                return (f"Preset {preset.name} needs its model folder (presets.{preset.name}.base in "
+                        "config/serve.yaml), which is missing or has no model_index.json.")
         elif not _hub_cached(preset.base, "model_index.json"):
             return (f"Preset {preset.name} needs the weights of {preset.base}, which are not on this server. "
                     f"Download them (`hf download {preset.base}`) or set presets.{preset.name}.base "
@@ -159,7 +167,8 @@ def missing_weights(preset: Preset) -> str | None:
     if lora is not None:
         if lora.path is not None:
             if not Path(lora.path).expanduser().is_file():
-                return f"Preset {preset.name} needs the LoRA file {lora.path}, which does not exist."
+                return (f"Preset {preset.name} needs its LoRA file (presets.{preset.name}.lora.path in "
+                        "config/serve.yaml), which does not exist.")
         elif not _hub_cached(lora.repo, lora.file):
             return (f"Preset {preset.name} needs the LoRA {lora.file} from {lora.repo}, which is not on this "
                     f"server. Download it (`hf download {lora.repo} {lora.file}`) or set "

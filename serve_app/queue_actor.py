@@ -241,7 +241,7 @@ class QueueActor:
             "message": f"Model {preset.name} loaded successfully",
             "model": preset.name,
             "preset": preset.name,
-            "model_name": preset.base,
+            "model_name": preset.model_name,
             "load_time_seconds": round(max(request.seconds.values()), 3),
             "estimated_generation_time": preset.estimated_time,
         }

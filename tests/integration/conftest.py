@@ -155,6 +155,7 @@ def ttl_api(cluster) -> Api:
 
 @pytest.fixture(scope="session")
 def gpu_api(cluster) -> Api:
-    """config/serve.gpu.yaml on the faked GPU (no CPU reservation, so it fits next to the others)."""
+    """config/serve.gpu.yaml on the faked GPU (no CPU reservation, so it fits next to the others),
+    with no default preset: stations must call load-model first, as with the earlier deployment."""
     return _deploy(cluster, "gpu", "/gpu", wait_workers=False, config_file="serve.gpu.yaml",
-                   worker={"num_cpus": 0})
+                   worker={"num_cpus": 0}, default_preset=None)

@@ -30,14 +30,36 @@ def test_gpu_config_pins_the_worker_to_a_gpu(gpu_api, api):
     assert info["gpu_ids"] == [0]  # num_gpus: 1 from config/serve.gpu.yaml reached the replica
     main_info = _worker_info("main")
     assert main_info["gpu_ids"] == [] and main_info["device"] == "cpu"
-    # its default preset's weights are not on this machine: a clear 400, never a hang
+    # no default preset: the contract's answer, never a hang
     r = gpu_api.submit(IMAGE)
-    assert r.status_code == 400 and "Qwen/Qwen-Image-Edit-2509" in r.json()["detail"]
+    assert r.status_code == 400
+    assert r.json() == {"detail": "No model loaded. Please call /api/v1/load-model first to load a model."}
     deadline = time.monotonic() + 60
     while not (health := gpu_api.http.get("/api/v1/health").json())["workers"]:
         assert time.monotonic() < deadline
         time.sleep(0.5)
     assert health["model_loaded"] is False and health["workers"][0]["state"] == "idle"
+
+
+def test_load_model_then_submit_and_409_while_loading(gpu_api):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def load():
+        return gpu_api.http.post("/api/v1/load-model", params={"model": "tiny"})
+
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(load)
+        time.sleep(0.5)  # the first load imports diffusers in that worker: seconds
+        second = load()
+        first = first.result()
+    assert first.status_code == 200, first.text
+    assert first.json()["load_time_seconds"] > 0 and first.json()["model"] == "tiny"
+    assert second.status_code == 409 and second.json()["detail"].startswith("A model load is already running (tiny)")
+    health = gpu_api.http.get("/api/v1/health").json()
+    assert health["current_model"] == "tiny" and health["model_loaded"] is True
+    job = gpu_api.submit(IMAGE).json()  # no preset: the loaded default
+    done = gpu_api.wait(job["job_id"], timeout=60)
+    assert done["status"] == "completed" and done["model"] == "tiny"
 
 
 def test_config_is_validated_with_a_clear_message():

@@ -27,7 +27,10 @@ def test_real_presets_say_what_is_missing(tmp_path, monkeypatch):
         require_available(reg["qwen-4step"])
     assert "Qwen/Qwen-Image-Edit-2509" in err.value.detail and "config/serve.yaml" in err.value.detail
     local = build_registry({"qwen-40step": {"base": str(tmp_path / "nowhere")}})
-    assert "model_index.json" in missing_weights(local["qwen-40step"])
+    detail = missing_weights(local["qwen-40step"])
+    assert "model_index.json" in detail and "presets.qwen-40step.base" in detail
+    assert str(tmp_path) not in detail  # never a server path in what stations see
+    assert local["qwen-40step"].model_name == "nowhere"
 
 
 def test_operator_presets_and_alias_clash():
