@@ -75,7 +75,10 @@ class EditEngine:
         start = time.perf_counter()
         if self.base != preset.base:
             import diffusers
+            import transformers
 
+            diffusers.utils.logging.disable_progress_bar()  # no progress bars in the server log
+            transformers.utils.logging.disable_progress_bar()
             self.pipe = None  # free the old weights before loading new ones
             cls = getattr(diffusers, preset.pipeline)
             pipe = cls.from_pretrained(self._base_folder(preset), dtype=self.dtype, local_files_only=True)
