@@ -23,6 +23,9 @@ class WorkerArgs(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int | None = Field(None, ge=1, description="CPU threads for torch; default: all cores")
     png_compress_level: int = Field(1, ge=0, le=9, description="1 is fast; 6 is Pillow's default")
+    attention_backend: str = Field("auto", description="auto: fastest available on the GPU (FlashAttention 3, ...)")
+    compile: bool = Field(False, description="torch.compile the repeated transformer blocks (GPU)")
+    warmup: bool = Field(False, description="run one edit at start so the first job pays no warm-up")
 
 
 class AppArgs(BaseModel):
@@ -34,7 +37,8 @@ class AppArgs(BaseModel):
     api_key_file: str | None = Field(None, description="default: <state_dir>/api_key")
     max_queue_size: int = Field(10, ge=1, le=10_000, description="queued + processing jobs")
     cleanup_age_seconds: float = Field(3600, gt=0, description="finished jobs are removed after this age")
-    max_upload_mb: float = Field(10, gt=0, le=200)
+    max_upload_mb: float = Field(10, gt=0, le=200, description="per image")
+    max_images: int = Field(3, ge=1, le=3, description="input images per job (Plus pipelines take up to 3)")
     max_body_mb: float = Field(32, gt=0, le=1000, description="whole request; larger bodies get 413 unread")
     max_image_side: int = Field(2048, ge=64, le=16384)
     max_instruction_chars: int = Field(500, ge=1, le=10_000)
@@ -70,6 +74,7 @@ class QueueSettings(BaseModel):
     presets: dict[str, Preset]
     default_preset: str | None
     load_timeout_seconds: float
+    worker_resources: dict[str, float] = {}
 
 
 class WorkerSettings(BaseModel):
@@ -79,6 +84,9 @@ class WorkerSettings(BaseModel):
     device: str
     torch_threads: int | None
     png_compress_level: int
+    attention_backend: str = "auto"
+    compile: bool = False
+    warmup: bool = False
     preload: Preset | None
 
 
@@ -86,6 +94,7 @@ class IngressSettings(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     upload_limits: UploadLimits
+    max_images: int
     max_body_bytes: int
     max_instruction_chars: int
     edit_timeout_seconds: float

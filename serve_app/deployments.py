@@ -66,10 +66,12 @@ async def _api_error(request: Request, exc: ApiError):
 async def _validation_error(request: Request, exc: RequestValidationError):
     parts = []
     for e in exc.errors():
-        field = ".".join(str(x) for x in e.get("loc", ())[1:]) or "request"
+        field = ".".join(str(x) for x in e.get("loc", ())[1:] if not isinstance(x, int)) or "request"
         msg = e.get("msg", "is invalid")
         if e.get("type") == "missing":
             msg = "is required"
+        elif "UploadFile" in msg:
+            msg = "must be a file upload, not a text field"
         parts.append(f"'{field}' {msg[0].lower() + msg[1:]}")
     return JSONResponse({"detail": "Invalid request: " + "; ".join(parts) + "."}, status_code=422)
 
@@ -134,14 +136,18 @@ class EditForm:
 
     def __init__(
         self,
-        image: Annotated[UploadFile | None, File(description="JPEG or PNG, at most 10MB and 2048x2048")] = None,
+        image: Annotated[list[UploadFile] | None, File(
+            description="JPEG or PNG, at most 10MB and 2048x2048; repeat the field for up to 3 images")] = None,
+        image2: Annotated[UploadFile | None, File(description="optional second image")] = None,
+        image3: Annotated[UploadFile | None, File(description="optional third image")] = None,
         instruction: Annotated[str | None, Form(description="what to change, at most 500 characters")] = None,
         seed: Annotated[str | None, Form(description="integer; random when left out")] = None,
         system_prompt: Annotated[str | None, Form(description="optional text put before the instruction")] = None,
         preset: Annotated[str | None, Form(description="qwen-4step, qwen-8step, qwen-40step, tiny, or an alias")] = None,
         model: Annotated[str | None, Form(description="older name of the preset field")] = None,
     ):
-        self.image, self.instruction, self.seed = image, instruction, seed
+        self.images = [f for f in [*(image or []), image2, image3] if f is not None]
+        self.instruction, self.seed = instruction, seed
         self.system_prompt, self.preset, self.model = system_prompt, preset, model
 
 
@@ -170,8 +176,10 @@ class Ingress:
             raise
 
     async def _validated(self, form: EditForm) -> dict:
-        if form.image is None or not hasattr(form.image, "read"):
+        if not form.images:
             raise Unprocessable("Invalid request: 'image' is required: attach the picture as a file field named image.")
+        if len(form.images) > self.s.max_images:
+            raise BadRequest(f"Too many images ({len(form.images)}). A job takes at most {self.s.max_images}.")
         if form.instruction is None:
             raise Unprocessable("Invalid request: 'instruction' is required: say what to change in the image.")
         instruction = form.instruction.strip()
@@ -190,15 +198,16 @@ class Ingress:
                                  "send only preset.")
             preset = chosen[0]
         seed = _parse_seed(form.seed)
-        data = await form.image.read()
-        await asyncio.to_thread(check_upload, data, self.s.upload_limits)
-        return {"image": data, "instruction": instruction, "seed": seed, "preset": preset,
+        data = [await f.read() for f in form.images]
+        for one in data:
+            await asyncio.to_thread(check_upload, one, self.s.upload_limits)
+        return {"images": data, "instruction": instruction, "seed": seed, "preset": preset,
                 "system_prompt": form.system_prompt or None}
 
     async def _submit(self, form: EditForm) -> dict:
         job = await self._validated(form)
         job_id = str(uuid.uuid4())
-        return await self._call("submit", job_id, job["image"], job["instruction"], job["seed"],
+        return await self._call("submit", job_id, job["images"], job["instruction"], job["seed"],
                                 job["preset"], job["system_prompt"])
 
     # --- public routes ---
@@ -219,11 +228,12 @@ class Ingress:
         try:
             h = await self._call("health", timeout=5.0)
         except Exception:
-            body = {"status": "degraded", "current_model": None, "model_loaded": False, "is_loading": False,
+            body = {"status": "degraded", "warnings": ["The job queue is not reachable."], "current_model": None, "model_loaded": False, "is_loading": False,
                     "is_generating": False, "queue_max_size": self.s.max_queue_size,
                     "queue_cleanup_age_seconds": self.s.cleanup_age_seconds, "workers": []}
             return JSONResponse(body, status_code=503)
-        return {"status": "healthy" if h["model_loaded"] else "starting", **h}
+        status = "healthy" if h["model_loaded"] else ("degraded" if h["warnings"] else "starting")
+        return {"status": status, **h}
 
     # --- keyed routes ---
 
@@ -306,22 +316,23 @@ def build_app(args: AppArgs):
     keyring, key_message = load_keyring(args.path(args.api_key_file, "api_key"))
     print(key_message, flush=True)
 
-    queue = QueueActor.bind(QueueSettings(
-        max_queue_size=args.max_queue_size, cleanup_age_seconds=args.cleanup_age_seconds,
-        results_dir=str(args.path(args.results_dir, "results")), presets=presets,
-        default_preset=default, load_timeout_seconds=args.load_timeout_seconds,
-    ))
     w = args.worker
     actor_options = {"num_gpus": w.num_gpus, "num_cpus": w.num_cpus}
     if w.resources:
         actor_options["resources"] = dict(w.resources)
+    queue = QueueActor.bind(QueueSettings(
+        max_queue_size=args.max_queue_size, cleanup_age_seconds=args.cleanup_age_seconds,
+        results_dir=str(args.path(args.results_dir, "results")), presets=presets,
+        default_preset=default, load_timeout_seconds=args.load_timeout_seconds,
+        worker_resources={"CPU": w.num_cpus, "GPU": w.num_gpus, **w.resources},
+    ))
     preload = presets[default] if default and missing_weights(presets[default]) is None else None
     workers = ModelWorker.options(num_replicas=w.num_replicas, ray_actor_options=actor_options).bind(
         queue, WorkerSettings(models_dir=str(args.path(args.models_dir, "models")), device=w.device,
                               torch_threads=w.torch_threads, png_compress_level=w.png_compress_level,
                               preload=preload))
     return Ingress.options(num_replicas=args.ingress_replicas).bind(queue, workers, IngressSettings(
-        upload_limits=args.upload_limits, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        upload_limits=args.upload_limits, max_images=args.max_images, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         max_instruction_chars=args.max_instruction_chars, edit_timeout_seconds=args.edit_timeout_seconds,
         load_timeout_seconds=args.load_timeout_seconds,
         key_digests=keyring.digests, presets=presets, cleanup_age_seconds=args.cleanup_age_seconds,

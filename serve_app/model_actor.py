@@ -34,7 +34,8 @@ class ModelWorker:
         except Exception:
             self.id = uuid.uuid4().hex[:12]
         self.engine = EditEngine(settings.models_dir, settings.device, settings.torch_threads,
-                                 settings.png_compress_level)
+                                 settings.png_compress_level, settings.attention_backend, settings.compile)
+        self._encoding: set[asyncio.Task] = set()
         self.jobs_done = 0
         loop = asyncio.get_running_loop()
         self._heartbeat_task = loop.create_task(self._heartbeat())  # also during a long preload
@@ -43,14 +44,20 @@ class ModelWorker:
             await self._report("loading", settings.preload.name)
             try:
                 await asyncio.to_thread(self.engine.ensure, settings.preload)
+                if settings.warmup:  # compile / autotune now, not on a station's first job
+                    await asyncio.to_thread(self._warm_up, settings.preload)
             except Exception as exc:
                 log.exception("[ModelWorker] preloading %s failed", settings.preload.name)
                 await self._report("failed", None, public_error(exc))
         self._loop_task = loop.create_task(self._loop())
 
     async def _report(self, state: str, preset: str | None = None, detail: str | None = None) -> None:
+        import ray
+
+        placement = {"gpu_ids": [int(g) for g in ray.get_gpu_ids()], "device": self.engine.device,
+                     "node": ray.get_runtime_context().get_node_id()[:12]}
         try:
-            await self.queue.worker_state.remote(self.id, state, preset, detail)
+            await self.queue.worker_state.remote(self.id, state, preset, detail, placement)
         except Exception:
             log.warning("[ModelWorker] could not report state %s to the queue", state)
 
@@ -91,18 +98,43 @@ class ModelWorker:
             seconds, error = None, public_error(exc)
         await self._call_queue("load_done", self.id, task.preset.name, seconds, error)
 
+    def _warm_up(self, preset) -> None:
+        import io
+
+        from PIL import Image
+
+        buf = io.BytesIO()
+        side = min(preset.resolution, 1024)
+        Image.new("RGB", (side, side), (128, 128, 128)).save(buf, "PNG")
+        start = time.perf_counter()
+        self.engine.run(preset, [buf.getvalue()], "warm up", seed=0)
+        log.info("[ModelWorker] warm-up edit with %s took %.2fs", preset.name, time.perf_counter() - start)
+
     async def _run(self, task: JobTask) -> None:
+        """Generate on the device, then hand PNG encoding and the report to a background task so
+        the next job's generation starts at once (encoding is CPU work, off the GPU's path)."""
         start = time.perf_counter()
         try:
-            result = await asyncio.to_thread(self.engine.run, task.preset, task.image, task.instruction,
-                                             task.seed, task.system_prompt)
+            image = await asyncio.to_thread(self.engine.generate, task.preset, task.images, task.instruction,
+                                            task.seed, task.system_prompt)
         except Exception as exc:
             log.exception("[ModelWorker] job %s raised", task.job_id[:8])
             await self._call_queue("job_failed", self.id, task.job_id, public_error(exc),
                                    time.perf_counter() - start)
             return
+        finish = asyncio.get_running_loop().create_task(self._finish(task, image, start))
+        self._encoding.add(finish)
+        finish.add_done_callback(self._encoding.discard)
+
+    async def _finish(self, task: JobTask, image, start: float) -> None:
+        try:
+            png = await asyncio.to_thread(self.engine.encode, image)
+        except Exception as exc:
+            await self._call_queue("job_failed", self.id, task.job_id, public_error(exc),
+                                   time.perf_counter() - start)
+            return
         self.jobs_done += 1
-        await self._call_queue("job_done", self.id, task.job_id, result.png, result.seconds)
+        await self._call_queue("job_done", self.id, task.job_id, png, time.perf_counter() - start)
 
     async def _call_queue(self, method: str, *args, attempts: int = 5) -> None:
         """Report an outcome, retrying briefly so a queue hiccup does not strand a finished job."""
@@ -123,4 +155,5 @@ class ModelWorker:
         import ray
 
         return {"id": self.id, "device": self.engine.device, "preset": self._preset_name,
-                "gpu_ids": ray.get_gpu_ids(), "jobs_done": self.jobs_done}
+                "gpu_ids": ray.get_gpu_ids(), "jobs_done": self.jobs_done,
+                "attention_backend": self.engine.attention_backend, "node_id": ray.get_runtime_context().get_node_id()}

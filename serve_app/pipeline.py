@@ -5,6 +5,15 @@ The same code path serves the embedded tiny model and the real presets: both are
 the real loading code. Heavy imports (torch, diffusers) happen inside methods so that the ingress and
 the queue, which import this package too, stay light.
 
+Presets that share a base share one copy of it in memory. Switching between them swaps the LoRA and
+the scheduler and never reloads the base from disk:
+- a LoRA preset's file is read once (then kept in CPU memory), its layer names are checked against
+  the transformer (a LoRA for another model is an error, never silently half-applied), and it is
+  fused into the weights, with the PEFT wrappers removed so inference costs exactly the base's;
+- before the first fuse, the original weights of every layer a LoRA touches are copied aside (to
+  pinned CPU memory on a GPU); switching away copies them back, so a round trip 4step -> 40step ->
+  4step gives pixel-identical outputs (fuse then unfuse is not exact arithmetic in bf16).
+
 Not thread-safe: a diffusers pipeline gives wrong pixels when called from two threads, so the worker
 runs one job at a time per engine (the contract of ``ModelWorker``).
 """
@@ -17,11 +26,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import images
-from .presets import BUILTIN_TINY, LIGHTNING_SCHEDULER, Preset
+from .presets import BUILTIN_TINY, LIGHTNING_SCHEDULER, LoraSpec, Preset
 from .tiny_model import ensure_tiny_model
 
 log = logging.getLogger("ray.serve")
 _PATHS = re.compile(r"(/[\w.\-]+)+/?")
+# Fastest first; each is tried only on CUDA and kept if the transformer accepts it.
+ATTENTION_BACKENDS = ("_flash_3_hub", "_flash_3", "flash", "_native_cudnn", "native")
+
+
+class LoraMismatch(ValueError):
+    """A LoRA whose layers do not match the base model's transformer."""
 
 
 def public_error(exc: BaseException) -> str:
@@ -43,9 +58,19 @@ class EditResult:
     height: int
 
 
+def lora_targets(state_dict: dict) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Layer name -> (lora_A shape, lora_B shape) for a LoRA state dict in diffusers' naming."""
+    targets: dict[str, list] = {}
+    for key, tensor in state_dict.items():
+        m = re.match(r"^(?:transformer\.)?(.+)\.lora_([AB])\.weight$", key)
+        if m:
+            targets.setdefault(m.group(1), [None, None])["AB".index(m.group(2))] = tuple(tensor.shape)
+    return {name: (a, b) for name, (a, b) in targets.items()}
+
+
 class EditEngine:
     def __init__(self, models_dir: str, device: str = "auto", torch_threads: int | None = None,
-                 png_compress_level: int = 1):
+                 png_compress_level: int = 1, attention_backend: str = "auto", compile: bool = False):
         import torch
 
         if torch_threads:
@@ -56,41 +81,69 @@ class EditEngine:
         self.dtype = torch.bfloat16 if device == "cuda" else torch.float32
         self.models_dir = Path(models_dir)
         self.png_compress_level = png_compress_level
+        self.attention_backend_wanted = attention_backend
+        self.attention_backend: str | None = None
+        self.compile = compile
         self.pipe = None
         self.base: str | None = None  # the base weights held in memory
         self.preset: Preset | None = None  # the preset those weights are configured for
+        self._fused: LoraSpec | None = None  # the LoRA baked into the weights now
+        self._originals: dict = {}  # layer name -> its base weight, for an exact restore
+        self._lora_cache: dict[LoraSpec, dict] = {}
+
+    # --- loading ---------------------------------------------------------------------------------
 
     def _base_folder(self, preset: Preset) -> str:
         if preset.base == BUILTIN_TINY:
             return str(ensure_tiny_model(self.models_dir / "tiny"))
-        return str(Path(preset.base).expanduser()) if Path(preset.base).expanduser().exists() else preset.base
+        local = Path(preset.base).expanduser()
+        return str(local) if local.exists() else preset.base
 
     def ensure(self, preset: Preset) -> float:
         """Make ``preset`` the active one; returns the seconds it took (0 when it already was)."""
         if self.preset == preset:
             return 0.0
-        if preset.lora is not None:
-            raise NotImplementedError(
-                f"preset {preset.name} uses a LoRA, which this build cannot load yet")
         start = time.perf_counter()
-        if self.base != preset.base:
-            import diffusers
-            import transformers
-
-            diffusers.utils.logging.disable_progress_bar()  # no progress bars in the server log
-            transformers.utils.logging.disable_progress_bar()
-            self.pipe = None  # free the old weights before loading new ones
-            cls = getattr(diffusers, preset.pipeline)
-            pipe = cls.from_pretrained(self._base_folder(preset), dtype=self.dtype, local_files_only=True)
-            pipe.set_progress_bar_config(disable=True)
-            self.pipe = pipe.to(self.device)
-            self._default_scheduler_config = dict(self.pipe.scheduler.config)
-            self.base = preset.base
+        if self.base != preset.base or self.pipe is None or type(self.pipe).__name__ != preset.pipeline:
+            self._load_base(preset)
+        self._apply_lora(preset.lora)
         self._configure_scheduler(preset)
         self.preset = preset
         seconds = time.perf_counter() - start
         log.info("[ModelWorker] Preset %s ready on %s in %.2fs", preset.name, self.device, seconds)
         return seconds
+
+    def _load_base(self, preset: Preset) -> None:
+        import diffusers
+        import transformers
+
+        diffusers.utils.logging.disable_progress_bar()  # no progress bars in the server log
+        transformers.utils.logging.disable_progress_bar()
+        self.pipe, self.base, self.preset, self._fused, self._originals = None, None, None, None, {}
+        cls = getattr(diffusers, preset.pipeline)
+        pipe = cls.from_pretrained(self._base_folder(preset), dtype=self.dtype, local_files_only=True)
+        pipe.set_progress_bar_config(disable=True)
+        self.pipe = pipe.to(self.device)
+        self._default_scheduler_config = dict(self.pipe.scheduler.config)
+        self._set_attention_backend()
+        if self.compile and self.device == "cuda":
+            self.pipe.transformer.compile_repeated_blocks(fullgraph=True)
+        self.base = preset.base
+
+    def _set_attention_backend(self) -> None:
+        wanted = self.attention_backend_wanted
+        if self.device != "cuda" or wanted == "native":
+            self.attention_backend = "native"
+            return
+        for name in ATTENTION_BACKENDS if wanted == "auto" else (wanted,):
+            try:
+                self.pipe.transformer.set_attention_backend(name)
+                self.attention_backend = name
+                log.info("[ModelWorker] attention backend: %s", name)
+                return
+            except Exception as exc:  # not installed, or not supported on this GPU
+                log.info("[ModelWorker] attention backend %s unavailable: %s", name, public_error(exc))
+        self.attention_backend = "native"
 
     def _configure_scheduler(self, preset: Preset) -> None:
         from diffusers import FlowMatchEulerDiscreteScheduler
@@ -99,6 +152,71 @@ class EditEngine:
         if preset.scheduler == "lightning":
             config.update(LIGHTNING_SCHEDULER)
         self.pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(config)
+
+    # --- LoRA: fuse, and restore the base exactly ------------------------------------------------
+
+    def _lora_state(self, lora: LoraSpec) -> dict:
+        if lora not in self._lora_cache:
+            if lora.path:
+                sd = self.pipe.lora_state_dict(str(Path(lora.path).expanduser()))
+            else:
+                sd = self.pipe.lora_state_dict(lora.repo, weight_name=lora.file, local_files_only=True)
+            self._check_lora(sd, lora)
+            self._lora_cache[lora] = {k: v.to("cpu") for k, v in sd.items()}
+        return self._lora_cache[lora]
+
+    def _check_lora(self, state_dict: dict, lora: LoraSpec) -> None:
+        import torch
+
+        targets = lora_targets(state_dict)
+        modules = dict(self.pipe.transformer.named_modules())
+        if not targets:
+            raise LoraMismatch(f"LoRA {lora.describe()} holds no LoRA layers")
+        missing = sorted(n for n in targets if not isinstance(modules.get(n), torch.nn.Linear))
+        if missing:
+            raise LoraMismatch(
+                f"LoRA {Path(lora.describe()).name} does not fit this model: {len(missing)} of its "
+                f"{len(targets)} layers (e.g. {missing[0]}) are not linear layers of the transformer")
+        for name, (a, b) in targets.items():
+            weight = modules[name].weight
+            if a is None or b is None or a[1] != weight.shape[1] or b[0] != weight.shape[0]:
+                raise LoraMismatch(f"LoRA {Path(lora.describe()).name} does not fit this model: layer "
+                                   f"{name} has shapes {a} / {b}, the model's weight is {tuple(weight.shape)}")
+
+    def _restore_base(self) -> None:
+        import torch
+
+        if self._fused is None:
+            return
+        modules = dict(self.pipe.transformer.named_modules())
+        with torch.no_grad():
+            for name, original in self._originals.items():
+                modules[name].weight.copy_(original, non_blocking=True)
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        self._fused = None
+
+    def _apply_lora(self, lora: LoraSpec | None) -> None:
+        import torch
+
+        if self._fused == lora:
+            return
+        self._restore_base()
+        if lora is None:
+            return
+        state = self._lora_state(lora)
+        modules = dict(self.pipe.transformer.named_modules())
+        with torch.no_grad():
+            for name in lora_targets(state):
+                if name not in self._originals:  # weights are the base's here: keep a copy once
+                    copy = modules[name].weight.detach().to("cpu", copy=True)
+                    self._originals[name] = copy.pin_memory() if self.device == "cuda" else copy
+        self.pipe.load_lora_weights(dict(state), adapter_name="active")
+        self.pipe.fuse_lora(components=["transformer"], lora_scale=1.0, adapter_names=["active"])
+        self.pipe.unload_lora_weights()  # drop the PEFT wrappers; the fused weights stay
+        self._fused = lora
+
+    # --- inference -------------------------------------------------------------------------------
 
     @contextlib.contextmanager
     def _working_area(self, area: int):
@@ -112,26 +230,39 @@ class EditEngine:
         finally:
             plus.VAE_IMAGE_SIZE = saved
 
-    def run(self, preset: Preset, image_bytes: bytes, instruction: str, seed: int,
-            system_prompt: str | None = None) -> EditResult:
-        """One edit; same inputs and seed give identical pixels (a per-job ``torch.Generator``)."""
+    def generate(self, preset: Preset, images_bytes: list[bytes], instruction: str, seed: int,
+                 system_prompt: str | None = None):
+        """The edited PIL image. Same inputs and seed give identical pixels (a per-job generator)."""
         import torch
         from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import calculate_dimensions
 
         self.ensure(preset)
-        start = time.perf_counter()
-        image = images.decode(image_bytes)
+        inputs = [images.decode(b) for b in images_bytes]
         area = preset.resolution * preset.resolution
-        width, height = calculate_dimensions(area, image.width / image.height)
+        # The pipeline sizes the output from the last image; so do we, at the preset's working area.
+        width, height = calculate_dimensions(area, inputs[-1].width / inputs[-1].height)
         prompt = f"{system_prompt.strip()}\n{instruction}" if system_prompt and system_prompt.strip() else instruction
         generator = torch.Generator(device="cpu").manual_seed(seed)
+        plus = preset.pipeline == "QwenImageEditPlusPipeline"
+        if not plus and len(inputs) > 1:
+            raise ValueError(f"preset {preset.name} takes one image; this job has {len(inputs)}")
         kwargs = dict(
-            image=[image] if preset.pipeline == "QwenImageEditPlusPipeline" else image,
-            prompt=prompt, negative_prompt=preset.negative_prompt, true_cfg_scale=preset.cfg_scale,
-            num_inference_steps=preset.steps, height=height, width=width, generator=generator,
+            image=inputs if plus else inputs[0], prompt=prompt, negative_prompt=preset.negative_prompt,
+            true_cfg_scale=preset.cfg_scale, num_inference_steps=preset.steps, height=height, width=width,
+            generator=generator,
         )
         with torch.inference_mode(), self._working_area(area):
-            out = self.pipe(**kwargs).images[0]
-        png = images.encode_png(out, self.png_compress_level)
-        return EditResult(png=png, seed=seed, seconds=time.perf_counter() - start,
-                          width=out.width, height=out.height)
+            return self.pipe(**kwargs).images[0]
+
+    def encode(self, image) -> bytes:
+        return images.encode_png(image, self.png_compress_level)
+
+    def run(self, preset: Preset, images_bytes: list[bytes] | bytes, instruction: str, seed: int,
+            system_prompt: str | None = None) -> EditResult:
+        """generate + encode in one call (the worker splits them to encode off the GPU's path)."""
+        if isinstance(images_bytes, (bytes, bytearray)):
+            images_bytes = [bytes(images_bytes)]
+        start = time.perf_counter()
+        out = self.generate(preset, images_bytes, instruction, seed, system_prompt)
+        png = self.encode(out)
+        return EditResult(png=png, seed=seed, seconds=time.perf_counter() - start, width=out.width, height=out.height)

@@ -43,7 +43,7 @@ LOST = "worker lost: the model worker stopped while running this job; submit it 
 class JobTask:
     job_id: str
     preset: Preset
-    image: bytes
+    images: list[bytes]
     instruction: str
     seed: int
     system_prompt: str | None
@@ -61,6 +61,7 @@ class WorkerInfo:
     preset: str | None = None
     last_seen: float = field(default_factory=time.monotonic)
     detail: str | None = None
+    placement: dict = field(default_factory=dict)  # gpu_ids, node, device: reported by the worker
 
 
 @dataclass
@@ -88,6 +89,7 @@ class QueueActor:
         self.workers: dict[str, WorkerInfo] = {}
         self.load: LoadRequest | None = None
         self._changed = asyncio.Event()
+        self._sched_checked, self._sched_reason = -1e9, None
         self._cleanup_task = asyncio.get_running_loop().create_task(self._cleanup_loop())
         log.info("[JobQueue] Started - Max size: %d, Cleanup age: %ss",
                  settings.max_queue_size, int(settings.cleanup_age_seconds))
@@ -141,6 +143,37 @@ class QueueActor:
         if self.load:
             self.load.pending &= alive
 
+    def unschedulable(self) -> str | None:
+        """Why no model worker can run, when none is alive and no node could ever host one.
+
+        A worker that is merely starting, or waiting for a busy resource, is not reported: only
+        a requirement (GPUs, custom resources) that no live node of the cluster has at all."""
+        if self._alive_workers():
+            return None
+        now = time.monotonic()
+        if now - self._sched_checked < 5.0:
+            return self._sched_reason
+        self._sched_checked = now
+        need = {k: v for k, v in self.settings.worker_resources.items() if v > 0}
+        try:
+            import ray
+
+            nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+        except Exception:
+            return self._sched_reason
+        fits = any(all(node.get(k, 0) >= v for k, v in need.items()) for node in nodes)
+        if fits:
+            self._sched_reason = None
+        else:
+            total = {k: sum(node.get(k, 0) for node in nodes) for k in need}
+            self._sched_reason = (
+                "No model worker can be scheduled: each needs "
+                + ", ".join(f"{k} {v:g}" for k, v in need.items())
+                + " and no node of this cluster has that (cluster has "
+                + ", ".join(f"{k} {v:g}" for k, v in total.items())
+                + "). On a machine without a GPU, serve config/serve.yaml.")
+        return self._sched_reason
+
     def check_health(self) -> None:
         if self._cleanup_task.done():
             raise RuntimeError("the queue's cleanup loop stopped")
@@ -156,13 +189,16 @@ class QueueActor:
         require_available(preset)
         return preset
 
-    async def submit(self, job_id: str, image: bytes, instruction: str, seed: int,
+    async def submit(self, job_id: str, images: list[bytes], instruction: str, seed: int,
                      preset: str | None, system_prompt: str | None) -> dict:
         chosen = self.resolve_preset(preset)
+        reason = self.unschedulable()
+        if reason:  # refuse rather than accept a job that can never run
+            raise ServiceUnavailable(reason)
         self._expire()
         # No await between the check and the insert below: admission is atomic.
         job = self.core.submit(job_id, instruction=instruction, preset=chosen.name, seed=seed,
-                               system_prompt=system_prompt, payload=image)
+                               system_prompt=system_prompt, payload=images)
         self._notify()
         log.info("[JobQueue] Job %s submitted - Queue size: %d - preset %s",
                  job.id[:8], self.core.occupancy, chosen.name)
@@ -200,14 +236,17 @@ class QueueActor:
     def health(self) -> dict:
         workers = self._alive_workers()
         states = [w.state for w in workers]
+        reason = self.unschedulable()
         return {
+            "warnings": [reason] if reason else [],
             "current_model": self.default_preset,
             "model_loaded": any(s in ("ready", "busy") for s in states),
             "is_loading": self.load is not None or any(s in ("starting", "loading") for s in states),
             "is_generating": bool(self.core.running()),
             "queue_max_size": self.core.max_size,
             "queue_cleanup_age_seconds": self.core.cleanup_age_s,
-            "workers": [{"id": w.id[-12:], "state": w.state, "preset": w.preset} for w in workers],
+            "workers": [{"id": w.id[-12:], "state": w.state, "preset": w.preset, "detail": w.detail,
+                         **w.placement} for w in workers],
         }
 
     async def load_model(self, name: str) -> dict:
@@ -261,9 +300,11 @@ class QueueActor:
         self._worker(worker_id)
 
     def worker_state(self, worker_id: str, state: str, preset: str | None = None,
-                     detail: str | None = None) -> None:
+                     detail: str | None = None, placement: dict | None = None) -> None:
         info = self._worker(worker_id)
         info.state, info.preset, info.detail = state, preset, detail
+        if placement:
+            info.placement = placement
 
     async def next_task(self, worker_id: str, preset: str | None = None,
                         timeout: float = 5.0) -> JobTask | LoadTask | None:
@@ -307,7 +348,7 @@ class QueueActor:
         self.store.write(name, png)
         self.core.complete(job_id, name, run_seconds)
         info = self._worker(worker_id)
-        info.state, info.preset = "ready", job.preset
+        info.state, info.preset = self._idle_or_busy(worker_id), job.preset
         self._notify()
         log.info("[JobQueue] Job %s completed in %.2fs - Path: %s", job_id[:8], run_seconds, name)
 
@@ -315,9 +356,13 @@ class QueueActor:
         if not self._still_running(worker_id, job_id):
             return
         self.core.fail(job_id, error, run_seconds)
-        self._worker(worker_id).state = "ready"
+        self._worker(worker_id).state = self._idle_or_busy(worker_id)
         self._notify()
         log.warning("[JobQueue] Job %s failed after %.2fs - %s", job_id[:8], run_seconds, error)
+
+    def _idle_or_busy(self, worker_id: str) -> str:
+        """Workers encode a finished job's PNG while running the next job: still busy then."""
+        return "busy" if any(j.worker_id == worker_id for j in self.core.running()) else "ready"
 
     def load_done(self, worker_id: str, preset: str, seconds: float | None, error: str | None) -> None:
         info = self._worker(worker_id)

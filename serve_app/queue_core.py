@@ -239,4 +239,5 @@ class JobQueue:
             "instruction": job.instruction,
             "model": job.preset,
             "estimated_wait_seconds": None if job.status.terminal else self.estimated_wait(job),
+            "worker": job.worker_id[-8:] if job.worker_id else None,
         }

@@ -28,6 +28,7 @@ class JobStatusResponse(BaseModel):
     instruction: str
     model: str
     estimated_wait_seconds: int | None = Field(None, description="addition: seconds until the result")
+    worker: str | None = Field(None, description="addition: the model worker that ran (or runs) the job")
 
 
 class QueueResponse(BaseModel):
@@ -45,12 +46,16 @@ class QueueResponse(BaseModel):
 
 class WorkerView(BaseModel):
     id: str
-    state: str
+    state: str = Field(description="starting | loading | idle | ready | busy | failed")
     preset: str | None
+    detail: str | None = None
+    gpu_ids: list[int] = Field(default_factory=list)
+    device: str | None = None
+    node: str | None = None
 
 
 class HealthResponse(BaseModel):
-    status: str = Field(description="healthy (a worker is ready), starting, or degraded (queue unreachable)")
+    status: str = Field(description="healthy (a worker is ready), starting, or degraded (see warnings)")
     current_model: str | None
     model_loaded: bool
     is_loading: bool
@@ -58,6 +63,7 @@ class HealthResponse(BaseModel):
     queue_max_size: int
     queue_cleanup_age_seconds: float
     workers: list[WorkerView] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list, description="e.g. no node can host a model worker")
 
 
 class PresetView(BaseModel):

@@ -77,6 +77,11 @@ class Api:
         raise AssertionError("queue did not drain")
 
 
+class _Placeholder:
+    def ready(self):
+        return True
+
+
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory):
     os.environ.update(ENV)
@@ -84,9 +89,13 @@ def cluster(tmp_path_factory):
     from ray import serve
 
     port = _free_port()
-    # num_gpus=1 fakes a GPU resource so the GPU config's `num_gpus: 1` can be placed and checked.
-    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,
-             _temp_dir=str(tmp_path_factory.mktemp("ray")))
+    # Fake GPUs so GPU configs can be placed and checked (one for the GPU config, two for the
+    # two-replica app); a "parking" resource held by a placeholder actor: workers pinned to it exist
+    # in principle but never start, so their app's queue only fills (exact admission counts).
+    ray.init(address="local", num_cpus=2, num_gpus=3, resources={"parking": 1}, include_dashboard=False,
+             log_to_driver=False, _temp_dir=str(tmp_path_factory.mktemp("ray")))
+    parked = ray.remote(num_cpus=0, resources={"parking": 1})(_Placeholder).remote()
+    ray.get(parked.ready.remote(), timeout=60)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     root = tmp_path_factory.mktemp("apps")
     yield {"port": port, "root": root}
@@ -137,15 +146,50 @@ def _deploy(cluster, name: str, prefix: str, wait_workers: bool, config_file: st
     return api
 
 
+def _make_loras(root: Path) -> dict[str, str]:
+    """Tiny LoRAs in the Lightning key format for the tiny transformer (one for another model)."""
+    from diffusers import QwenImageTransformer2DModel
+
+    from serve_app.tiny_model import ensure_tiny_model
+    from tests.helpers import make_lightning_lora
+
+    transformer = QwenImageTransformer2DModel.from_pretrained(ensure_tiny_model(root / "models" / "tiny") / "transformer")
+    return {
+        "lora4": str(make_lightning_lora(transformer, root / "loras" / "tiny-lightning-4step.safetensors", seed=1)),
+        "alien": str(make_lightning_lora(transformer, root / "loras" / "alien.safetensors", seed=2,
+                                         prefix="single_transformer_blocks")),
+    }
+
+
 @pytest.fixture(scope="session")
 def api(cluster) -> Api:
-    return _deploy(cluster, "main", "/", wait_workers=True)
+    loras = _make_loras(cluster["root"])
+    common = {"base": "builtin:tiny", "cfg_scale": 1.0, "resolution": 256, "nominal_seconds": 1.0}
+    presets = {
+        "lora4": {**common, "steps": 4, "scheduler": "lightning", "lora": {"path": loras["lora4"]}},
+        "alien": {**common, "steps": 4, "lora": {"path": loras["alien"]}},
+    }
+    return _deploy(cluster, "main", "/", wait_workers=True, presets=presets)
 
 
 @pytest.fixture(scope="session")
 def frozen(cluster) -> Api:
     return _deploy(cluster, "frozen", "/frozen", wait_workers=False,
-                   worker={"resources": {"no-such-node": 1}})
+                   worker={"num_cpus": 0, "resources": {"parking": 1}})
+
+
+@pytest.fixture(scope="session")
+def nowhere_api(cluster) -> Api:
+    """Workers that need a resource no node has: they can never be scheduled."""
+    return _deploy(cluster, "nowhere", "/nowhere", wait_workers=False,
+                   worker={"num_cpus": 0, "resources": {"no-such-node": 1}})
+
+
+@pytest.fixture(scope="session")
+def multi_api(cluster) -> Api:
+    """Two GPU workers (on the faked GPUs): two jobs at once."""
+    return _deploy(cluster, "multi", "/multi", wait_workers=True,
+                   worker={"num_replicas": 2, "num_gpus": 1, "num_cpus": 0})
 
 
 @pytest.fixture(scope="session")

@@ -221,7 +221,7 @@ def test_bad_input_gets_a_clear_4xx(api, case):
         "missing_instruction": (422, {"image": ("a.png", IMAGE)}, {}, "'instruction' is required"),
         "bad_seed": (422, {"image": ("a.png", IMAGE)}, {**good, "seed": "forty-two"}, "Invalid seed 'forty-two'"),
         "negative_seed": (422, {"image": ("a.png", IMAGE)}, {**good, "seed": "-1"}, "Invalid seed -1"),
-        "image_as_text": (422, None, {**good, "image": "not a file"}, "'image'"),
+        "image_as_text": (422, None, {**good, "image": "not a file"}, "'image' must be a file upload"),
     }
     code, files, data, detail = cases[case]
     r = _post(api, files=files, data=data)
