@@ -198,6 +198,7 @@ class Ingress:
                                  "send only preset.")
             preset = chosen[0]
         seed = _parse_seed(form.seed)
+        await self._call("check_room")  # a full queue refuses before the images are decoded
         data = [await f.read() for f in form.images]
         for one in data:
             await asyncio.to_thread(check_upload, one, self.s.upload_limits)

@@ -122,6 +122,9 @@ class ModelWorker:
             await self._call_queue("job_failed", self.id, task.job_id, public_error(exc),
                                    time.perf_counter() - start)
             return
+        if self.engine.device == "cpu":  # no accelerator to keep busy: overlapping only adds contention
+            await self._finish(task, image, start)
+            return
         finish = asyncio.get_running_loop().create_task(self._finish(task, image, start))
         self._encoding.add(finish)
         finish.add_done_callback(self._encoding.discard)

@@ -19,13 +19,6 @@ from .errors import BadRequest, PresetUnavailable
 
 BUILTIN_TINY = "builtin:tiny"
 LIGHTNING_REPO = "lightx2v/Qwen-Image-Lightning"
-# Scheduler settings the Lightning LoRAs were distilled with (from the LoRA authors' model card).
-LIGHTNING_SCHEDULER = {
-    "base_image_seq_len": 256, "base_shift": 1.0986122886681098, "max_shift": 1.0986122886681098,
-    "max_image_seq_len": 8192, "num_train_timesteps": 1000, "shift": 1.0, "shift_terminal": None,
-    "use_dynamic_shifting": True, "time_shift_type": "exponential",
-    "use_beta_sigmas": False, "use_exponential_sigmas": False, "use_karras_sigmas": False,
-}
 
 
 class LoraSpec(BaseModel):

@@ -233,6 +233,11 @@ class QueueActor:
         self._expire()
         return self.core.stats()
 
+    def check_room(self) -> None:
+        """Raise ``QueueFull`` now if a submit would be refused, so the ingress can skip decoding
+        the upload (the expensive part of a refusal). ``submit`` still decides, atomically."""
+        self.core.check_room()
+
     def health(self) -> dict:
         workers = self._alive_workers()
         states = [w.state for w in workers]

@@ -91,12 +91,16 @@ class JobQueue:
     def occupancy(self) -> int:
         return len(self._queued) + len(self._running)
 
-    def submit(self, job_id: str, *, instruction: str, preset: str, seed: int,
-               system_prompt: str | None = None, payload: Any = None) -> Job:
-        """Admit a job or raise ``QueueFull`` (with the seconds until a slot should free up)."""
+    def check_room(self) -> None:
+        """Raise ``QueueFull`` (with the seconds until a slot should free up) when full."""
         if self.occupancy >= self.max_size:
             self.refused_total += 1
             raise QueueFull(self.max_size, self.retry_after())
+
+    def submit(self, job_id: str, *, instruction: str, preset: str, seed: int,
+               system_prompt: str | None = None, payload: Any = None) -> Job:
+        """Admit a job or raise ``QueueFull``; the check and the insert are one step."""
+        self.check_room()
         if job_id in self._jobs:
             raise ValueError(f"duplicate job id {job_id}")
         job = Job(id=job_id, instruction=instruction, preset=preset, seed=seed,

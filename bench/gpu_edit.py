@@ -1,0 +1,257 @@
+"""Seconds per edit of the full-size Qwen-Image-Edit-Plus architecture on a GPU, no download.
+
+    python3 bench/gpu_edit.py [--presets qwen-4step,qwen-8step,qwen-40step] [--size 1024]
+                              [--runs 3] [--compile] [--attention auto] [--out FILE.json]
+
+Builds the real architecture (60-block transformer of ~20 B parameters, Qwen2.5-VL-7B text encoder,
+Qwen-Image VAE) with random bf16 weights directly on the GPU: the time per step does not depend on
+the weights' values. Then, for each preset at ``--size`` x ``--size``, reports per-stage times (text
+encoder, VAE encode, each denoising step, VAE decode, PNG encode), seconds per edit end to end, and
+the transformer's achieved TFLOP/s (FLOPs counted by torch's FlopCounterMode) against 790, what an
+H100/H200 reaches on plain bf16 matrix products. Needs only torch, diffusers and transformers (and
+tokenizers/Pillow, which they bring); the tokenizer is the project's tiny one, which gives the same
+prompt length as the real one. ``--smoke`` runs the same code on CPU at toy size (used by the tests).
+"""
+
+import argparse
+import io
+import json
+import math
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+PEAK_TFLOPS = 790.0
+PRESETS = {  # steps, true CFG, negative prompt, Lightning scheduler
+    "qwen-4step": (4, 1.0, None, True),
+    "qwen-8step": (8, 1.0, None, True),
+    "qwen-40step": (40, 4.0, " ", False),
+}
+
+
+def build_pipeline(device, dtype, smoke: bool):
+    import torch
+    from diffusers import (AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageEditPlusPipeline,
+                           QwenImageTransformer2DModel)
+    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer,
+                              Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor)
+
+    from serve_app.tiny_model import SPECIAL_TOKENS, _train_tokenizer
+
+    raw = _train_tokenizer()
+    tokenizer = Qwen2Tokenizer(tokenizer_object=raw)
+    ids = {t: raw.token_to_id(t) for t in SPECIAL_TOKENS}
+    if smoke:
+        text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                    num_key_value_heads=1, rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3],
+                                                            "rope_theta": 1e6})
+        vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32,
+                      fullatt_block_indexes=[1])
+        tr = dict(num_layers=2, attention_head_dim=32, num_attention_heads=2, joint_attention_dim=32,
+                  axes_dims_rope=(4, 14, 14))
+        vae = dict(base_dim=8, dim_mult=[1, 2, 4, 4], num_res_blocks=1)
+    else:  # Qwen2.5-VL-7B and Qwen-Image-Edit-2509 as published
+        text = dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                    num_key_value_heads=4, rope_parameters={"rope_type": "default", "mrope_section": [16, 24, 24],
+                                                            "rope_theta": 1e6})
+        vision = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
+                      fullatt_block_indexes=[7, 15, 23, 31])
+        tr = dict(num_layers=60, attention_head_dim=128, num_attention_heads=24, joint_attention_dim=3584,
+                  axes_dims_rope=(16, 56, 56))
+        vae = dict(base_dim=96, dim_mult=[1, 2, 4, 4], num_res_blocks=2)
+    config = Qwen2_5_VLConfig(
+        text_config={**text, "vocab_size": 152064, "max_position_embeddings": 128000,
+                     "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"]},
+        vision_config={**vision, "window_size": 112, "patch_size": 14, "spatial_merge_size": 2,
+                       "temporal_patch_size": 2},
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    t0 = time.perf_counter()
+    saved = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # build in bf16 straight on the device: no fp32 copy, no host RAM
+    try:
+        with torch.device(device):
+            text_encoder = Qwen2_5_VLForConditionalGeneration(config).eval()
+            transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=64, out_channels=16, **tr).eval()
+            vae_model = AutoencoderKLQwenImage(z_dim=16, attn_scales=[], temperal_downsample=[False, True, True],
+                                               **vae).eval()
+    finally:
+        torch.set_default_dtype(saved)
+    processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(), video_processor=Qwen2VLVideoProcessor(),
+                                 tokenizer=tokenizer)
+    pipe = QwenImageEditPlusPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae_model,
+                                     text_encoder=text_encoder, tokenizer=tokenizer, processor=processor,
+                                     transformer=transformer)
+    pipe.set_progress_bar_config(disable=True)
+    params = sum(p.numel() for p in transformer.parameters())
+    return pipe, params, time.perf_counter() - t0
+
+
+class StageTimer:
+    """Wall time per pipeline stage, with the device synchronised at each boundary."""
+
+    def __init__(self, pipe, sync):
+        self.sync, self.times = sync, {}
+        for name, module, method in [("text_encoder", pipe.text_encoder, "forward"),
+                                     ("vae_encode", pipe.vae, "encode"), ("vae_decode", pipe.vae, "decode"),
+                                     ("transformer", pipe.transformer, "forward")]:
+            self._wrap(name, module, method)
+
+    def _wrap(self, name, module, method):
+        original = getattr(module, method)
+
+        def timed(*a, **k):
+            self.sync()
+            t = time.perf_counter()
+            out = original(*a, **k)
+            self.sync()
+            self.times.setdefault(name, []).append(time.perf_counter() - t)
+            return out
+
+        setattr(module, method, timed)
+
+    def reset(self):
+        self.times = {}
+
+
+@contextmanager
+def working_area(area):
+    import diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus as plus
+
+    saved = plus.VAE_IMAGE_SIZE
+    plus.VAE_IMAGE_SIZE = area
+    try:
+        yield
+    finally:
+        plus.VAE_IMAGE_SIZE = saved
+
+
+def transformer_flops(pipe, size: int, device) -> float:
+    """FLOPs of one transformer forward at this size with one reference image (counted, not estimated)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    captured = {}
+    original = pipe.transformer.forward
+
+    def grab(*a, **k):
+        captured.setdefault("call", (a, k))
+        raise StopIteration
+
+    pipe.transformer.forward = grab
+    try:
+        run_edit(pipe, size, "qwen-4step", device, seed=0)
+    except StopIteration:
+        pass
+    finally:
+        pipe.transformer.forward = original
+    a, k = captured["call"]
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        original(*a, **k)
+    return float(counter.get_total_flops())
+
+
+def run_edit(pipe, size, preset, device, seed):
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from PIL import Image
+
+    from serve_app.schedulers import LIGHTNING_SCHEDULER
+
+    steps, cfg, negative, lightning = PRESETS[preset]
+    base = getattr(pipe, "_bench_default_scheduler", None) or dict(pipe.scheduler.config)
+    pipe._bench_default_scheduler = base
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config({**base, **(LIGHTNING_SCHEDULER if lightning else {})})
+    image = Image.new("RGB", (size, size), (120, 140, 160))
+    with torch.inference_mode(), working_area(size * size):
+        out = pipe(image=[image], prompt="make the sky blue and add clouds", negative_prompt=negative,
+                   true_cfg_scale=cfg, num_inference_steps=steps, height=size, width=size,
+                   generator=torch.Generator(device="cpu").manual_seed(seed)).images[0]
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--presets", default="qwen-4step,qwen-8step,qwen-40step")
+    ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--compile", action="store_true", help="torch.compile the repeated transformer blocks")
+    ap.add_argument("--attention", default="auto", help="diffusers attention backend, or auto")
+    ap.add_argument("--smoke", action="store_true", help="toy sizes on CPU, to check the script itself")
+    ap.add_argument("--out", help="write the results as JSON here too")
+    args = ap.parse_args()
+
+    import torch
+
+    device = "cpu" if args.smoke or not torch.cuda.is_available() else "cuda"
+    if device == "cpu" and not args.smoke:
+        print("no CUDA device: run with --smoke to check the script on CPU", file=sys.stderr)
+        return 2
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    size = 64 if args.smoke else args.size
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    pipe, params, build_s = build_pipeline(device, dtype, args.smoke)
+    result = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "size": size,
+              "transformer_params_b": round(params / 1e9, 2), "build_seconds": round(build_s, 1),
+              "torch": torch.__version__, "presets": {}}
+    if device == "cuda":
+        from serve_app.pipeline import ATTENTION_BACKENDS
+
+        chosen = "native"
+        for name in ATTENTION_BACKENDS if args.attention == "auto" else (args.attention,):
+            try:
+                pipe.transformer.set_attention_backend(name)
+                chosen = name
+                break
+            except Exception:
+                continue
+        result["attention_backend"] = chosen
+        if args.compile:
+            pipe.transformer.compile_repeated_blocks(fullgraph=True)
+    flops = transformer_flops(pipe, size, device)
+    result["transformer_flop_per_forward"] = flops
+    result["transformer_tflop_per_forward"] = round(flops / 1e12, 3)
+    timer = StageTimer(pipe, sync)
+    for preset in [p.strip() for p in args.presets.split(",") if p.strip()]:
+        run_edit(pipe, size, preset, device, seed=0)  # warm-up (and compile)
+        per_edit, stages, steps = [], {}, []
+        for run in range(args.runs):
+            timer.reset()
+            sync()
+            t = time.perf_counter()
+            image = run_edit(pipe, size, preset, device, seed=run + 1)
+            buf = io.BytesIO()
+            t_png = time.perf_counter()
+            image.save(buf, "PNG", compress_level=1)
+            png_s = time.perf_counter() - t_png
+            per_edit.append(time.perf_counter() - t)
+            for name, values in timer.times.items():
+                stages.setdefault(name, []).append(sum(values))
+            stages.setdefault("png_encode", []).append(png_s)
+            per_step = 2 if PRESETS[preset][1] > 1 and PRESETS[preset][2] is not None else 1  # CFG: 2 forwards
+            fwd = timer.times.get("transformer", [])
+            steps.append([sum(fwd[i:i + per_step]) for i in range(0, len(fwd), per_step)])
+        forwards = len(timer.times.get("transformer", []))
+        fwd_mean = statistics.mean(timer.times["transformer"]) if forwards else math.nan
+        result["presets"][preset] = {
+            "seconds_per_edit": round(statistics.median(per_edit), 3),
+            "stages_seconds": {k: round(statistics.median(v), 4) for k, v in stages.items()},
+            "step_seconds": [round(x, 4) for x in steps[-1]],
+            "transformer_forwards": forwards,
+            "transformer_tflops": round(flops / fwd_mean / 1e12, 1),
+            "mfu_vs_790": round(flops / fwd_mean / 1e12 / PEAK_TFLOPS, 3),
+        }
+        print(json.dumps({preset: result["presets"][preset]}), flush=True)
+    print(json.dumps(result, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

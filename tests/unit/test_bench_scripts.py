@@ -1,0 +1,22 @@
+"""The GPU benchmark cannot run here, but its code path can: --smoke runs it on CPU at toy size."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_gpu_edit_benchmark_runs_in_smoke_mode(tmp_path):
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_edit.py"), "--smoke", "--runs", "1",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert set(result["presets"]) == {"qwen-4step", "qwen-8step", "qwen-40step"}
+    four, forty = result["presets"]["qwen-4step"], result["presets"]["qwen-40step"]
+    assert four["transformer_forwards"] == 4 and forty["transformer_forwards"] == 80  # true CFG: 2 per step
+    assert len(forty["step_seconds"]) == 40
+    assert {"text_encoder", "vae_encode", "vae_decode", "png_encode", "transformer"} <= set(four["stages_seconds"])
+    assert result["transformer_flop_per_forward"] > 0
