@@ -21,10 +21,11 @@ import statistics
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from serve_app.pipeline_tweaks import set_fastest_attention, working_area  # noqa: E402
 
 PEAK_TFLOPS = 790.0
 PRESETS = {  # steps, true CFG, negative prompt, Lightning scheduler
@@ -119,18 +120,6 @@ class StageTimer:
         self.times = {}
 
 
-@contextmanager
-def working_area(area):
-    import diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus as plus
-
-    saved = plus.VAE_IMAGE_SIZE
-    plus.VAE_IMAGE_SIZE = area
-    try:
-        yield
-    finally:
-        plus.VAE_IMAGE_SIZE = saved
-
-
 def transformer_flops(pipe, size: int, device) -> float:
     """FLOPs of one transformer forward at this size with one reference image (counted, not estimated)."""
     import torch
@@ -200,17 +189,7 @@ def main() -> int:
               "transformer_params_b": round(params / 1e9, 2), "build_seconds": round(build_s, 1),
               "torch": torch.__version__, "presets": {}}
     if device == "cuda":
-        from serve_app.pipeline import ATTENTION_BACKENDS
-
-        chosen = "native"
-        for name in ATTENTION_BACKENDS if args.attention == "auto" else (args.attention,):
-            try:
-                pipe.transformer.set_attention_backend(name)
-                chosen = name
-                break
-            except Exception:
-                continue
-        result["attention_backend"] = chosen
+        result["attention_backend"] = set_fastest_attention(pipe.transformer, args.attention)
         if args.compile:
             pipe.transformer.compile_repeated_blocks(fullgraph=True)
     flops = transformer_flops(pipe, size, device)

@@ -18,7 +18,6 @@ Not thread-safe: a diffusers pipeline gives wrong pixels when called from two th
 runs one job at a time per engine (the contract of ``ModelWorker``).
 """
 
-import contextlib
 import logging
 import os
 import re
@@ -27,14 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import images
+from .pipeline_tweaks import set_fastest_attention, working_area
 from .presets import BUILTIN_TINY, LoraSpec, Preset
 from .schedulers import LIGHTNING_SCHEDULER
 from .tiny_model import ensure_tiny_model
 
 log = logging.getLogger("ray.serve")
 _PATHS = re.compile(r"(/[\w.\-]+)+/?")
-# Fastest first; each is tried only on CUDA and kept if the transformer accepts it.
-ATTENTION_BACKENDS = ("_flash_3_hub", "_flash_3", "flash", "_native_cudnn", "native")
 
 
 class LoraMismatch(ValueError):
@@ -140,19 +138,8 @@ class EditEngine:
         self.base = preset.base
 
     def _set_attention_backend(self) -> None:
-        wanted = self.attention_backend_wanted
-        if self.device != "cuda" or wanted == "native":
-            self.attention_backend = "native"
-            return
-        for name in ATTENTION_BACKENDS if wanted == "auto" else (wanted,):
-            try:
-                self.pipe.transformer.set_attention_backend(name)
-                self.attention_backend = name
-                log.info("[ModelWorker] attention backend: %s", name)
-                return
-            except Exception as exc:  # not installed, or not supported on this GPU
-                log.info("[ModelWorker] attention backend %s unavailable: %s", name, public_error(exc))
-        self.attention_backend = "native"
+        self.attention_backend = ("native" if self.device != "cuda" else
+                                  set_fastest_attention(self.pipe.transformer, self.attention_backend_wanted))
 
     def _configure_scheduler(self, preset: Preset) -> None:
         from diffusers import FlowMatchEulerDiscreteScheduler
@@ -227,18 +214,6 @@ class EditEngine:
 
     # --- inference -------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _working_area(self, area: int):
-        """The Plus pipeline encodes references at a fixed module-level area; scope ours to this call."""
-        import diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus as plus
-
-        saved = plus.VAE_IMAGE_SIZE
-        plus.VAE_IMAGE_SIZE = area
-        try:
-            yield
-        finally:
-            plus.VAE_IMAGE_SIZE = saved
-
     def generate(self, preset: Preset, images_bytes: list[bytes], instruction: str, seed: int,
                  system_prompt: str | None = None):
         """The edited PIL image. Same inputs and seed give identical pixels (a per-job generator)."""
@@ -263,7 +238,7 @@ class EditEngine:
             true_cfg_scale=preset.cfg_scale, num_inference_steps=preset.steps, height=height, width=width,
             generator=generator,
         )
-        with torch.inference_mode(), self._working_area(area):
+        with torch.inference_mode(), working_area(area):
             return self.pipe(**kwargs).images[0]
 
     def encode(self, image) -> bytes:
