@@ -84,9 +84,9 @@ class WorkerSettings(BaseModel):
     device: str
     torch_threads: int | None
     png_compress_level: int
-    attention_backend: str = "auto"
-    compile: bool = False
-    warmup: bool = False
+    attention_backend: str  # no defaults here: a field the builder forgets must fail, not go quiet
+    compile: bool
+    warmup: bool
     preload: Preset | None
 
 

@@ -229,8 +229,8 @@ class Ingress:
         try:
             h = await self._call("health", timeout=5.0)
         except Exception:
-            body = {"status": "degraded", "warnings": ["The job queue is not reachable."], "current_model": None, "model_loaded": False, "is_loading": False,
-                    "is_generating": False, "queue_max_size": self.s.max_queue_size,
+            body = {"status": "degraded", "warnings": ["The job queue is not reachable."], "current_model": None,
+                    "model_loaded": False, "is_loading": False, "is_generating": False, "queue_max_size": self.s.max_queue_size,
                     "queue_cleanup_age_seconds": self.s.cleanup_age_seconds, "workers": []}
             return JSONResponse(body, status_code=503)
         status = "healthy" if h["model_loaded"] else ("degraded" if h["warnings"] else "starting")
@@ -308,6 +308,16 @@ class Ingress:
 
 # --- the typed app builder -------------------------------------------------------------------------
 
+def worker_settings(args: AppArgs, presets: dict, default: str | None) -> WorkerSettings:
+    """What each model worker is built with: the YAML's ``worker:`` block plus the preset to preload."""
+    w = args.worker
+    preload = presets[default] if default and missing_weights(presets[default]) is None else None
+    return WorkerSettings(models_dir=str(args.path(args.models_dir, "models")), device=w.device,
+                          torch_threads=w.torch_threads, png_compress_level=w.png_compress_level,
+                          attention_backend=w.attention_backend, compile=w.compile, warmup=w.warmup,
+                          preload=preload)
+
+
 def build_app(args: AppArgs):
     """Build the Serve application from config/serve.yaml's ``args:`` (validated as ``AppArgs``)."""
     if not isinstance(args, AppArgs):
@@ -327,13 +337,11 @@ def build_app(args: AppArgs):
         default_preset=default, load_timeout_seconds=args.load_timeout_seconds,
         worker_resources={"CPU": w.num_cpus, "GPU": w.num_gpus, **w.resources},
     ))
-    preload = presets[default] if default and missing_weights(presets[default]) is None else None
     workers = ModelWorker.options(num_replicas=w.num_replicas, ray_actor_options=actor_options).bind(
-        queue, WorkerSettings(models_dir=str(args.path(args.models_dir, "models")), device=w.device,
-                              torch_threads=w.torch_threads, png_compress_level=w.png_compress_level,
-                              preload=preload))
+        queue, worker_settings(args, presets, default))
     return Ingress.options(num_replicas=args.ingress_replicas).bind(queue, workers, IngressSettings(
-        upload_limits=args.upload_limits, max_images=args.max_images, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        upload_limits=args.upload_limits, max_images=args.max_images,
+        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         max_instruction_chars=args.max_instruction_chars, edit_timeout_seconds=args.edit_timeout_seconds,
         load_timeout_seconds=args.load_timeout_seconds,
         key_digests=keyring.digests, presets=presets, cleanup_age_seconds=args.cleanup_age_seconds,

@@ -111,7 +111,7 @@ class ModelWorker:
         log.info("[ModelWorker] warm-up edit with %s took %.2fs", preset.name, time.perf_counter() - start)
 
     async def _run(self, task: JobTask) -> None:
-        """Generate on the device, then hand PNG encoding and the report to a background task so
+        """Generate on the device; on a GPU, hand PNG encoding and the report to a background task so
         the next job's generation starts at once (encoding is CPU work, off the GPU's path)."""
         start = time.perf_counter()
         try:
@@ -159,4 +159,5 @@ class ModelWorker:
 
         return {"id": self.id, "device": self.engine.device, "preset": self._preset_name,
                 "gpu_ids": ray.get_gpu_ids(), "jobs_done": self.jobs_done,
-                "attention_backend": self.engine.attention_backend, "node_id": ray.get_runtime_context().get_node_id()}
+                "attention_backend": self.engine.attention_backend,
+                "node_id": ray.get_runtime_context().get_node_id()}

@@ -27,7 +27,7 @@ from ray import serve
 from .config import QueueSettings
 from .errors import (ApiError, LoadInProgress, NoModelLoaded, ResultNotReady, ServiceUnavailable)
 from .presets import Preset, require_available, resolve
-from .queue_core import JobQueue, JobStatus
+from .queue_core import Job, JobQueue, JobStatus
 from .storage import ResultStore, result_name
 
 log = logging.getLogger("ray.serve")
@@ -337,18 +337,18 @@ class QueueActor:
                 return None
             await self._wait_change(deadline - time.monotonic())
 
-    def _still_running(self, worker_id: str, job_id: str) -> bool:
-        """False for a report about a job this worker no longer holds (it was declared lost)."""
-        job = self.core.get(job_id)
-        if job.status is JobStatus.PROCESSING and job.worker_id == worker_id:
-            return True
-        log.warning("[JobQueue] Ignoring a late report on job %s (now %s)", job_id[:8], job.status.value)
-        return False
+    def _held_job(self, worker_id: str, job_id: str) -> Job | None:
+        """The job, if this worker still holds it; None for a late report (declared lost, or gone)."""
+        job = next((j for j in self.core.running() if j.id == job_id), None)
+        if job is not None and job.worker_id == worker_id:
+            return job
+        log.warning("[JobQueue] Ignoring a late report on job %s from worker %s", job_id[:8], worker_id)
+        return None
 
     def job_done(self, worker_id: str, job_id: str, png: bytes, run_seconds: float) -> None:
-        if not self._still_running(worker_id, job_id):
+        job = self._held_job(worker_id, job_id)
+        if job is None:
             return
-        job = self.core.get(job_id)
         name = result_name(job.preset, time.time(), job.seed, job.id)
         self.store.write(name, png)
         self.core.complete(job_id, name, run_seconds)
@@ -358,7 +358,7 @@ class QueueActor:
         log.info("[JobQueue] Job %s completed in %.2fs - Path: %s", job_id[:8], run_seconds, name)
 
     def job_failed(self, worker_id: str, job_id: str, error: str, run_seconds: float) -> None:
-        if not self._still_running(worker_id, job_id):
+        if self._held_job(worker_id, job_id) is None:
             return
         self.core.fail(job_id, error, run_seconds)
         self._worker(worker_id).state = self._idle_or_busy(worker_id)

@@ -68,3 +68,17 @@ def test_result_names_and_store(tmp_path):
     for bad in ["../x.png", "/etc/passwd", "a/../../b.png"]:
         with pytest.raises(ValueError):
             store.read(bad)
+
+
+def test_worker_block_of_the_yaml_reaches_the_worker_settings(tmp_path):
+    from serve_app.config import AppArgs
+    from serve_app.deployments import worker_settings
+
+    args = AppArgs.model_validate({"state_dir": str(tmp_path), "worker": {
+        "attention_backend": "flash", "compile": True, "warmup": True, "torch_threads": 3,
+        "png_compress_level": 6, "device": "cpu"}})
+    s = worker_settings(args, build_registry({}), "tiny")
+    assert (s.attention_backend, s.compile, s.warmup, s.torch_threads, s.png_compress_level, s.device) == (
+        "flash", True, True, 3, 6, "cpu")
+    assert s.preload.name == "tiny" and s.models_dir == str((tmp_path / "models").resolve())
+    assert worker_settings(args, build_registry({}), "qwen-4step").preload is None  # weights absent
