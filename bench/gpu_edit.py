@@ -19,10 +19,13 @@ import json
 import math
 import statistics
 import sys
+import tempfile
 import time
+import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # gpu_edit / gpu_serving beside
 
 from serve_app.pipeline_tweaks import set_fastest_attention, working_area  # noqa: E402
 
@@ -96,7 +99,7 @@ class StageTimer:
     """Wall time per pipeline stage, with the device synchronised at each boundary."""
 
     def __init__(self, pipe, sync):
-        self.sync, self.times = sync, {}
+        self.sync, self.times, self._originals = sync, {}, []
         for name, module, method in [("text_encoder", pipe.text_encoder, "forward"),
                                      ("vae_encode", pipe.vae, "encode"), ("vae_decode", pipe.vae, "decode"),
                                      ("transformer", pipe.transformer, "forward")]:
@@ -104,6 +107,7 @@ class StageTimer:
 
     def _wrap(self, name, module, method):
         original = getattr(module, method)
+        self._originals.append((module, method, original))
 
         def timed(*a, **k):
             self.sync()
@@ -117,6 +121,13 @@ class StageTimer:
 
     def reset(self):
         self.times = {}
+
+    def unwrap(self):
+        """Put the original methods back (the per-stage syncs would distort later timings)."""
+        for module, method, original in self._originals:
+            if method in vars(module):
+                delattr(module, method)  # the instance attribute set by _wrap; the class's method shows again
+        self._originals = []
 
 
 def transformer_flops(pipe, size: int, device) -> float:
@@ -144,14 +155,15 @@ def transformer_flops(pipe, size: int, device) -> float:
     return float(counter.get_total_flops())
 
 
-def run_edit(pipe, size, preset, device, seed):
+def run_edit(pipe, size, preset, device, seed, steps=None):
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler
     from PIL import Image
 
     from serve_app.schedulers import LIGHTNING_SCHEDULER
 
-    steps, cfg, negative, lightning = PRESETS[preset]
+    preset_steps, cfg, negative, lightning = PRESETS[preset]
+    steps = steps or preset_steps
     base = getattr(pipe, "_bench_default_scheduler", None) or dict(pipe.scheduler.config)
     pipe._bench_default_scheduler = base
     pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config({**base, **(LIGHTNING_SCHEDULER if lightning else {})})
@@ -163,19 +175,62 @@ def run_edit(pipe, size, preset, device, seed):
     return out
 
 
+def time_preset(pipe, size, preset, device, runs, timer, sync, flops) -> dict:
+    """Median seconds per edit (PNG encode included), per-stage times and per-step times for a preset."""
+    steps_n = PRESETS[preset][0]
+    run_edit(pipe, size, preset, device, seed=0, steps=min(steps_n, 4))  # warm-up, same shapes (and compile)
+    per_edit, stages, steps = [], {}, []
+    for run in range(runs):
+        timer.reset()
+        sync()
+        t = time.perf_counter()
+        image = run_edit(pipe, size, preset, device, seed=run + 1)
+        buf = io.BytesIO()
+        t_png = time.perf_counter()
+        image.save(buf, "PNG", compress_level=1)
+        png_s = time.perf_counter() - t_png
+        per_edit.append(time.perf_counter() - t)
+        for name, values in timer.times.items():
+            stages.setdefault(name, []).append(sum(values))
+        stages.setdefault("png_encode", []).append(png_s)
+        per_step = 2 if PRESETS[preset][1] > 1 and PRESETS[preset][2] is not None else 1  # CFG: 2 forwards
+        fwd = timer.times.get("transformer", [])
+        steps.append([sum(fwd[i:i + per_step]) for i in range(0, len(fwd), per_step)])
+    forwards = len(timer.times.get("transformer", []))
+    fwd_mean = statistics.mean(timer.times["transformer"]) if forwards else math.nan
+    return {
+        "runs": runs,
+        "seconds_per_edit": round(statistics.median(per_edit), 3),
+        "stages_seconds": {k: round(statistics.median(v), 4) for k, v in stages.items()},
+        "step_seconds": [round(x, 4) for x in steps[-1]],
+        "transformer_forwards": forwards,
+        "transformer_forward_seconds": round(fwd_mean, 4),
+        "transformer_tflops": round(flops / fwd_mean / 1e12, 1),
+        "mfu_vs_790": round(flops / fwd_mean / 1e12 / PEAK_TFLOPS, 3),
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", default="qwen-4step,qwen-8step,qwen-40step")
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--compile", action="store_true", help="torch.compile the repeated transformer blocks")
+    ap.add_argument("--long-runs", type=int, default=1, help="runs for presets of more than 10 steps")
+    ap.add_argument("--serving", action="store_true",
+                    help="then drive the service's EditEngine on this model (bench/gpu_serving.py)")
+    ap.add_argument("--jobs", type=int, default=10, help="queue length for --serving")
+    ap.add_argument("--compile", action="store_true",
+                    help="then compile the repeated transformer blocks and time qwen-4step (and the queue) again")
     ap.add_argument("--attention", default="auto", help="diffusers attention backend, or auto")
+    ap.add_argument("--deadline", type=float, default=0,
+                    help="seconds: skip later sections that would not finish in time (results so far are kept)")
     ap.add_argument("--smoke", action="store_true", help="toy sizes on CPU, to check the script itself")
-    ap.add_argument("--out", help="write the results as JSON here too")
+    ap.add_argument("--out", help="write the results as JSON here too (rewritten after each section)")
     args = ap.parse_args()
 
     import torch
 
+    started = time.perf_counter()
     device = "cpu" if args.smoke or not torch.cuda.is_available() else "cuda"
     if device == "cpu" and not args.smoke:
         print("no CUDA device: run with --smoke to check the script on CPU", file=sys.stderr)
@@ -186,48 +241,85 @@ def main() -> int:
     pipe, params, build_s = build_pipeline(device, dtype, args.smoke)
     result = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "size": size,
               "transformer_params_b": round(params / 1e9, 2), "build_seconds": round(build_s, 1),
-              "torch": torch.__version__, "presets": {}}
-    if device == "cuda":
-        result["attention_backend"] = set_fastest_attention(pipe.transformer, args.attention)
-        if args.compile:
-            pipe.transformer.compile_repeated_blocks(fullgraph=True)
+              "torch": torch.__version__, "presets": {}, "skipped": []}
+
+    def save():
+        if args.out:
+            clean = {k: v for k, v in result.items() if k != "serving"}
+            if "serving" in result:
+                clean["serving"] = {k: v for k, v in result["serving"].items() if not k.startswith("_")}
+            Path(args.out).write_text(json.dumps(clean, indent=2))
+
+    def time_left(needed: float, what: str) -> bool:
+        left = args.deadline - (time.perf_counter() - started)
+        if args.deadline and left < needed:
+            result["skipped"].append(f"{what} (needs ~{needed:.0f}s, {left:.0f}s left)")
+            print(f"skipping {what}: ~{needed:.0f}s needed, {left:.0f}s left", file=sys.stderr, flush=True)
+            save()
+            return False
+        return True
+
+    result["attention_backend"] = (set_fastest_attention(pipe.transformer, args.attention)
+                                   if device == "cuda" else "native")
     flops = transformer_flops(pipe, size, device)
     result["transformer_flop_per_forward"] = flops
     result["transformer_tflop_per_forward"] = round(flops / 1e12, 3)
+    save()
     timer = StageTimer(pipe, sync)
+    step_s = 1.0  # seconds per transformer forward, refined by each preset measured
     for preset in [p.strip() for p in args.presets.split(",") if p.strip()]:
-        run_edit(pipe, size, preset, device, seed=0)  # warm-up (and compile)
-        per_edit, stages, steps = [], {}, []
-        for run in range(args.runs):
-            timer.reset()
-            sync()
-            t = time.perf_counter()
-            image = run_edit(pipe, size, preset, device, seed=run + 1)
-            buf = io.BytesIO()
-            t_png = time.perf_counter()
-            image.save(buf, "PNG", compress_level=1)
-            png_s = time.perf_counter() - t_png
-            per_edit.append(time.perf_counter() - t)
-            for name, values in timer.times.items():
-                stages.setdefault(name, []).append(sum(values))
-            stages.setdefault("png_encode", []).append(png_s)
-            per_step = 2 if PRESETS[preset][1] > 1 and PRESETS[preset][2] is not None else 1  # CFG: 2 forwards
-            fwd = timer.times.get("transformer", [])
-            steps.append([sum(fwd[i:i + per_step]) for i in range(0, len(fwd), per_step)])
-        forwards = len(timer.times.get("transformer", []))
-        fwd_mean = statistics.mean(timer.times["transformer"]) if forwards else math.nan
-        result["presets"][preset] = {
-            "seconds_per_edit": round(statistics.median(per_edit), 3),
-            "stages_seconds": {k: round(statistics.median(v), 4) for k, v in stages.items()},
-            "step_seconds": [round(x, 4) for x in steps[-1]],
-            "transformer_forwards": forwards,
-            "transformer_tflops": round(flops / fwd_mean / 1e12, 1),
-            "mfu_vs_790": round(flops / fwd_mean / 1e12 / PEAK_TFLOPS, 3),
-        }
+        steps, cfg, negative, _ = PRESETS[preset]
+        forwards = steps * (2 if cfg > 1 and negative is not None else 1)
+        runs = args.long_runs if steps > 10 else args.runs
+        if not time_left(step_s * forwards * (runs + 0.2) + 10, preset):
+            continue
+        result["presets"][preset] = time_preset(pipe, size, preset, device, runs, timer, sync, flops)
+        step_s = result["presets"][preset]["transformer_forward_seconds"]
         print(json.dumps({preset: result["presets"][preset]}), flush=True)
-    print(json.dumps(result, indent=2))
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2))
+        save()
+    timer.unwrap()
+    workdir = Path(tempfile.mkdtemp(prefix="gpu-bench-"))
+    four = result["presets"].get("qwen-4step", {}).get("seconds_per_edit", 3.0)
+    if args.serving and time_left(60 + four * (args.jobs + 8), "serving"):
+        import gpu_serving  # beside this script
+
+        try:
+            result["serving"] = gpu_serving.measure(pipe, device, size, args.jobs, 4 if args.smoke else 64,
+                                                    result["attention_backend"], workdir, sync)
+        except Exception as exc:  # keep what was measured; say what broke
+            traceback.print_exc()
+            result["serving_error"] = f"{type(exc).__name__}: {exc}"[:500]
+        save()
+    if args.compile and device == "cuda" and time_left(120 + four * (args.runs + args.jobs + 4), "compile"):
+        try:
+            pipe.transformer.compile_repeated_blocks(fullgraph=True)
+            t = time.perf_counter()
+            run_edit(pipe, size, "qwen-4step", device, seed=0)
+            compiled = {"compile_and_first_edit_seconds": round(time.perf_counter() - t, 1)}
+            timer = StageTimer(pipe, sync)
+            compiled["qwen-4step"] = time_preset(pipe, size, "qwen-4step", device, args.runs, timer, sync, flops)
+            timer.unwrap()
+            result["compiled"] = compiled
+            print(json.dumps({"compiled": compiled}), flush=True)
+            save()
+            serving = result.get("serving")
+            if serving:
+                import gpu_serving
+
+                compiled["queue_4step"] = gpu_serving.run_queue(serving["_engine"], serving["_presets"]["qwen-4step"],
+                                                                serving["_upload"], args.jobs, sync)
+                print(json.dumps({"compiled_queue_4step": compiled["queue_4step"]}), flush=True)
+                save()
+        except Exception as exc:
+            traceback.print_exc()
+            result["compile_error"] = f"{type(exc).__name__}: {exc}"[:500]
+            save()
+    result["total_seconds"] = round(time.perf_counter() - started, 1)
+    save()
+    shown = dict(result)
+    if "serving" in shown:
+        shown["serving"] = {k: v for k, v in shown["serving"].items() if not k.startswith("_")}
+    print(json.dumps(shown, indent=2))
     return 0
 
 

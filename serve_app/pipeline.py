@@ -129,13 +129,21 @@ class EditEngine:
         self.pipe, self.base, self.preset, self._fused, self._originals = None, None, None, None, {}
         cls = getattr(diffusers, preset.pipeline)
         pipe = cls.from_pretrained(self._base_folder(preset), dtype=self.dtype, local_files_only=True)
+        self.use_pipeline(pipe.to(self.device), preset.base)
+
+    def use_pipeline(self, pipe, base: str) -> None:
+        """Hold ``pipe`` (already on this engine's device) as the weights of ``base``: attention
+        backend, compile and scheduler handling as for a loaded one. Loading ends here; the GPU
+        benchmark also enters here with a pipeline it built with random weights."""
+        self.pipe, self.base, self.preset, self._fused, self._originals = None, None, None, None, {}
+        self._lora_cache = {}  # checked against the previous base's layers
         pipe.set_progress_bar_config(disable=True)
-        self.pipe = pipe.to(self.device)
+        self.pipe = pipe
         self._default_scheduler_config = dict(self.pipe.scheduler.config)
         self._set_attention_backend()
         if self.compile and self.device == "cuda":
             self.pipe.transformer.compile_repeated_blocks(fullgraph=True)
-        self.base = preset.base
+        self.base = base
 
     def _set_attention_backend(self) -> None:
         self.attention_backend = ("native" if self.device != "cuda" else
@@ -205,8 +213,11 @@ class EditEngine:
         with torch.no_grad():
             for name in lora_targets(state):
                 if name not in self._originals:  # weights are the base's here: keep a copy once
-                    copy = modules[name].weight.detach().to("cpu", copy=True)
-                    self._originals[name] = copy.pin_memory() if self.device == "cuda" else copy
+                    weight = modules[name].weight.detach()
+                    # Pinned host memory on a GPU (one copy, no staging): the restore is a fast
+                    # host-to-device copy, and the GPU keeps its memory for the model.
+                    copy = torch.empty(weight.shape, dtype=weight.dtype, pin_memory=self.device == "cuda")
+                    self._originals[name] = copy.copy_(weight)
         self.pipe.load_lora_weights(dict(state), adapter_name="active")
         self.pipe.fuse_lora(components=["transformer"], lora_scale=1.0, adapter_names=["active"])
         self.pipe.unload_lora_weights()  # drop the PEFT wrappers; the fused weights stay

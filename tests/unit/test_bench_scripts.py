@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_gpu_edit_benchmark_runs_in_smoke_mode(tmp_path):
     out = tmp_path / "gpu.json"
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_edit.py"), "--smoke", "--runs", "1",
-                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+                           "--serving", "--jobs", "3", "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     assert set(result["presets"]) == {"qwen-4step", "qwen-8step", "qwen-40step"}
@@ -20,3 +20,13 @@ def test_gpu_edit_benchmark_runs_in_smoke_mode(tmp_path):
     assert len(forty["step_seconds"]) == 40
     assert {"text_encoder", "vae_encode", "vae_decode", "png_encode", "transformer"} <= set(four["stages_seconds"])
     assert result["transformer_flop_per_forward"] > 0
+
+    serving = result["serving"]  # the service's EditEngine on the same model: switches, restore, a queue
+    assert serving["fused_weights_differ_from_base"] is True  # so the fingerprint can tell weights apart
+    assert serving["base_weights_identical_after_restore"] is True
+    assert serving["pixels_identical_after_round_trip"] is True
+    assert len(serving["switch_seconds"]) == 5
+    queue = serving["queue_4step"]
+    done = queue["submit_to_completed_seconds"]
+    assert queue["jobs"] == 3 and len(done) == 3 and done == sorted(done) and done[0] > 0
+    assert 0 < queue["generating_share_of_wall"] <= 1
