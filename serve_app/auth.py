@@ -1,23 +1,34 @@
-"""API keys: where they come from, and the constant-time check at the edge.
+"""API keys: which station a key belongs to, and the constant-time check at the edge.
 
-There is no built-in key. In order of precedence:
-1. ``QWEN_API_KEY`` (the earlier deployment's variable): one key.
-2. The key file (``api_key_file`` in config/serve.yaml, default ``<state_dir>/api_key``): one key per
-   line, ``#`` comments allowed.
-3. Neither: a random key is generated, written to the key file with mode 0600, and printed once.
+There is no built-in key. Where keys come from:
+1. A stations' keys file (``api_keys_file`` in config/serve.yaml, or ``QWEN_API_KEYS_FILE``, which
+   wins): YAML or JSON mapping each station's name to its key, to ``sha256:<hex digest of the key>``,
+   or to ``{key: ..., admin: true}`` / ``{key_sha256: ..., admin: true}``. A station sees, cancels and
+   downloads only its own jobs; an admin key sees every station's.
+2. ``QWEN_API_KEY`` (the earlier deployment's variable): one key, station ``default``, admin. It also
+   works beside a keys file.
+3. Neither: the single-key file (``api_key_file``, default ``<state_dir>/api_key``), one key per line;
+   if it does not exist, a random key is generated, written there with mode 0600 and printed once.
+   These keys are station ``default`` and admin (with one station, it sees everything, as before).
 
-Only SHA-256 digests of the keys travel to the ingress replicas; presented keys are hashed and
+Only SHA-256 digests of the keys travel to the ingress replicas; a presented key is hashed and
 compared with ``hmac.compare_digest`` against every digest, so timing reveals nothing.
 """
 
 import hashlib
 import hmac
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 ENV_KEY = "QWEN_API_KEY"
+ENV_KEYS_FILE = "QWEN_API_KEYS_FILE"
+DEFAULT_STATION = "default"
+STATION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def digest(key: str) -> bytes:
@@ -25,17 +36,29 @@ def digest(key: str) -> bytes:
 
 
 @dataclass(frozen=True)
+class Caller:
+    """Who is calling: the station a key belongs to, and whether it may see every station's jobs."""
+
+    station: str
+    admin: bool = False
+
+
+@dataclass(frozen=True)
 class Keyring:
-    digests: tuple[bytes, ...]
+    entries: tuple[tuple[bytes, str, bool], ...]  # (sha256 of the key, station, admin)
+
+    def identify(self, presented: str | None) -> Caller | None:
+        if not presented:
+            return None
+        given = digest(presented)
+        found = None
+        for d, station, admin in self.entries:  # no early exit: the time does not depend on the match
+            if hmac.compare_digest(given, d):
+                found = Caller(station, admin)
+        return found
 
     def check(self, presented: str | None) -> bool:
-        if not presented:
-            return False
-        given = digest(presented)
-        ok = False
-        for d in self.digests:  # no early exit: the time does not depend on which key matched
-            ok |= hmac.compare_digest(given, d)
-        return ok
+        return self.identify(presented) is not None
 
 
 def _read_key_file(path: Path) -> list[str]:
@@ -43,23 +66,81 @@ def _read_key_file(path: Path) -> list[str]:
     return [line for line in lines if line and not line.startswith("#")]
 
 
-def load_keyring(key_file: str | os.PathLike, environ=os.environ) -> tuple[Keyring, str]:
+def _station_entry(path: Path, station, value) -> tuple[bytes, str, bool]:
+    where = f"the keys file {path}, station {station!r}"
+    if not isinstance(station, str) or not STATION_NAME.match(station):
+        raise ValueError(f"{where}: a station name is 1-64 letters, digits, '.', '_' or '-'")
+    admin = False
+    if isinstance(value, dict):
+        unknown = set(value) - {"key", "key_sha256", "admin"}
+        if unknown:
+            raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}; use key or key_sha256, and admin")
+        admin = value.get("admin", False)
+        if not isinstance(admin, bool):
+            raise ValueError(f"{where}: admin must be true or false")
+        if ("key" in value) == ("key_sha256" in value):
+            raise ValueError(f"{where}: give exactly one of key or key_sha256")
+        value = value["key"] if "key" in value else f"sha256:{value['key_sha256']}"
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{where}: the key must be a non-empty string")
+    value = value.strip()
+    if value.startswith("sha256:"):
+        hexdigest = value.removeprefix("sha256:").strip().lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", hexdigest):
+            raise ValueError(f"{where}: sha256: must be followed by the key's 64-character hex digest")
+        return bytes.fromhex(hexdigest), station, admin
+    if len(value) < 16:
+        raise ValueError(f"{where}: keys must be at least 16 characters long")
+    return digest(value), station, admin
+
+
+def read_keys_file(path: Path) -> list[tuple[bytes, str, bool]]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))  # JSON is YAML too
+    except yaml.YAMLError as exc:
+        raise ValueError(f"the keys file {path} is not valid YAML or JSON: {exc}") from None
+    if isinstance(data, dict) and set(data) == {"stations"}:
+        data = data["stations"]
+    if not isinstance(data, dict) or not data:
+        raise ValueError(f"the keys file {path} must map station names to keys")
+    entries = [_station_entry(path, station, value) for station, value in data.items()]
+    seen: dict[bytes, str] = {}
+    for d, station, _ in entries:
+        if d in seen:
+            raise ValueError(f"the keys file {path}: stations {seen[d]!r} and {station!r} have the same key")
+        seen[d] = station
+    return entries
+
+
+def load_keyring(key_file: str | os.PathLike, environ=os.environ,
+                 keys_file: str | os.PathLike | None = None) -> tuple[Keyring, str]:
     """The keyring and one sentence for the operator's log (it contains the key only when generated)."""
     env_key = environ.get(ENV_KEY, "").strip()
+    stations_file = environ.get(ENV_KEYS_FILE, "").strip() or keys_file
+    if stations_file:
+        path = Path(stations_file).expanduser()
+        if not path.exists():
+            raise ValueError(f"the stations' keys file {path} does not exist")
+        entries = read_keys_file(path)
+        if env_key:
+            entries.append((digest(env_key), DEFAULT_STATION, True))
+        names = sorted({station for _, station, _ in entries})
+        return Keyring(tuple(entries)), (f"API keys: {len(names)} station(s) from {path}"
+                                         + (f" and ${ENV_KEY}" if env_key else "") + f": {', '.join(names)}.")
     if env_key:
-        return Keyring((digest(env_key),)), f"API key: taken from ${ENV_KEY}."
+        return Keyring(((digest(env_key), DEFAULT_STATION, True),)), f"API key: taken from ${ENV_KEY}."
     path = Path(key_file)
     if path.exists():
         keys = _read_key_file(path)
         if not keys:
             raise ValueError(f"the API key file {path} holds no key; put one key per line or delete it")
-        return Keyring(tuple(digest(k) for k in keys)), f"API key: read from {path}."
+        return Keyring(tuple((digest(k), DEFAULT_STATION, True) for k in keys)), f"API key: read from {path}."
     key = secrets.token_urlsafe(32)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(key + "\n")
-    return Keyring((digest(key),)), (
+    return Keyring(((digest(key), DEFAULT_STATION, True),)), (
         f"API key: none was configured, so one was generated and stored in {path} (mode 0600): {key}  "
         "Send it in the X-API-Key header."
     )

@@ -28,6 +28,17 @@ class WorkerArgs(BaseModel):
     warmup: bool = Field(False, description="run one edit at start so the first job pays no warm-up")
 
 
+class WebhookArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    allowed_hosts: list[str] = Field(default_factory=list,
+                                     description="hosts (or host:port) webhooks may go to; empty: webhooks off")
+    secret_file: str | None = Field(None, description="HMAC secret; default <state_dir>/webhook_secret "
+                                                      "(made if missing); QWEN_WEBHOOK_SECRET wins")
+    retry_seconds: float = Field(60, gt=0, le=86_400, description="keep retrying a failed delivery this long")
+    timeout_seconds: float = Field(5, gt=0, le=60, description="per attempt")
+
+
 class AppArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -35,6 +46,11 @@ class AppArgs(BaseModel):
     results_dir: str | None = Field(None, description="default: <state_dir>/results")
     models_dir: str | None = Field(None, description="where the embedded tiny model is built; default <state_dir>/models")
     api_key_file: str | None = Field(None, description="default: <state_dir>/api_key")
+    api_keys_file: str | None = Field(None, description="stations' keys (YAML/JSON: station -> key); "
+                                                        "QWEN_API_KEYS_FILE wins")
+    scheduling: Literal["fifo", "fair"] = Field("fifo", description="fair: stations take turns")
+    max_jobs_per_station: int | None = Field(None, ge=1, description="queued + processing per station")
+    webhooks: WebhookArgs = Field(default_factory=WebhookArgs)
     max_queue_size: int = Field(10, ge=1, le=10_000, description="queued + processing jobs")
     cleanup_age_seconds: float = Field(3600, gt=0, description="finished jobs are removed after this age")
     max_upload_mb: float = Field(10, gt=0, le=200, description="per image")
@@ -75,6 +91,11 @@ class QueueSettings(BaseModel):
     default_preset: str | None
     load_timeout_seconds: float
     worker_resources: dict[str, float] = {}
+    scheduling: str = "fifo"
+    max_jobs_per_station: int | None = None
+    webhook_secret: bytes | None = None
+    webhook_retry_seconds: float = 60
+    webhook_timeout_seconds: float = 5
 
 
 class WorkerSettings(BaseModel):
@@ -99,7 +120,8 @@ class IngressSettings(BaseModel):
     max_instruction_chars: int
     edit_timeout_seconds: float
     load_timeout_seconds: float
-    key_digests: tuple[bytes, ...]
+    keys: tuple[tuple[bytes, str, bool], ...]  # (sha256 of a key, station, admin)
+    webhook_allowed_hosts: tuple[str, ...] = ()
     presets: dict[str, Preset]
     cleanup_age_seconds: float
     max_queue_size: int

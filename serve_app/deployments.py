@@ -9,36 +9,42 @@ parameters under ``@serve.ingress``.
 """
 
 import asyncio
+import hashlib
+import json
 import logging
 import secrets
 import uuid
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, Header, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.sse import format_sse_event
 from ray import serve
 from ray.exceptions import RayError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__
-from .auth import Keyring, load_keyring
+from .auth import Caller, Keyring, load_keyring
 from .config import AppArgs, IngressSettings, QueueSettings, WorkerSettings
 from .errors import (ApiError, BadRequest, EditTimeout, ServiceUnavailable, Unauthorized, Unprocessable)
 from .http_limits import BodySizeLimit
 from .images import check_upload
 from .model_actor import ModelWorker
 from .presets import build_registry, missing_weights, resolve
-from .queue_actor import QueueActor, api_error_of
+from .queue_actor import QueueActor, api_error_of, signature
 from .schemas import (ErrorBody, HealthResponse, JobStatusResponse, LoadModelResponse, ModelsResponse,
                       QueueResponse, SubmitResponse)
+from .webhooks import check_url, load_secret
 
 log = logging.getLogger("ray.serve")
 API = "/api/v1"
 PUBLIC_PATHS = frozenset({"/", f"{API}/health", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"})
 QUICK_CALL_S = 15.0  # a queue call that is not a long poll answers within milliseconds
 MAX_SEED = 2**64 - 1
+MAX_IDEMPOTENCY_KEY = 255
+HEARTBEAT_S = 10.0  # the events stream sends a comment at least this often when nothing changes
 
 ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 422, 429, 503, 504)}
 
@@ -96,13 +102,18 @@ async def _unexpected(request: Request, exc: Exception):
 
 # --- auth ------------------------------------------------------------------------------------------
 
-def require_key(request: Request) -> None:
+def require_key(request: Request) -> Caller:
     keyring: Keyring | None = getattr(request.app.state, "keyring", None)
-    if keyring is None or not keyring.check(request.headers.get("x-api-key")):
+    caller = keyring.identify(request.headers.get("x-api-key")) if keyring is not None else None
+    if caller is None:
         raise Unauthorized()
+    return caller
 
 
 Authed = [Depends(require_key)]
+CallerDep = Annotated[Caller, Depends(require_key)]
+IdempotencyKey = Annotated[str | None, Header(
+    alias="Idempotency-Key", description="same key + same request: the same job, never a second one")]
 
 
 # --- form parsing ----------------------------------------------------------------------------------
@@ -145,16 +156,53 @@ class EditForm:
         system_prompt: Annotated[str | None, Form(description="optional text put before the instruction")] = None,
         preset: Annotated[str | None, Form(description="qwen-4step, qwen-8step, qwen-40step, tiny, or an alias")] = None,
         model: Annotated[str | None, Form(description="older name of the preset field")] = None,
+        webhook_url: Annotated[str | None, Form(
+            description="optional: POSTed the job's status when it ends (hosts on the server's allow-list)")] = None,
     ):
         self.images = [f for f in [*(image or []), image2, image3] if f is not None]
         self.instruction, self.seed = instruction, seed
         self.system_prompt, self.preset, self.model = system_prompt, preset, model
+        self.webhook_url = webhook_url
 
 
 Form_ = Annotated[EditForm, Depends()]
 
 
-# --- the ingress deployment ------------------------------------------------------------------------
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+def _event_name(view: dict, last: dict | None) -> str:
+    """The SSE event type: the final state's name, else what changed since the last event."""
+    if view["status"] in TERMINAL:
+        return view["status"]
+    if last is None or view["status"] != last["status"]:
+        return "status"
+    if view["position"] != last["position"]:
+        return "position"
+    return "progress"
+
+
+def _check_idempotency_key(key: str | None) -> str | None:
+    if key is None:
+        return None
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isascii() or not key.isprintable():
+        raise BadRequest(f"Invalid Idempotency-Key: use 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters "
+                         "(a UUID is a good choice).")
+    return key
+
+
+def _fingerprint(images: list[bytes], instruction: str, form: EditForm, webhook_url: str | None) -> str:
+    """What makes two requests 'the same' for an Idempotency-Key: every field as sent."""
+    h = hashlib.sha256()
+    for data in images:
+        h.update(hashlib.sha256(data).digest())
+    for value in (instruction, form.seed, form.preset, form.model, form.system_prompt, webhook_url):
+        h.update(b"\x00" + (value or "").strip().encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
+
+
+# --- the ingress deployment (note: helpers it calls must be defined above it: serve.ingress pickles
+# the FastAPI app with the module globals as they are at that point) ----------------------------------
 
 @serve.deployment(max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
 @serve.ingress(app)
@@ -163,7 +211,7 @@ class Ingress:
         self.queue = queue
         self.workers = workers  # part of the app graph so Serve deploys the workers
         self.s = settings
-        app.state.keyring = Keyring(settings.key_digests)
+        app.state.keyring = Keyring(settings.keys)
         app.state.max_body_bytes = settings.max_body_bytes
 
     async def _call(self, method: str, *args, timeout: float = QUICK_CALL_S):
@@ -175,7 +223,8 @@ class Ingress:
                 raise err from None
             raise
 
-    async def _validated(self, form: EditForm) -> dict:
+    async def _validated(self, form: EditForm, caller: Caller, idempotency_key: str | None) -> dict:
+        """The job's fields, checked; or ``{"existing": view}`` for an idempotent retry."""
         if not form.images:
             raise Unprocessable("Invalid request: 'image' is required: attach the picture as a file field named image.")
         if len(form.images) > self.s.max_images:
@@ -197,19 +246,32 @@ class Ingress:
                 raise BadRequest(f"preset ({form.preset}) and model ({form.model}) name different presets; "
                                  "send only preset.")
             preset = chosen[0]
-        seed = _parse_seed(form.seed)
-        await self._call("check_room")  # a full queue refuses before the images are decoded
+        webhook_url = check_url(form.webhook_url, self.s.webhook_allowed_hosts) if form.webhook_url else None
+        seed = _parse_seed(form.seed)  # before the fingerprint: a bad seed is a 422, not a new key use
         data = [await f.read() for f in form.images]
+        fingerprint = None
+        if idempotency_key is not None:
+            fingerprint = _fingerprint(data, instruction, form, webhook_url)
+            existing = await self._call("find_idempotent", caller, idempotency_key, fingerprint)
+            if existing is not None:  # a retry: its job, whatever the queue's occupancy
+                return {"existing": existing}
+        await self._call("check_room", caller)  # a full queue refuses before the images are decoded
         for one in data:
             await asyncio.to_thread(check_upload, one, self.s.upload_limits)
         return {"images": data, "instruction": instruction, "seed": seed, "preset": preset,
-                "system_prompt": form.system_prompt or None}
+                "system_prompt": form.system_prompt or None, "fingerprint": fingerprint,
+                "webhook_url": webhook_url}
 
-    async def _submit(self, form: EditForm) -> dict:
-        job = await self._validated(form)
+    async def _submit(self, form: EditForm, caller: Caller, idempotency_key: str | None) -> tuple[dict, bool]:
+        """(the job's view, created now); an idempotent retry gets the earlier job and False."""
+        idempotency_key = _check_idempotency_key(idempotency_key)
+        job = await self._validated(form, caller, idempotency_key)
+        if "existing" in job:
+            return job["existing"], False
         job_id = str(uuid.uuid4())
         return await self._call("submit", job_id, job["images"], job["instruction"], job["seed"],
-                                job["preset"], job["system_prompt"])
+                                job["preset"], job["system_prompt"], caller, idempotency_key,
+                                job["fingerprint"], job["webhook_url"])
 
     # --- public routes ---
 
@@ -221,6 +283,7 @@ class Ingress:
                 "health": f"{API}/health", "models": f"{API}/models", "load_model": f"{API}/load-model",
                 "submit": f"{API}/submit", "status": f"{API}/status/{{job_id}}",
                 "result": f"{API}/status/{{job_id}}/result", "queue": f"{API}/queue", "edit": f"{API}/edit",
+                "events": f"{API}/status/{{job_id}}/events", "cancel": f"DELETE {API}/status/{{job_id}}",
             },
         }
 
@@ -254,38 +317,91 @@ class Ingress:
     async def load_model(self, model: Annotated[str, Query(description="preset name or alias")]):
         return await self._call("load_model", model, timeout=self.s.load_timeout_seconds + QUICK_CALL_S)
 
-    @app.post(f"{API}/submit", response_model=SubmitResponse, dependencies=Authed, responses=ERRORS, tags=["jobs"])
-    async def submit(self, form: Form_, response: Response):
-        view = await self._submit(form)
+    @app.post(f"{API}/submit", response_model=SubmitResponse, responses=ERRORS, tags=["jobs"])
+    async def submit(self, form: Form_, response: Response, caller: CallerDep,
+                     idempotency_key: IdempotencyKey = None):
+        view, created = await self._submit(form, caller, idempotency_key)
         response.headers["X-Job-Id"] = view["job_id"]
         position = view["position"]
-        message = f"Job queued successfully. Position: {position}" if position else "Job queued successfully."
-        return {"job_id": view["job_id"], "status": "queued", "position": position, "message": message,
+        if created:
+            message = f"Job queued successfully. Position: {position}" if position else "Job queued successfully."
+        else:
+            response.headers["Idempotent-Replayed"] = "true"
+            message = "This Idempotency-Key was already used for this same request: this is that job."
+        return {"job_id": view["job_id"], "status": view["status"], "position": position, "message": message,
                 "estimated_wait_seconds": view["estimated_wait_seconds"]}
 
-    @app.get(f"{API}/status/{{job_id}}", response_model=JobStatusResponse, dependencies=Authed,
-             responses=ERRORS, tags=["jobs"])
-    async def status(self, job_id: str):
-        return await self._call("status", job_id)
+    @app.get(f"{API}/status/{{job_id}}", response_model=JobStatusResponse, responses=ERRORS, tags=["jobs"])
+    async def status(self, job_id: str, caller: CallerDep):
+        return await self._call("status", job_id, caller)
 
-    @app.get(f"{API}/status/{{job_id}}/result", dependencies=Authed, tags=["jobs"],
+    @app.delete(f"{API}/status/{{job_id}}", response_model=JobStatusResponse, responses=ERRORS, tags=["jobs"],
+                summary="Cancel a job")
+    async def cancel(self, job_id: str, caller: CallerDep):
+        """A queued job never runs; a running one stops within one denoising step. Cancelling a
+        finished job answers 409; cancelling twice is harmless."""
+        return await self._call("cancel", job_id, caller)
+
+    @app.post(f"{API}/status/{{job_id}}/cancel", response_model=JobStatusResponse, responses=ERRORS,
+              tags=["jobs"], summary="Cancel a job (for clients that cannot send DELETE)")
+    async def cancel_post(self, job_id: str, caller: CallerDep):
+        return await self._call("cancel", job_id, caller)
+
+    @app.get(f"{API}/status/{{job_id}}/events", tags=["jobs"], summary="Live job events (Server-Sent Events)",
+             responses={200: {"content": {"text/event-stream": {}},
+                              "description": "events `status`, `position`, `progress`, then one of "
+                                             "`completed`, `failed`, `cancelled`; data is the status JSON"},
+                        **ERRORS})
+    async def events(self, job_id: str, caller: CallerDep):
+        """The job's state changes, position changes and per-step progress as they happen, then its
+        final status; a comment line at least every 10 s keeps proxies from closing the stream."""
+        first = await self._call("status", job_id, caller)  # 404 now, before the stream starts
+
+        async def stream():
+            view, last = first, None
+            while True:
+                if view is None:
+                    yield format_sse_event(comment="heartbeat")
+                else:
+                    yield format_sse_event(event=_event_name(view, last), data_str=json.dumps(view))
+                    if view["status"] in TERMINAL:
+                        return
+                    last = view
+                try:
+                    view = await self._call("watch", job_id, caller, signature(last), HEARTBEAT_S,
+                                            timeout=HEARTBEAT_S + QUICK_CALL_S)
+                except ApiError as err:  # the job expired while watched
+                    yield format_sse_event(event="error", data_str=json.dumps({"detail": err.detail}))
+                    return
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.get(f"{API}/status/{{job_id}}/result", tags=["jobs"],
              responses={200: {"content": {"image/png": {}}}, **ERRORS})
-    async def result(self, job_id: str):
-        name, data, view = await self._call("result", job_id)
+    async def result(self, job_id: str, caller: CallerDep):
+        name, data, view = await self._call("result", job_id, caller)
         return self._png(name, data, view)
 
     @app.get(f"{API}/queue", response_model=QueueResponse, dependencies=Authed, responses=ERRORS, tags=["jobs"])
     async def queue_stats(self):
         return await self._call("queue_stats")
 
-    @app.post(f"{API}/edit", dependencies=Authed, tags=["jobs"],
+    @app.post(f"{API}/edit", tags=["jobs"],
               responses={200: {"content": {"image/png": {}, "application/json": {}}}, **ERRORS})
-    async def edit(self, form: Form_, return_image: Annotated[str | None, Form()] = None):
+    async def edit(self, form: Form_, caller: CallerDep, idempotency_key: IdempotencyKey = None,
+                   return_image: Annotated[str | None, Form()] = None):
+        """Submit and wait (up to edit_timeout_seconds) in one call. A client that disconnects
+        while waiting cancels its job."""
         want_image = _parse_bool(return_image, "return_image", True)
-        view = await self._submit(form)
+        view, _ = await self._submit(form, caller, idempotency_key)
         job_id = view["job_id"]
         timeout = self.s.edit_timeout_seconds
-        view = await self._call("wait", job_id, timeout, timeout=timeout + QUICK_CALL_S)
+        try:
+            view = await self._call("wait", job_id, timeout, caller, timeout=timeout + QUICK_CALL_S)
+        except asyncio.CancelledError:  # Serve cancels the request when its client goes away
+            asyncio.get_running_loop().create_task(self._cancel_abandoned(job_id, caller))
+            raise
         headers = {"X-Job-Id": job_id}
         if view["status"] == "failed":
             raise ServiceUnavailable(f"The edit failed: {view['error']}", headers)
@@ -294,8 +410,15 @@ class Ingress:
                               f"poll {API}/status/{job_id} for it.", headers)
         if not want_image:
             return JSONResponse({**view, "seed": view["result_seed"], "preset": view["model"]}, headers=headers)
-        name, data, view = await self._call("result", job_id)
+        name, data, view = await self._call("result", job_id, caller)
         return self._png(name, data, view)
+
+    async def _cancel_abandoned(self, job_id: str, caller: Caller) -> None:
+        try:
+            await self._call("cancel", job_id, caller)
+            log.info("[Ingress] /edit client went away: job %s cancelled", job_id[:8])
+        except Exception as exc:  # finished meanwhile (409) or gone: nothing to take back
+            log.info("[Ingress] /edit client went away; job %s not cancelled: %s", job_id[:8], exc)
 
     @staticmethod
     def _png(name: str, data: bytes, view: dict) -> Response:
@@ -324,8 +447,11 @@ def build_app(args: AppArgs):
         args = AppArgs.model_validate(args or {})
     presets = build_registry(args.presets)
     default = resolve(presets, args.default_preset).name if args.default_preset else None
-    keyring, key_message = load_keyring(args.path(args.api_key_file, "api_key"))
+    keyring, key_message = load_keyring(args.path(args.api_key_file, "api_key"),
+                                        keys_file=args.api_keys_file and args.path(args.api_keys_file, ""))
     print(key_message, flush=True)
+    hooks = args.webhooks
+    secret = load_secret(args.path(hooks.secret_file, "webhook_secret")) if hooks.allowed_hosts else None
 
     w = args.worker
     actor_options = {"num_gpus": w.num_gpus, "num_cpus": w.num_cpus}
@@ -336,6 +462,9 @@ def build_app(args: AppArgs):
         results_dir=str(args.path(args.results_dir, "results")), presets=presets,
         default_preset=default, load_timeout_seconds=args.load_timeout_seconds,
         worker_resources={"CPU": w.num_cpus, "GPU": w.num_gpus, **w.resources},
+        scheduling=args.scheduling, max_jobs_per_station=args.max_jobs_per_station,
+        webhook_secret=secret, webhook_retry_seconds=hooks.retry_seconds,
+        webhook_timeout_seconds=hooks.timeout_seconds,
     ))
     workers = ModelWorker.options(num_replicas=w.num_replicas, ray_actor_options=actor_options).bind(
         queue, worker_settings(args, presets, default))
@@ -344,6 +473,6 @@ def build_app(args: AppArgs):
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         max_instruction_chars=args.max_instruction_chars, edit_timeout_seconds=args.edit_timeout_seconds,
         load_timeout_seconds=args.load_timeout_seconds,
-        key_digests=keyring.digests, presets=presets, cleanup_age_seconds=args.cleanup_age_seconds,
+        keys=keyring.entries, webhook_allowed_hosts=tuple(hooks.allowed_hosts), presets=presets, cleanup_age_seconds=args.cleanup_age_seconds,
         max_queue_size=args.max_queue_size,
     ))

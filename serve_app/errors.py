@@ -82,6 +82,12 @@ class LoadInProgress(ApiError):
     status_code = 409
 
 
+class Conflict(ApiError):
+    """The request contradicts the job's state (e.g. cancelling a finished job)."""
+
+    status_code = 409
+
+
 class PayloadTooLarge(ApiError):
     status_code = 413
 
@@ -96,6 +102,17 @@ class QueueFull(ApiError):
     def __init__(self, max_size: int, retry_after_s: int):
         super().__init__(
             f"Queue is full (maximum {max_size} jobs). Please try again later.",
+            {"Retry-After": str(max(1, int(retry_after_s)))},
+        )
+
+
+class StationLimit(ApiError):
+    status_code = 429
+
+    def __init__(self, station: str, limit: int, retry_after_s: int):
+        super().__init__(
+            f"Station {station} already has {limit} jobs queued or running, its own limit on this server "
+            f"(the shared queue may still have room). Wait for one of them to finish.",
             {"Retry-After": str(max(1, int(retry_after_s)))},
         )
 

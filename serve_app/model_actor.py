@@ -5,12 +5,18 @@ preset the job names (switching when the previous job used another). Inference r
 the replica stays responsive to Serve's health checks. A job that raises is reported as ``failed``
 with a one-line reason and the replica carries on with the next job.
 
+Progress: after every denoising step the pipeline's callback sends the step to the queue without
+waiting for an answer (a station's progress never costs the GPU a round trip). Cancel: while a job
+runs, the replica keeps a long poll open on the queue (``cancel_signal``); when it answers, the step
+callback raises ``JobCancelled`` at the end of the current step and the replica asks for the next job.
+
 Replicas: ``worker.num_replicas`` in config/serve.yaml; GPU pinning: ``worker.num_gpus`` (1 on a GPU
 machine). Scaling out needs nothing else: more replicas simply pull more jobs.
 """
 
 import asyncio
 import logging
+import threading
 import time
 import uuid
 
@@ -18,7 +24,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from .config import WorkerSettings
-from .pipeline import EditEngine, public_error
+from .pipeline import EditEngine, JobCancelled, public_error
 from .queue_actor import HEARTBEAT_S, JobTask, LoadTask
 
 log = logging.getLogger("ray.serve")
@@ -35,7 +41,7 @@ class ModelWorker:
             self.id = uuid.uuid4().hex[:12]
         self.engine = EditEngine(settings.models_dir, settings.device, settings.torch_threads,
                                  settings.png_compress_level, settings.attention_backend, settings.compile)
-        self._encoding: set[asyncio.Task] = set()
+        self._background: set[asyncio.Task] = set()
         self.jobs_done = 0
         loop = asyncio.get_running_loop()
         self._heartbeat_task = loop.create_task(self._heartbeat())  # also during a long preload
@@ -110,24 +116,69 @@ class ModelWorker:
         self.engine.run(preset, [buf.getvalue()], "warm up", seed=0)
         log.info("[ModelWorker] warm-up edit with %s took %.2fs", preset.name, time.perf_counter() - start)
 
+    def _step_reporter(self, task: JobTask, cancelled: threading.Event):
+        """The step callback (runs in the inference thread): report progress, stop if cancelled."""
+        loop = asyncio.get_running_loop()
+        last = [None]
+
+        def on_step(step: int, total: int) -> None:
+            now = time.perf_counter()
+            # The first step's time would include text and image encoding: measured from step 2.
+            took = None if last[0] is None else now - last[0]
+            last[0] = now
+            loop.call_soon_threadsafe(self._send_progress, task.job_id, step, total, took)
+            if cancelled.is_set():
+                raise JobCancelled(task.job_id)
+
+        return on_step
+
+    def _send_progress(self, job_id: str, step: int, total: int, took: float | None) -> None:
+        async def send():
+            try:
+                await self.queue.progress.remote(self.id, job_id, step, total, took)
+            except Exception:
+                log.debug("[ModelWorker] progress report for %s lost", job_id[:8])
+
+        task = asyncio.get_running_loop().create_task(send())
+        self._background.add(task)  # keep a reference until it is sent
+        task.add_done_callback(self._background.discard)
+
+    async def _listen_for_cancel(self, job_id: str, cancelled: threading.Event) -> None:
+        while not cancelled.is_set():
+            try:
+                if await self.queue.cancel_signal.remote(self.id, job_id, 30.0):
+                    cancelled.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                await asyncio.sleep(1.0)
+
     async def _run(self, task: JobTask) -> None:
         """Generate on the device; on a GPU, hand PNG encoding and the report to a background task so
         the next job's generation starts at once (encoding is CPU work, off the GPU's path)."""
         start = time.perf_counter()
+        cancelled = threading.Event()
+        listener = asyncio.get_running_loop().create_task(self._listen_for_cancel(task.job_id, cancelled))
         try:
             image = await asyncio.to_thread(self.engine.generate, task.preset, task.images, task.instruction,
-                                            task.seed, task.system_prompt)
+                                            task.seed, task.system_prompt, self._step_reporter(task, cancelled))
+        except JobCancelled:
+            log.info("[ModelWorker] job %s stopped: cancelled after %.2fs", task.job_id[:8],
+                     time.perf_counter() - start)
+            return
         except Exception as exc:
             log.exception("[ModelWorker] job %s raised", task.job_id[:8])
             await self._call_queue("job_failed", self.id, task.job_id, public_error(exc),
                                    time.perf_counter() - start)
             return
+        finally:
+            listener.cancel()
         if self.engine.device == "cpu":  # no accelerator to keep busy: overlapping only adds contention
             await self._finish(task, image, start)
             return
         finish = asyncio.get_running_loop().create_task(self._finish(task, image, start))
-        self._encoding.add(finish)
-        finish.add_done_callback(self._encoding.discard)
+        self._background.add(finish)
+        finish.add_done_callback(self._background.discard)
 
     async def _finish(self, task: JobTask, image, start: float) -> None:
         try:

@@ -35,6 +35,10 @@ log = logging.getLogger("ray.serve")
 _PATHS = re.compile(r"(/[\w.\-]+)+/?")
 
 
+class JobCancelled(Exception):
+    """Raised from the step callback when the job's station cancelled it: the pipeline stops there."""
+
+
 class LoraMismatch(ValueError):
     """A LoRA whose layers do not match the base model's transformer."""
 
@@ -226,8 +230,11 @@ class EditEngine:
     # --- inference -------------------------------------------------------------------------------
 
     def generate(self, preset: Preset, images_bytes: list[bytes], instruction: str, seed: int,
-                 system_prompt: str | None = None):
-        """The edited PIL image. Same inputs and seed give identical pixels (a per-job generator)."""
+                 system_prompt: str | None = None, on_step=None):
+        """The edited PIL image. Same inputs and seed give identical pixels (a per-job generator).
+
+        ``on_step(step, total)`` is called after every denoising step, in the calling thread; an
+        exception it raises (``JobCancelled``) stops the job there and propagates."""
         import torch
         from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import calculate_dimensions
 
@@ -249,6 +256,12 @@ class EditEngine:
             true_cfg_scale=preset.cfg_scale, num_inference_steps=preset.steps, height=height, width=width,
             generator=generator,
         )
+        if on_step is not None:
+            def callback(pipe, i, t, callback_kwargs):
+                on_step(i + 1, preset.steps)
+                return callback_kwargs
+
+            kwargs["callback_on_step_end"] = callback
         with torch.inference_mode(), working_area(area):
             return self.pipe(**kwargs).images[0]
 

@@ -5,15 +5,19 @@ replica and races redeploys; a one-replica deployment is owned by Serve, outlive
 and is torn down with the app.
 
 Roles:
-- the ingress calls ``submit``, ``status``, ``result``, ``wait``, ``queue_stats``, ``health``,
-  ``load_model``;
-- model workers *pull* work with ``next_task`` (a long poll), then report ``job_done`` /
-  ``job_failed`` / ``load_done``. Pulling keeps FIFO exact and gives each worker one job at a time,
+- the ingress calls ``submit``, ``status``, ``result``, ``wait``, ``watch`` (status changes, for the
+  events stream), ``cancel``, ``queue_stats``, ``health``, ``load_model``, always naming the caller
+  (station, admin) so a station only ever reaches its own jobs;
+- model workers *pull* work with ``next_task`` (a long poll), report ``progress`` after every
+  denoising step (fire and forget), listen on ``cancel_signal`` while a job runs, then report
+  ``job_done`` / ``job_failed`` / ``load_done``. Pulling keeps FIFO exact and gives each worker one job at a time,
   however many replicas run, without the queue having to address replicas.
 
-Every method runs on the replica's single event loop, and the core's admission check and insert
-happen in one synchronous call, so the cap holds exactly under any concurrency. Image bytes and
-result PNGs travel through Ray; result files are written here, under the results folder.
+Every method a caller reaches is ``async``, so all of them run on the replica's single event loop
+(Serve runs plain ``def`` methods in a thread pool, which would race the loop), and the core's
+admission check and insert happen in one synchronous step, so the cap holds exactly under any
+concurrency. Image bytes and result PNGs travel through Ray; result files are written here, under
+the results folder.
 State is in memory in this version: a restart of this replica loses the queue (see README).
 """
 
@@ -24,11 +28,13 @@ from dataclasses import dataclass, field
 
 from ray import serve
 
+from .auth import Caller
 from .config import QueueSettings
 from .errors import (ApiError, LoadInProgress, NoModelLoaded, ResultNotReady, ServiceUnavailable)
 from .presets import Preset, require_available, resolve
 from .queue_core import Job, JobQueue, JobStatus
 from .storage import ResultStore, result_name
+from .webhooks import Notifier
 
 log = logging.getLogger("ray.serve")
 # Workers heartbeat every HEARTBEAT_S, busy or idle; one silent for WORKER_SILENCE_S is gone (its
@@ -37,6 +43,13 @@ HEARTBEAT_S = 2.0
 WORKER_SILENCE_S = 10.0
 CLEANUP_PERIOD_S = 1.0
 LOST = "worker lost: the model worker stopped while running this job; submit it again"
+ADMIN = Caller("admin", admin=True)  # internal calls
+
+
+def signature(view: dict) -> tuple:
+    """What a station watching a job is told about when it changes (ETAs tick with time: left out)."""
+    return (view["status"], view["position"], view["step"], view["total_steps"], view["error"],
+            view["result_path"], view["worker"])
 
 
 @dataclass(frozen=True)
@@ -84,7 +97,11 @@ class QueueActor:
             max_size=settings.max_queue_size,
             cleanup_age_s=settings.cleanup_age_seconds,
             nominal_seconds={p.name: p.nominal_seconds for p in self.presets.values()},
+            scheduling=settings.scheduling,
+            max_per_station=settings.max_jobs_per_station,
         )
+        self.notifier = (Notifier(settings.webhook_secret, settings.webhook_retry_seconds,
+                                  settings.webhook_timeout_seconds) if settings.webhook_secret else None)
         self.store = ResultStore(settings.results_dir)
         self.workers: dict[str, WorkerInfo] = {}
         self.load: LoadRequest | None = None
@@ -138,7 +155,7 @@ class QueueActor:
             if job.worker_id not in alive:
                 self.core.fail(job.id, LOST)
                 log.warning("[JobQueue] Job %s failed - %s", job.id[:8], LOST)
-                self._notify()
+                self._finished(job)
         self.core.worker_slots = max(1, len(self.workers))
         if self.load:
             self.load.pending &= alive
@@ -174,6 +191,12 @@ class QueueActor:
                 + "). On a machine without a GPU, serve config/serve.yaml.")
         return self._sched_reason
 
+    def _finished(self, job: Job) -> None:
+        """A job reached a terminal state: wake the watchers, and call its webhook if it has one."""
+        self._notify()
+        if job.webhook_url and self.notifier is not None:
+            self.notifier.send(job.webhook_url, self.core.view(job))
+
     def check_health(self) -> None:
         if self._cleanup_task.done():
             raise RuntimeError("the queue's cleanup loop stopped")
@@ -189,28 +212,73 @@ class QueueActor:
         require_available(preset)
         return preset
 
+    async def find_idempotent(self, caller: Caller, key: str, fingerprint: str) -> dict | None:
+        """The view of the job an earlier identical request with this key created (422 if that
+        request was a different one), or None: lets a retry skip the queue-full check and decoding."""
+        self._expire()
+        job = self.core.find_idempotent(caller.station, key, fingerprint)
+        return None if job is None else self.core.view(job)
+
     async def submit(self, job_id: str, images: list[bytes], instruction: str, seed: int,
-                     preset: str | None, system_prompt: str | None) -> dict:
+                     preset: str | None, system_prompt: str | None, caller: Caller = ADMIN,
+                     idempotency_key: str | None = None, fingerprint: str | None = None,
+                     webhook_url: str | None = None) -> tuple[dict, bool]:
+        """(the job's view, whether it was created now): False when an idempotent retry got the
+        job an identical earlier request created."""
+        self._expire()
+        earlier = self.core.find_idempotent(caller.station, idempotency_key, fingerprint)
+        if earlier is not None:
+            return self.core.view(earlier), False
         chosen = self.resolve_preset(preset)
         reason = self.unschedulable()
         if reason:  # refuse rather than accept a job that can never run
             raise ServiceUnavailable(reason)
-        self._expire()
-        # No await between the check and the insert below: admission is atomic.
+        # No await between the check and the insert below: admission (and the idempotency check,
+        # for concurrent duplicates) is atomic.
         job = self.core.submit(job_id, instruction=instruction, preset=chosen.name, seed=seed,
-                               system_prompt=system_prompt, payload=images)
+                               system_prompt=system_prompt, payload=images, station=caller.station,
+                               idempotency_key=idempotency_key, fingerprint=fingerprint,
+                               webhook_url=webhook_url, total_steps=chosen.steps)
+        if job.id != job_id:
+            return self.core.view(job), False
         self._notify()
-        log.info("[JobQueue] Job %s submitted - Queue size: %d - preset %s",
-                 job.id[:8], self.core.occupancy, chosen.name)
+        log.info("[JobQueue] Job %s submitted - Queue size: %d - preset %s - station %s",
+                 job.id[:8], self.core.occupancy, chosen.name, caller.station)
+        return self.core.view(job), True
+
+    async def status(self, job_id: str, caller: Caller = ADMIN) -> dict:
+        self._expire()
+        return self.core.view(self.core.get_for(job_id, caller.station, caller.admin))
+
+    async def cancel(self, job_id: str, caller: Caller = ADMIN) -> dict:
+        """Cancel a job (see ``JobQueue.cancel``); a running job's worker hears it on ``cancel_signal``."""
+        self._expire()
+        job = self.core.get_for(job_id, caller.station, caller.admin)
+        already = job.status.value == "cancelled"
+        job, was_running = self.core.cancel(job.id)
+        if not already:
+            log.info("[JobQueue] Job %s cancelled by station %s%s", job.id[:8], caller.station,
+                     " while processing" if was_running else "")
+            if was_running:
+                self._worker_freed(job.worker_id)
+            self._finished(job)
         return self.core.view(job)
 
-    def status(self, job_id: str) -> dict:
-        self._expire()
-        return self.core.view(self.core.get(job_id))
+    async def watch(self, job_id: str, caller: Caller, last: tuple | None, timeout: float) -> dict | None:
+        """Long poll for the events stream: the job's view as soon as it differs from ``last`` (a
+        ``signature``), or None after ``timeout`` seconds (the stream sends a heartbeat then)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            view = self.core.view(self.core.get_for(job_id, caller.station, caller.admin))
+            if last is None or signature(view) != tuple(last):
+                return view
+            if time.monotonic() >= deadline:
+                return None
+            await self._wait_change(deadline - time.monotonic())
 
-    def result(self, job_id: str) -> tuple[str, bytes, dict]:
+    async def result(self, job_id: str, caller: Caller = ADMIN) -> tuple[str, bytes, dict]:
         self._expire()
-        job = self.core.get(job_id)
+        job = self.core.get_for(job_id, caller.station, caller.admin)
         if job.status is not JobStatus.COMPLETED or not job.result_name:
             raise ResultNotReady(f"Job {job_id} has no result yet: its status is {job.status.value}."
                                  + (f" Error: {job.error}" if job.error else ""))
@@ -220,25 +288,26 @@ class QueueActor:
             raise ResultNotReady(f"The result of job {job_id} is no longer on this server.") from None
         return job.result_name, data, self.core.view(job)
 
-    async def wait(self, job_id: str, timeout: float) -> dict:
+    async def wait(self, job_id: str, timeout: float, caller: Caller = ADMIN) -> dict:
         """The job's status once it is finished, or when ``timeout`` passes, whichever is first."""
         deadline = time.monotonic() + timeout
         while True:
-            job = self.core.get(job_id)
+            job = self.core.get_for(job_id, caller.station, caller.admin)
             if job.status.terminal or time.monotonic() >= deadline:
                 return self.core.view(job)
             await self._wait_change(min(deadline - time.monotonic(), 5.0))
 
-    def queue_stats(self) -> dict:
+    async def queue_stats(self) -> dict:
         self._expire()
         return self.core.stats()
 
-    def check_room(self) -> None:
-        """Raise ``QueueFull`` now if a submit would be refused, so the ingress can skip decoding
-        the upload (the expensive part of a refusal). ``submit`` still decides, atomically."""
-        self.core.check_room()
+    async def check_room(self, caller: Caller = ADMIN) -> None:
+        """Raise ``QueueFull`` / ``StationLimit`` now if a submit would be refused, so the ingress can
+        skip decoding the upload (the expensive part of a refusal). ``submit`` still decides, atomically."""
+        self._expire()
+        self.core.check_room(caller.station)
 
-    def health(self) -> dict:
+    async def health(self) -> dict:
         workers = self._alive_workers()
         states = [w.state for w in workers]
         reason = self.unschedulable()
@@ -301,10 +370,10 @@ class QueueActor:
         info.last_seen = time.monotonic()
         return info
 
-    def heartbeat(self, worker_id: str) -> None:
+    async def heartbeat(self, worker_id: str) -> None:
         self._worker(worker_id)
 
-    def worker_state(self, worker_id: str, state: str, preset: str | None = None,
+    async def worker_state(self, worker_id: str, state: str, preset: str | None = None,
                      detail: str | None = None, placement: dict | None = None) -> None:
         info = self._worker(worker_id)
         info.state, info.preset, info.detail = state, preset, detail
@@ -337,15 +406,35 @@ class QueueActor:
                 return None
             await self._wait_change(deadline - time.monotonic())
 
-    def _held_job(self, worker_id: str, job_id: str) -> Job | None:
-        """The job, if this worker still holds it; None for a late report (declared lost, or gone)."""
+    def _held_job(self, worker_id: str, job_id: str, quiet: bool = False) -> Job | None:
+        """The job, if this worker still holds it; None for a late report (cancelled, declared lost,
+        or gone)."""
         job = next((j for j in self.core.running() if j.id == job_id), None)
         if job is not None and job.worker_id == worker_id:
             return job
-        log.warning("[JobQueue] Ignoring a late report on job %s from worker %s", job_id[:8], worker_id)
+        if not quiet:
+            log.info("[JobQueue] Ignoring a late report on job %s from worker %s (cancelled or lost)",
+                     job_id[:8], worker_id)
         return None
 
-    def job_done(self, worker_id: str, job_id: str, png: bytes, run_seconds: float) -> None:
+    async def progress(self, worker_id: str, job_id: str, step: int, total: int, step_seconds: float | None) -> None:
+        """A denoising step finished (sent without waiting for the answer: never slows the worker)."""
+        job = self._held_job(worker_id, job_id, quiet=True)
+        if job is not None and self.core.progress(job_id, step, total, step_seconds) is not None:
+            self._notify()
+
+    async def cancel_signal(self, worker_id: str, job_id: str, timeout: float) -> bool:
+        """Long poll a worker keeps open while it runs a job: True as soon as the job is no longer
+        this worker's to run (cancelled by its station, or declared lost), False after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._held_job(worker_id, job_id, quiet=True) is None:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await self._wait_change(deadline - time.monotonic())
+
+    async def job_done(self, worker_id: str, job_id: str, png: bytes, run_seconds: float) -> None:
         job = self._held_job(worker_id, job_id)
         if job is None:
             return
@@ -354,22 +443,27 @@ class QueueActor:
         self.core.complete(job_id, name, run_seconds)
         info = self._worker(worker_id)
         info.state, info.preset = self._idle_or_busy(worker_id), job.preset
-        self._notify()
         log.info("[JobQueue] Job %s completed in %.2fs - Path: %s", job_id[:8], run_seconds, name)
+        self._finished(job)
 
-    def job_failed(self, worker_id: str, job_id: str, error: str, run_seconds: float) -> None:
-        if self._held_job(worker_id, job_id) is None:
+    async def job_failed(self, worker_id: str, job_id: str, error: str, run_seconds: float) -> None:
+        job = self._held_job(worker_id, job_id)
+        if job is None:
             return
         self.core.fail(job_id, error, run_seconds)
         self._worker(worker_id).state = self._idle_or_busy(worker_id)
-        self._notify()
         log.warning("[JobQueue] Job %s failed after %.2fs - %s", job_id[:8], run_seconds, error)
+        self._finished(job)
+
+    def _worker_freed(self, worker_id: str | None) -> None:
+        if worker_id in self.workers:
+            self.workers[worker_id].state = self._idle_or_busy(worker_id)
 
     def _idle_or_busy(self, worker_id: str) -> str:
         """Workers encode a finished job's PNG while running the next job: still busy then."""
         return "busy" if any(j.worker_id == worker_id for j in self.core.running()) else "ready"
 
-    def load_done(self, worker_id: str, preset: str, seconds: float | None, error: str | None) -> None:
+    async def load_done(self, worker_id: str, preset: str, seconds: float | None, error: str | None) -> None:
         info = self._worker(worker_id)
         if self.load and self.load.preset.name == preset:
             self.load.pending.discard(worker_id)

@@ -3,9 +3,16 @@
 Guarantees (each checked by tests/unit/test_queue_core.py):
 - Admission: at most ``max_size`` jobs are *queued or processing* at once; the check and the insert
   happen in one synchronous call, so concurrent submits through one event loop can never overshoot.
-- FIFO: workers are handed queued jobs strictly in submission order.
-- ``position`` is live: 1-based among queued jobs, recomputed on every read, ``None`` once a job left
-  the queue.
+- Order: ``fifo`` (the contract) hands queued jobs to workers strictly in submission order; ``fair``
+  takes stations in turn (round-robin over the stations that have queued jobs: the station served
+  longest ago goes next, a station never served first; FIFO within each station).
+- ``position`` is live: 1-based in the order jobs will start, recomputed after every change, ``None``
+  once a job left the queue.
+- A station never has more than ``max_per_station`` jobs queued or processing (when set).
+- Cancel: a queued job never runs; a processing job is finished as ``cancelled`` at once (its worker
+  stops at the next step); a finished job cannot be cancelled; cancelling twice is harmless.
+- Idempotency: one (station, key) names one job while that job exists; the same key with another
+  request is refused, never silently mapped to the first job.
 - ETAs come from measured processing times per preset (an exponential moving average seeded with the
   preset's nominal time) and count the remaining time of running jobs, over all worker slots.
 - TTL: a finished job is removed ``cleanup_age_s`` after it finished; ``expire()`` returns the removed
@@ -23,7 +30,7 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
-from .errors import JobNotFound, QueueFull
+from .errors import Conflict, JobNotFound, QueueFull, StationLimit, Unprocessable
 
 EMA_WEIGHT = 0.3  # weight of the newest measurement in a preset's running average
 
@@ -33,10 +40,15 @@ class JobStatus(str, Enum):
     PROCESSING = "processing"  # a worker is running it; counts against the cap
     COMPLETED = "completed"  # terminal: the result file exists until the job expires
     FAILED = "failed"  # terminal: ``error`` says why
+    CANCELLED = "cancelled"  # terminal: taken back by its station; it never ran, or stopped early
 
     @property
     def terminal(self) -> bool:
-        return self in (JobStatus.COMPLETED, JobStatus.FAILED)
+        return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+SCHEDULING = ("fifo", "fair")
+DEFAULT_STATION = "default"
 
 
 def iso(ts: float | None) -> str | None:
@@ -61,6 +73,13 @@ class Job:
     error: str | None = None
     worker_id: str | None = None
     payload: Any = field(default=None, repr=False)  # the input image bytes, until the job finishes
+    station: str = DEFAULT_STATION
+    idempotency_key: str | None = None
+    fingerprint: str | None = None  # of the request that created the job (idempotent retries)
+    webhook_url: str | None = None
+    step: int = 0
+    total_steps: int | None = None
+    step_seconds: float | None = None  # measured on this job, from the pipeline's step callback
 
 
 class JobQueue:
@@ -70,19 +89,31 @@ class JobQueue:
         cleanup_age_s: float,
         nominal_seconds: Mapping[str, float],
         clock: Callable[[], float] = time.time,
+        scheduling: str = "fifo",
+        max_per_station: int | None = None,
     ):
         if max_size < 1:
             raise ValueError("max_size must be at least 1")
+        if scheduling not in SCHEDULING:
+            raise ValueError(f"scheduling must be one of {SCHEDULING}")
         self.max_size = max_size
         self.cleanup_age_s = cleanup_age_s
+        self.scheduling = scheduling
+        self.max_per_station = max_per_station
         self._clock = clock
         self._avg: dict[str, float] = dict(nominal_seconds)
         self._jobs: dict[str, Job] = {}
-        self._queued: deque[str] = deque()
+        self._queued: deque[str] = deque()  # submission order
+        self._served: dict[str, int] = {}  # fair: station -> tick of its last job handed out
+        self._tick = 0
+        self._order: list[str] | None = None  # cached start order of the queued jobs
+        self._positions: dict[str, int] = {}
         self._running: dict[str, Job] = {}  # insertion order = start order
+        self._keys: dict[tuple[str, str], str] = {}  # (station, idempotency key) -> job id
         self.worker_slots = 1
         self.completed_total = 0
         self.failed_total = 0
+        self.cancelled_total = 0
         self.refused_total = 0
 
     # --- admission and lifecycle -------------------------------------------------------------
@@ -91,38 +122,116 @@ class JobQueue:
     def occupancy(self) -> int:
         return len(self._queued) + len(self._running)
 
-    def check_room(self) -> None:
-        """Raise ``QueueFull`` (with the seconds until a slot should free up) when full."""
+    def station_occupancy(self, station: str) -> int:
+        return (sum(1 for i in self._queued if self._jobs[i].station == station)
+                + sum(1 for j in self._running.values() if j.station == station))
+
+    def check_room(self, station: str | None = None) -> None:
+        """Raise ``QueueFull`` when the queue is full, or ``StationLimit`` when ``station`` has its
+        own maximum of jobs in; both carry the seconds until a slot should free up."""
         if self.occupancy >= self.max_size:
             self.refused_total += 1
             raise QueueFull(self.max_size, self.retry_after())
+        if (station is not None and self.max_per_station is not None
+                and self.station_occupancy(station) >= self.max_per_station):
+            self.refused_total += 1
+            raise StationLimit(station, self.max_per_station, self.retry_after())
+
+    def find_idempotent(self, station: str, key: str | None, fingerprint: str | None) -> Job | None:
+        """The job an earlier request with this key created, if it still exists; ``Unprocessable``
+        when that request was a different one."""
+        if key is None:
+            return None
+        job_id = self._keys.get((station, key))
+        if job_id is None:
+            return None
+        job = self._jobs[job_id]
+        if job.fingerprint != fingerprint:
+            raise Unprocessable(
+                f"Idempotency-Key {key[:64]!r} was already used for a different request (job {job.id}). "
+                "Use a new key for a new request, or resend exactly the same request to get that job.")
+        return job
 
     def submit(self, job_id: str, *, instruction: str, preset: str, seed: int,
-               system_prompt: str | None = None, payload: Any = None) -> Job:
-        """Admit a job or raise ``QueueFull``; the check and the insert are one step."""
-        self.check_room()
+               system_prompt: str | None = None, payload: Any = None, station: str = DEFAULT_STATION,
+               idempotency_key: str | None = None, fingerprint: str | None = None,
+               webhook_url: str | None = None, total_steps: int | None = None) -> Job:
+        """Admit a job, or raise ``QueueFull`` / ``StationLimit``; the check and the insert are one
+        step. With an idempotency key already used for the same request, returns that job instead
+        (whatever the queue's occupancy): callers tell by the returned job's id."""
+        earlier = self.find_idempotent(station, idempotency_key, fingerprint)
+        if earlier is not None:
+            return earlier
+        self.check_room(station)
         if job_id in self._jobs:
             raise ValueError(f"duplicate job id {job_id}")
         job = Job(id=job_id, instruction=instruction, preset=preset, seed=seed,
-                  system_prompt=system_prompt, created_at=self._clock(), payload=payload)
+                  system_prompt=system_prompt, created_at=self._clock(), payload=payload, station=station,
+                  idempotency_key=idempotency_key, fingerprint=fingerprint, webhook_url=webhook_url,
+                  total_steps=total_steps)
         self._jobs[job_id] = job
         self._queued.append(job_id)
+        if idempotency_key is not None:
+            self._keys[(station, idempotency_key)] = job_id
+        self._order = None
         return job
 
     def claim(self, worker_id: str) -> Job | None:
-        """Hand the oldest queued job to a worker (it becomes ``processing``), or None if none waits."""
-        if not self._queued:
+        """Hand the next queued job (in ``order()``) to a worker: it becomes ``processing``."""
+        order = self.order()
+        if not order:
             return None
-        job = self._jobs[self._queued.popleft()]
+        job = self._jobs[order[0]]
+        self._unqueue(job)
+        self._served[job.station] = self._tick  # fair: this station goes to the back of the line
+        self._tick += 1
         job.status = JobStatus.PROCESSING
         job.started_at = self._clock()
         job.worker_id = worker_id
         self._running[job.id] = job
         return job
 
+    def _unqueue(self, job: Job) -> None:
+        self._queued.remove(job.id)
+        self._order = None
+
+    def progress(self, job_id: str, step: int, total: int, step_seconds: float | None) -> Job | None:
+        """Record a running job's denoising progress; None if it is not running (any more)."""
+        job = self._running.get(job_id)
+        if job is None:
+            return None
+        # max: reports travel without waiting, so a late one must not move the job backwards
+        job.step, job.total_steps = max(job.step, min(step, total)), max(total, 1)
+        if step_seconds is not None and step_seconds > 0:
+            job.step_seconds = step_seconds
+        return job
+
+    def cancel(self, job_id: str) -> tuple[Job, bool]:
+        """Take a job back: (the job, whether it was processing, so its worker must stop).
+
+        Queued: it never runs. Processing: it ends now as ``cancelled`` and its slot is free.
+        Already cancelled: harmless, returned as is. Completed or failed: ``Conflict``."""
+        job = self.get(job_id)
+        if job.status is JobStatus.CANCELLED:
+            return job, False
+        if job.status.terminal:
+            raise Conflict(f"Job {job_id} is already {job.status.value}; only queued or processing jobs "
+                           "can be cancelled.")
+        was_running = job.status is JobStatus.PROCESSING
+        if was_running:
+            self._running.pop(job.id)
+        else:
+            self._unqueue(job)
+        job.status = JobStatus.CANCELLED
+        job.completed_at = self._clock()
+        job.payload = None
+        self.cancelled_total += 1
+        return job, was_running
+
     def complete(self, job_id: str, result_name: str, run_seconds: float | None = None) -> Job:
         job = self._finish(job_id, JobStatus.COMPLETED, run_seconds)
         job.result_name = result_name
+        job.step = job.total_steps or job.step
         self.completed_total += 1
         return job
 
@@ -147,12 +256,15 @@ class JobQueue:
         return job
 
     def expire(self) -> list[Job]:
-        """Remove finished jobs older than the cleanup age; returns them (their files are the caller's)."""
+        """Remove finished jobs older than the cleanup age; returns them (their files are the caller's).
+        Their idempotency keys go with them."""
         cutoff = self._clock() - self.cleanup_age_s
         gone = [j for j in self._jobs.values()
                 if j.status.terminal and j.completed_at is not None and j.completed_at <= cutoff]
         for job in gone:
             del self._jobs[job.id]
+            if job.idempotency_key is not None:
+                self._keys.pop((job.station, job.idempotency_key), None)
         return gone
 
     # --- reads ---------------------------------------------------------------------------------
@@ -163,19 +275,58 @@ class JobQueue:
             raise JobNotFound(job_id, self.cleanup_age_s)
         return job
 
+    def get_for(self, job_id: str, station: str, admin: bool = False) -> Job:
+        """The job, if ``station`` may see it (its own, or any for an admin); else ``JobNotFound``,
+        the same answer as for an unknown id, so ids of other stations' jobs reveal nothing."""
+        job = self.get(job_id)
+        if not admin and job.station != station:
+            raise JobNotFound(job_id, self.cleanup_age_s)
+        return job
+
+    def order(self) -> list[str]:
+        """Queued job ids in the order they will start (cached until the queue changes)."""
+        if self._order is None:
+            if self.scheduling == "fifo":
+                order = list(self._queued)
+            else:  # the station served longest ago next (never served: by its oldest job), FIFO within
+                lanes: dict[str, deque[str]] = {}
+                first: dict[str, int] = {}
+                for n, i in enumerate(self._queued):
+                    st = self._jobs[i].station
+                    lanes.setdefault(st, deque()).append(i)
+                    first.setdefault(st, n)
+                heap = [(self._served.get(st, -1), first[st], st) for st in lanes]
+                heapq.heapify(heap)
+                order, tick = [], self._tick
+                while heap:
+                    _, _, st = heapq.heappop(heap)
+                    order.append(lanes[st].popleft())
+                    if lanes[st]:
+                        heapq.heappush(heap, (tick, 0, st))
+                    tick += 1
+            self._order = order
+            self._positions = {job_id: n for n, job_id in enumerate(order, start=1)}
+        return self._order
+
     def position(self, job: Job) -> int | None:
         if job.status is not JobStatus.QUEUED:
             return None
-        return self._queued.index(job.id) + 1
+        self.order()
+        return self._positions[job.id]
 
     def average_seconds(self, preset: str) -> float:
         return self._avg.get(preset, 1.0)
 
+    def _remaining(self, job: Job) -> float:
+        """Seconds a running job still needs: from its measured steps once it has them."""
+        if job.step_seconds and job.total_steps:
+            return (job.total_steps - job.step) * job.step_seconds
+        now = self._clock()
+        return max(self.average_seconds(job.preset) - (now - (job.started_at or now)), 0.0)
+
     def _slot_free_times(self) -> list[float]:
         """Seconds from now until each worker slot is free, as a heap."""
-        now = self._clock()
-        frees = [max(self.average_seconds(j.preset) - (now - (j.started_at or now)), 0.0)
-                 for j in self._running.values()]
+        frees = [self._remaining(j) for j in self._running.values()]
         frees += [0.0] * max(self.worker_slots - len(frees), 0)
         if not frees:
             frees = [0.0]
@@ -187,7 +338,7 @@ class JobQueue:
         if job.status is not JobStatus.QUEUED:
             return 0.0
         frees = self._slot_free_times()
-        for ahead in list(self._queued)[: self.position(job) - 1]:
+        for ahead in self.order()[: self.position(job) - 1]:
             heapq.heapreplace(frees, frees[0] + self.average_seconds(self._jobs[ahead].preset))
         return frees[0]
 
@@ -195,17 +346,16 @@ class JobQueue:
         """Whole seconds until ``job``'s result should be ready (queue wait plus its own run time)."""
         if job.status.terminal:
             return 0
-        remaining = self.average_seconds(job.preset)
         if job.status is JobStatus.PROCESSING:
-            remaining -= self._clock() - (job.started_at or self._clock())
-        return math.ceil(self.estimated_start(job) + max(remaining, 0.0))
+            return math.ceil(self._remaining(job))
+        return math.ceil(self.estimated_start(job) + self.average_seconds(job.preset))
 
     def retry_after(self) -> int:
         """Whole seconds until a place in the queue should free up (at least 1)."""
         if self._running:
             soonest = min(self._slot_free_times())
         elif self._queued:
-            soonest = self.average_seconds(self._jobs[self._queued[0]].preset)
+            soonest = self.average_seconds(self._jobs[self.order()[0]].preset)
         else:
             soonest = 0.0
         return max(1, math.ceil(soonest))
@@ -226,7 +376,25 @@ class JobQueue:
             "total_jobs": len(self._jobs),
             "running_job_ids": running,
             "refused_count": self.refused_total,
+            "cancelled_count": self.cancelled_total,
+            "scheduling": self.scheduling,
         }
+
+    def eta_seconds(self, job: Job) -> float | None:
+        """Seconds until the result: queued, time to start plus run time; processing, the remaining
+        steps times this job's measured step time (the preset's average until a step was measured)."""
+        if job.status.terminal:
+            return None
+        if job.status is JobStatus.PROCESSING:
+            return round(self._remaining(job), 1)
+        return float(self.estimated_wait(job))
+
+    def progress_of(self, job: Job) -> float:
+        if job.status is JobStatus.COMPLETED:
+            return 1.0
+        if job.total_steps:
+            return round(job.step / job.total_steps, 4)
+        return 0.0
 
     def view(self, job: Job) -> dict:
         """The contract's status object for one job."""
@@ -244,4 +412,9 @@ class JobQueue:
             "model": job.preset,
             "estimated_wait_seconds": None if job.status.terminal else self.estimated_wait(job),
             "worker": job.worker_id[-8:] if job.worker_id else None,
+            "progress": self.progress_of(job),
+            "step": job.step,
+            "total_steps": job.total_steps,
+            "eta_seconds": self.eta_seconds(job),
+            "station": job.station,
         }

@@ -12,12 +12,12 @@ class SubmitResponse(BaseModel):
     status: str = "queued"
     position: int | None
     message: str
-    estimated_wait_seconds: int = Field(description="seconds until the result should be ready")
+    estimated_wait_seconds: int | None = Field(description="seconds until the result should be ready")
 
 
 class JobStatusResponse(BaseModel):
     job_id: str
-    status: str = Field(description="queued | processing | completed | failed")
+    status: str = Field(description="queued | processing | completed | failed | cancelled")
     position: int | None = Field(description="1-based among queued jobs, live; null unless queued")
     created_at: str | None
     started_at: str | None
@@ -29,6 +29,12 @@ class JobStatusResponse(BaseModel):
     model: str
     estimated_wait_seconds: int | None = Field(None, description="addition: seconds until the result")
     worker: str | None = Field(None, description="addition: the model worker that ran (or runs) the job")
+    progress: float = Field(0.0, description="addition: 0 to 1, updated after every denoising step")
+    step: int = Field(0, description="addition: denoising steps done")
+    total_steps: int | None = Field(None, description="addition: denoising steps of the job's preset")
+    eta_seconds: float | None = Field(None, description="addition: seconds until the result (queued: wait "
+                                                        "plus run time; processing: steps left x step time)")
+    station: str | None = Field(None, description="addition: the station (API key) that submitted the job")
 
 
 class QueueResponse(BaseModel):
@@ -42,6 +48,8 @@ class QueueResponse(BaseModel):
     total_jobs: int
     running_job_ids: list[str] = Field(default_factory=list)
     refused_count: int = 0
+    cancelled_count: int = 0
+    scheduling: str = Field("fifo", description="fifo, or fair (stations take turns)")
 
 
 class WorkerView(BaseModel):

@@ -5,11 +5,14 @@ Apps (each its own queue, workers and state folder):
   tiny preset that takes about a second so queue behaviour can be observed);
 - ``frozen`` at ``/frozen``: workers pinned to a Ray resource no node has, so jobs stay queued
   forever: exact admission counts with no job finishing in between;
-- ``ttl`` at ``/ttl``: finished jobs expire after 2 seconds.
+- ``ttl`` at ``/ttl``: finished jobs expire after 2 seconds;
+- ``stations`` at ``/st``: three stations' keys from a keys file (A, B, and the admin ``ops``), fair
+  scheduling, at most 3 jobs per station, webhooks allowed to 127.0.0.1.
 Every Ray step has a deadline; teardown is ``ray.shutdown()``.
 """
 
 import copy
+import hashlib
 import os
 import socket
 import time
@@ -24,6 +27,8 @@ KEY = "test-key-" + "x" * 24
 ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
        "HF_HUB_OFFLINE": "1"}
 SLOW = {"base": "builtin:tiny", "steps": 8, "cfg_scale": 1.0, "resolution": 384, "nominal_seconds": 2.0}
+LONG = {**SLOW, "steps": 40, "nominal_seconds": 10.0}  # seconds of work, for cancelling while it runs
+STATION_KEYS = {"A": "station-a-key-" + "a" * 20, "B": "station-b-key-" + "b" * 20, "ops": "operators-key-" + "o" * 20}
 
 
 def _free_port() -> int:
@@ -47,10 +52,14 @@ def merged(base: dict, over: dict) -> dict:
 class Api:
     """An httpx client for one app, with the key set."""
 
-    def __init__(self, base_url: str, state: Path):
+    def __init__(self, base_url: str, state: Path, key: str = KEY):
         self.base = base_url
         self.state = state
-        self.http = httpx.Client(base_url=base_url, headers={"X-API-Key": KEY}, timeout=60)
+        self.key = key
+        self.http = httpx.Client(base_url=base_url, headers={"X-API-Key": key}, timeout=60)
+
+    def as_key(self, key: str) -> "Api":
+        return Api(self.base, self.state, key)
 
     def submit(self, image: bytes, instruction="make the sky blue", **fields):
         data = {"instruction": instruction, **{k: str(v) for k, v in fields.items()}}
@@ -63,7 +72,7 @@ class Api:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             body = self.status(job_id).json()
-            if body["status"] in ("completed", "failed"):
+            if body["status"] in ("completed", "failed", "cancelled"):
                 return body
             time.sleep(0.1)
         raise AssertionError(f"job {job_id} did not finish in {timeout}s")
@@ -110,7 +119,7 @@ def _args(root: Path, name: str, config_file: str = "serve.yaml", **over) -> dic
     state.mkdir(parents=True, exist_ok=True)
     (state / "api_key").write_text(KEY + "\n")
     base = {"state_dir": str(state), "models_dir": str(root / "models"),
-            "presets": {"slow": SLOW}}
+            "presets": {"slow": SLOW, "long": LONG}}
     return merged(merged(config_args(config_file), base), over)
 
 
@@ -203,3 +212,17 @@ def gpu_api(cluster) -> Api:
     with no default preset: stations must call load-model first, as with the earlier deployment."""
     return _deploy(cluster, "gpu", "/gpu", wait_workers=False, config_file="serve.gpu.yaml",
                    worker={"num_cpus": 0}, default_preset=None)
+
+
+@pytest.fixture(scope="session")
+def stations(cluster) -> dict[str, Api]:
+    """Station name -> an Api with that station's key (B's is stored only as a hash)."""
+    keys = cluster["root"] / "stations-keys.yaml"
+    keys.write_text(yaml.safe_dump({
+        "A": STATION_KEYS["A"],
+        "B": {"key_sha256": hashlib.sha256(STATION_KEYS["B"].encode()).hexdigest()},
+        "ops": {"key": STATION_KEYS["ops"], "admin": True}}))
+    api = _deploy(cluster, "stations", "/st", wait_workers=True, api_keys_file=str(keys), scheduling="fair",
+                  max_jobs_per_station=3, worker={"num_cpus": 0},
+                  webhooks={"allowed_hosts": ["127.0.0.1"], "retry_seconds": 20, "timeout_seconds": 2})
+    return {name: api.as_key(key) for name, key in STATION_KEYS.items()}

@@ -148,3 +148,125 @@ def test_queue_stats_shape():
 def test_iso_is_utc_seconds():
     assert iso(0) == "1970-01-01T00:00:00"
     assert iso(None) is None
+
+
+# --- cancel, progress, stations, fairness, idempotency (issue 4) -------------------------------------
+
+def test_cancel_queued_never_runs_and_running_frees_its_slot():
+    from serve_app.errors import Conflict
+
+    q, clock = make(max_size=3)
+    a, b, c = submit(q, 0), submit(q, 1), submit(q, 2)
+    with pytest.raises(QueueFull):
+        submit(q, 3)
+    job, was_running = q.cancel("job-1")
+    assert (job.status, was_running) == (JobStatus.CANCELLED, False) and job.payload is None
+    assert [q.position(j) for j in (a, c)] == [1, 2]
+    assert q.claim("w").id == "job-0" and q.claim("w").id == "job-2" and q.claim("w") is None  # job-1 never runs
+    job, was_running = q.cancel("job-0")
+    assert was_running and job.status is JobStatus.CANCELLED and q.stats()["processing_count"] == 1
+    assert q.cancel("job-0") == (job, False)  # a second cancel is harmless
+    with pytest.raises(KeyError):
+        q.complete("job-0", "late.png")  # the worker's late report cannot resurrect it
+    q.complete("job-2", "r.png", 1.0)
+    with pytest.raises(Conflict) as err:
+        q.cancel("job-2")
+    assert err.value.status_code == 409 and "already completed" in err.value.detail
+    with pytest.raises(JobNotFound):
+        q.cancel("nope")
+    assert q.stats()["cancelled_count"] == 2 and q.stats()["queue_size"] == 0
+    assert q.view(job)["status"] == "cancelled" and q.view(job)["eta_seconds"] is None
+
+
+def test_progress_gives_step_fraction_and_eta_from_measured_step_time():
+    q, clock = make()
+    job = q.submit("j", instruction="x", preset="fast", seed=1, total_steps=4)
+    v = q.view(job)
+    assert (v["progress"], v["step"], v["total_steps"], v["eta_seconds"]) == (0.0, 0, 4, 10.0)
+    q.claim("w")
+    assert q.progress("j", 1, 4, 0.5) is job
+    v = q.view(job)
+    assert (v["progress"], v["step"], v["eta_seconds"]) == (0.25, 1, 1.5)  # 3 steps left x 0.5 s
+    q.progress("j", 3, 4, 0.25)
+    assert q.view(job)["eta_seconds"] == 0.2  # 1 x 0.25, rounded
+    q.complete("j", "r.png", 1.0)
+    assert q.view(job)["progress"] == 1.0 and q.view(job)["step"] == 4
+    assert q.progress("j", 4, 4, 0.1) is None  # not running any more
+
+
+def test_fair_scheduling_takes_stations_in_turn():
+    clock = Clock()
+    q = JobQueue(20, 3600, {"fast": 1.0}, clock=clock, scheduling="fair")
+    for i in range(4):
+        q.submit(f"a{i}", instruction="x", preset="fast", seed=i, station="A")
+    for i in range(2):
+        q.submit(f"b{i}", instruction="x", preset="fast", seed=i, station="B")
+    q.submit("c0", instruction="x", preset="fast", seed=0, station="C")
+    assert q.order() == ["a0", "b0", "c0", "a1", "b1", "a2", "a3"]
+    assert q.position(q.get("c0")) == 3 and q.position(q.get("a3")) == 7
+    assert q.claim("w").id == "a0"
+    q.submit("a4", instruction="x", preset="fast", seed=4, station="A")  # A is at the back now
+    assert [q.claim("w").id for _ in range(7)] == ["b0", "c0", "a1", "b1", "a2", "a3", "a4"]
+    fifo = JobQueue(20, 3600, {"fast": 1.0}, clock=clock)
+    for name, st in [("a0", "A"), ("a1", "A"), ("b0", "B")]:
+        fifo.submit(name, instruction="x", preset="fast", seed=0, station=st)
+    assert fifo.order() == ["a0", "a1", "b0"]  # the contract's default: submission order
+
+
+def test_station_limit_is_the_stations_own_429():
+    from serve_app.errors import StationLimit
+
+    clock = Clock()
+    q = JobQueue(10, 3600, {"fast": 1.0}, clock=clock, max_per_station=2)
+    q.submit("a0", instruction="x", preset="fast", seed=0, station="A")
+    q.submit("a1", instruction="x", preset="fast", seed=0, station="A")
+    with pytest.raises(StationLimit) as err:
+        q.submit("a2", instruction="x", preset="fast", seed=0, station="A")
+    assert err.value.status_code == 429 and "Station A" in err.value.detail and "its own limit" in err.value.detail
+    assert int(err.value.headers["Retry-After"]) >= 1
+    q.submit("b0", instruction="x", preset="fast", seed=0, station="B")  # others are not affected
+    q.claim("w")
+    q.complete("a0", "r.png")
+    q.submit("a2", instruction="x", preset="fast", seed=0, station="A")  # room again
+
+
+def test_idempotency_key_returns_the_same_job_even_when_full_and_refuses_another_request():
+    clock = Clock()
+    q = JobQueue(1, 60, {"fast": 1.0}, clock=clock)
+    first = q.submit("j1", instruction="x", preset="fast", seed=0, station="A", idempotency_key="k",
+                     fingerprint="f1")
+    assert q.submit("j2", instruction="x", preset="fast", seed=0, station="A", idempotency_key="k",
+                    fingerprint="f1") is first  # the queue is full, yet the retry gets its job
+    with pytest.raises(QueueFull):  # another station's same key is another job
+        q.submit("j3", instruction="x", preset="fast", seed=0, station="B", idempotency_key="k", fingerprint="f1")
+    with pytest.raises(Exception) as err:
+        q.submit("j4", instruction="y", preset="fast", seed=0, station="A", idempotency_key="k", fingerprint="f2")
+    assert err.value.status_code == 422 and "different request" in err.value.detail
+    q.claim("w")
+    q.complete("j1", "r.png")
+    clock.t += 61
+    assert q.expire() == [first]
+    again = q.submit("j5", instruction="y", preset="fast", seed=0, station="A", idempotency_key="k", fingerprint="f2")
+    assert again.id == "j5"  # keys live as long as their job
+
+
+def test_stations_see_only_their_own_jobs_unless_admin():
+    q, _ = make()
+    q.submit("a", instruction="x", preset="fast", seed=0, station="A")
+    assert q.get_for("a", "A").id == "a" and q.get_for("a", "B", admin=True).id == "a"
+    with pytest.raises(JobNotFound) as err:
+        q.get_for("a", "B")
+    assert err.value.detail.startswith("Job a not found.")
+
+
+def test_fair_scheduling_serves_a_newcomer_before_the_station_just_served():
+    clock = Clock()
+    q = JobQueue(20, 3600, {"fast": 1.0}, clock=clock, scheduling="fair")
+    for i in range(3):
+        q.submit(f"a{i}", instruction="x", preset="fast", seed=i, station="A")
+    assert q.claim("w").id == "a0"
+    q.submit("b0", instruction="x", preset="fast", seed=0, station="B")
+    q.submit("b1", instruction="x", preset="fast", seed=1, station="B")
+    assert q.order() == ["b0", "a1", "b1", "a2"]
+    q.cancel("b0")
+    assert q.order() == ["b1", "a1", "a2"]
