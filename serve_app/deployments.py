@@ -9,6 +9,7 @@ parameters under ``@serve.ingress``.
 """
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -29,6 +30,7 @@ from . import __version__
 from .auth import Caller, Keyring, load_keyring
 from .config import AppArgs, IngressSettings, QueueSettings, WorkerSettings
 from .errors import (ApiError, BadRequest, EditTimeout, ServiceUnavailable, Unauthorized, Unprocessable)
+from .events import TERMINAL, JobEvents
 from .http_limits import BodySizeLimit
 from .images import check_upload
 from .model_actor import ModelWorker
@@ -168,7 +170,7 @@ class EditForm:
 Form_ = Annotated[EditForm, Depends()]
 
 
-TERMINAL = ("completed", "failed", "cancelled")
+FEED = Caller("ingress-events", admin=True)  # the shared per-job feed; each listener was checked first
 
 
 def _event_name(view: dict, last: dict | None) -> str:
@@ -213,6 +215,10 @@ class Ingress:
         self.s = settings
         app.state.keyring = Keyring(settings.keys)
         app.state.max_body_bytes = settings.max_body_bytes
+        self.events = JobEvents(self._watch, signature, HEARTBEAT_S)
+
+    async def _watch(self, job_id: str, last: tuple | None, timeout: float) -> dict | None:
+        return await self._call("watch", job_id, FEED, last, timeout, timeout=timeout + QUICK_CALL_S)
 
     async def _call(self, method: str, *args, timeout: float = QUICK_CALL_S):
         try:
@@ -355,24 +361,24 @@ class Ingress:
     async def events(self, job_id: str, caller: CallerDep):
         """The job's state changes, position changes and per-step progress as they happen, then its
         final status; a comment line at least every 10 s keeps proxies from closing the stream."""
-        first = await self._call("status", job_id, caller)  # 404 now, before the stream starts
+        first = await self._call("status", job_id, caller)  # 404 now (also another station's job)
 
         async def stream():
-            view, last = first, None
-            while True:
-                if view is None:
-                    yield format_sse_event(comment="heartbeat")
-                else:
-                    yield format_sse_event(event=_event_name(view, last), data_str=json.dumps(view))
-                    if view["status"] in TERMINAL:
-                        return
-                    last = view
-                try:
-                    view = await self._call("watch", job_id, caller, signature(last), HEARTBEAT_S,
-                                            timeout=HEARTBEAT_S + QUICK_CALL_S)
-                except ApiError as err:  # the job expired while watched
-                    yield format_sse_event(event="error", data_str=json.dumps({"detail": err.detail}))
-                    return
+            last = None
+            try:
+                # One queue watch per job in this replica, shared by all of the job's listeners;
+                # aclosing: a client that goes away leaves the feed at once, not at garbage collection.
+                async with contextlib.aclosing(self.events.subscribe(job_id, first)) as views:
+                    async for view in views:
+                        if view is None:
+                            yield format_sse_event(comment="heartbeat")
+                            continue
+                        yield format_sse_event(event=_event_name(view, last), data_str=json.dumps(view))
+                        last = view
+            except Exception as exc:  # the job expired while followed, or the queue went away
+                err = api_error_of(exc)
+                detail = err.detail if err else "The job queue is not reachable right now; reconnect shortly."
+                yield format_sse_event(event="error", data_str=json.dumps({"detail": detail}))
 
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

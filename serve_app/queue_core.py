@@ -80,6 +80,7 @@ class Job:
     step: int = 0
     total_steps: int | None = None
     step_seconds: float | None = None  # measured on this job, from the pipeline's step callback
+    run_seconds: float | None = None  # the worker's time on it, from generation start to result
 
 
 class JobQueue:
@@ -249,6 +250,7 @@ class JobQueue:
         job.status = status
         job.completed_at = now
         job.payload = None
+        job.run_seconds = round(run_seconds, 3) if run_seconds is not None else None
         if measure:
             took = run_seconds if run_seconds is not None else now - (job.started_at or now)
             old = self._avg.get(job.preset, took)
@@ -417,4 +419,5 @@ class JobQueue:
             "total_steps": job.total_steps,
             "eta_seconds": self.eta_seconds(job),
             "station": job.station,
+            "run_seconds": job.run_seconds,
         }

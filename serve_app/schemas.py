@@ -35,6 +35,7 @@ class JobStatusResponse(BaseModel):
     eta_seconds: float | None = Field(None, description="addition: seconds until the result (queued: wait "
                                                         "plus run time; processing: steps left x step time)")
     station: str | None = Field(None, description="addition: the station (API key) that submitted the job")
+    run_seconds: float | None = Field(None, description="addition: the model worker's time on the job, once finished")
 
 
 class QueueResponse(BaseModel):

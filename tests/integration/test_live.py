@@ -58,6 +58,17 @@ def test_events_stream_states_progress_and_ends_with_completed(api):
     assert r.status_code == 404 and "not found" in r.json()["detail"]
 
 
+def test_twenty_listeners_on_one_job_all_see_it_to_the_end(api):
+    job_id = api.submit(IMAGE, preset="slow", seed=6).json()["job_id"]
+    with ThreadPoolExecutor(20) as pool:
+        streams = list(pool.map(lambda _: read_events(api, job_id), range(20)))
+    for events in streams:
+        names = [n for n, _ in events if n]
+        assert names[-1] == "completed" and names.count("completed") == 1
+    view = api.status(job_id).json()
+    assert view["status"] == "completed" and view["run_seconds"] > 0
+
+
 def test_status_shows_progress_and_eta_while_running(api):
     job_id = api.submit(IMAGE, preset="slow", seed=2).json()["job_id"]
     seen = wait_for(lambda: (b := api.status(job_id).json())["status"] == "processing" and b["step"] >= 2 and b)
