@@ -42,7 +42,7 @@ class WebhookArgs(BaseModel):
 class AppArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    state_dir: str = Field("state", description="key file, results and built models live here")
+    state_dir: str = Field("state", description="jobs database, key file, results and built models live here")
     results_dir: str | None = Field(None, description="default: <state_dir>/results")
     models_dir: str | None = Field(None, description="where the embedded tiny model is built; default <state_dir>/models")
     api_key_file: str | None = Field(None, description="default: <state_dir>/api_key")
@@ -87,6 +87,7 @@ class QueueSettings(BaseModel):
     max_queue_size: int
     cleanup_age_seconds: float
     results_dir: str
+    jobs_db: str  # SQLite file with the job records and inputs
     presets: dict[str, Preset]
     default_preset: str | None
     load_timeout_seconds: float

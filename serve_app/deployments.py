@@ -29,7 +29,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import __version__
 from .auth import Caller, Keyring, load_keyring
 from .config import AppArgs, IngressSettings, QueueSettings, WorkerSettings
-from .errors import (ApiError, BadRequest, EditTimeout, ServiceUnavailable, Unauthorized, Unprocessable)
+from .errors import (ApiError, BadRequest, EditTimeout, JobNotFound, ServiceUnavailable, Unauthorized,
+                     Unprocessable)
 from .events import TERMINAL, JobEvents
 from .http_limits import BodySizeLimit
 from .images import check_upload
@@ -86,7 +87,12 @@ async def _validation_error(request: Request, exc: RequestValidationError):
 
 @app.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, exc: StarletteHTTPException):
-    return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+    detail = str(exc.detail)
+    if exc.status_code == 404 and detail == "Not Found":  # no such route: say so in a sentence
+        detail = f"No such route: {request.method} {request.url.path[:200]}. The routes are listed at /docs."
+    elif exc.status_code == 405:
+        detail = f"{request.method} is not allowed on {request.url.path[:200]}. The routes are listed at /docs."
+    return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
 
 
 @app.exception_handler(Exception)
@@ -184,6 +190,30 @@ def _event_name(view: dict, last: dict | None) -> str:
     return "progress"
 
 
+def harden_form_decoding() -> None:
+    """Starlette decodes a form field that is not valid UTF-8 as Latin-1, which would turn broken
+    bytes into plausible text. Decode such bytes with ``surrogateescape`` instead, so that
+    ``_check_text`` can refuse them with a sentence. (Called in each ingress replica's process.)"""
+    import starlette.formparsers as formparsers
+
+    def decode(src, codec):
+        try:
+            return src.decode(codec)
+        except (LookupError, UnicodeDecodeError):
+            return bytes(src).decode("utf-8", "surrogateescape")
+
+    if hasattr(formparsers, "_user_safe_decode"):
+        formparsers._user_safe_decode = decode
+
+
+def _check_text(what: str, text: str) -> None:
+    """Plain text only: no control characters (newlines and tabs are fine) and no undecodable bytes."""
+    if any((ord(c) < 32 and c not in "\n\r\t") or c == "\x7f" for c in text):
+        raise BadRequest(f"{what} contains control characters; send plain text (newlines and tabs are fine).")
+    if any(0xD800 <= ord(c) <= 0xDFFF or c == "\ufffd" for c in text):
+        raise BadRequest(f"{what} is not valid UTF-8 text; send it encoded as UTF-8.")
+
+
 def _check_idempotency_key(key: str | None) -> str | None:
     if key is None:
         return None
@@ -215,6 +245,7 @@ class Ingress:
         self.s = settings
         app.state.keyring = Keyring(settings.keys)
         app.state.max_body_bytes = settings.max_body_bytes
+        harden_form_decoding()
         self.events = JobEvents(self._watch, signature, HEARTBEAT_S)
 
     async def _watch(self, job_id: str, last: tuple | None, timeout: float) -> dict | None:
@@ -240,6 +271,9 @@ class Ingress:
         instruction = form.instruction.strip()
         if not instruction:
             raise BadRequest("Instruction is empty: say what to change in the image.")
+        _check_text("Instruction", instruction)
+        if form.system_prompt:
+            _check_text("System prompt", form.system_prompt)
         if len(instruction) > self.s.max_instruction_chars:
             raise BadRequest(f"Instruction too long ({len(instruction)} chars). "
                              f"Maximum {self.s.max_instruction_chars} characters.")
@@ -268,13 +302,14 @@ class Ingress:
                 "system_prompt": form.system_prompt or None, "fingerprint": fingerprint,
                 "webhook_url": webhook_url}
 
-    async def _submit(self, form: EditForm, caller: Caller, idempotency_key: str | None) -> tuple[dict, bool]:
+    async def _submit(self, form: EditForm, caller: Caller, idempotency_key: str | None,
+                      job_id: str | None = None) -> tuple[dict, bool]:
         """(the job's view, created now); an idempotent retry gets the earlier job and False."""
         idempotency_key = _check_idempotency_key(idempotency_key)
         job = await self._validated(form, caller, idempotency_key)
         if "existing" in job:
             return job["existing"], False
-        job_id = str(uuid.uuid4())
+        job_id = job_id or str(uuid.uuid4())
         return await self._call("submit", job_id, job["images"], job["instruction"], job["seed"],
                                 job["preset"], job["system_prompt"], caller, idempotency_key,
                                 job["fingerprint"], job["webhook_url"])
@@ -400,12 +435,14 @@ class Ingress:
         """Submit and wait (up to edit_timeout_seconds) in one call. A client that disconnects
         while waiting cancels its job."""
         want_image = _parse_bool(return_image, "return_image", True)
-        view, _ = await self._submit(form, caller, idempotency_key)
-        job_id = view["job_id"]
+        job_id = str(uuid.uuid4())  # known before the queue is called, so a disconnect can name it
         timeout = self.s.edit_timeout_seconds
         try:
+            view, _ = await self._submit(form, caller, idempotency_key, job_id)
+            job_id = view["job_id"]  # an idempotent retry's earlier job
             view = await self._call("wait", job_id, timeout, caller, timeout=timeout + QUICK_CALL_S)
-        except asyncio.CancelledError:  # Serve cancels the request when its client goes away
+        except asyncio.CancelledError:  # Serve cancels the request when its client goes away,
+            # possibly while the submit is still on its way to the queue
             asyncio.get_running_loop().create_task(self._cancel_abandoned(job_id, caller))
             raise
         headers = {"X-Job-Id": job_id}
@@ -420,11 +457,19 @@ class Ingress:
         return self._png(name, data, view)
 
     async def _cancel_abandoned(self, job_id: str, caller: Caller) -> None:
-        try:
-            await self._call("cancel", job_id, caller)
-            log.info("[Ingress] /edit client went away: job %s cancelled", job_id[:8])
-        except Exception as exc:  # finished meanwhile (409) or gone: nothing to take back
-            log.info("[Ingress] /edit client went away; job %s not cancelled: %s", job_id[:8], exc)
+        """Cancel the job of an /edit whose client went away; if its submit has not reached the
+        queue yet (404), try again for a few seconds."""
+        for attempt in range(10):
+            try:
+                await self._call("cancel", job_id, caller)
+                log.info("[Ingress] /edit client went away: job %s cancelled", job_id[:8])
+                return
+            except JobNotFound:
+                await asyncio.sleep(0.5)
+            except Exception as exc:  # finished meanwhile (409), or the queue is away
+                log.info("[Ingress] /edit client went away; job %s not cancelled: %s", job_id[:8], exc)
+                return
+        log.info("[Ingress] /edit client went away before its job %s was queued", job_id[:8])
 
     @staticmethod
     def _png(name: str, data: bytes, view: dict) -> Response:
@@ -465,7 +510,8 @@ def build_app(args: AppArgs):
         actor_options["resources"] = dict(w.resources)
     queue = QueueActor.bind(QueueSettings(
         max_queue_size=args.max_queue_size, cleanup_age_seconds=args.cleanup_age_seconds,
-        results_dir=str(args.path(args.results_dir, "results")), presets=presets,
+        results_dir=str(args.path(args.results_dir, "results")), jobs_db=str(args.path(None, "jobs.sqlite3")),
+        presets=presets,
         default_preset=default, load_timeout_seconds=args.load_timeout_seconds,
         worker_resources={"CPU": w.num_cpus, "GPU": w.num_gpus, **w.resources},
         scheduling=args.scheduling, max_jobs_per_station=args.max_jobs_per_station,

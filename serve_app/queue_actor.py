@@ -18,19 +18,26 @@ Every method a caller reaches is ``async``, so all of them run on the replica's 
 admission check and insert happen in one synchronous step, so the cap holds exactly under any
 concurrency. Image bytes and result PNGs travel through Ray; result files are written here, under
 the results folder.
-State is in memory in this version: a restart of this replica loses the queue (see README).
+Durability: every job and its inputs are committed to SQLite (``jobstore.JobStore``, in the state
+folder) before the station's submit is answered, and every state change is recorded. A new replica
+(after a crash, a ``ray.kill``, or a restart of the whole server on the same state folder) rebuilds
+the queue from it: queued jobs in their order, finished jobs with their result files. A job that was
+processing keeps its worker for ``WORKER_SILENCE_S``; if that worker does not report, the job runs
+again once (``attempts`` counts starts), and fails with ``worker lost`` if it is interrupted again.
 """
 
 import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ray import serve
 
 from .auth import Caller
 from .config import QueueSettings
 from .errors import (ApiError, LoadInProgress, NoModelLoaded, ResultNotReady, ServiceUnavailable)
+from .jobstore import JobStore
 from .presets import Preset, require_available, resolve
 from .queue_core import Job, JobQueue, JobStatus
 from .storage import ResultStore, result_name
@@ -43,6 +50,7 @@ HEARTBEAT_S = 2.0
 WORKER_SILENCE_S = 10.0
 CLEANUP_PERIOD_S = 1.0
 LOST = "worker lost: the model worker stopped while running this job; submit it again"
+MAX_ATTEMPTS = 2  # a job interrupted by a lost worker runs once more, then fails with LOST
 ADMIN = Caller("admin", admin=True)  # internal calls
 
 
@@ -103,13 +111,18 @@ class QueueActor:
         self.notifier = (Notifier(settings.webhook_secret, settings.webhook_retry_seconds,
                                   settings.webhook_timeout_seconds) if settings.webhook_secret else None)
         self.store = ResultStore(settings.results_dir)
+        self.jobs = JobStore(Path(settings.jobs_db))
+        self.core.restore(self.jobs.load())
+        self._started = time.monotonic()
+        self._sweep_orphans()
         self.workers: dict[str, WorkerInfo] = {}
         self.load: LoadRequest | None = None
         self._changed = asyncio.Event()
         self._sched_checked, self._sched_reason = -1e9, None
         self._cleanup_task = asyncio.get_running_loop().create_task(self._cleanup_loop())
-        log.info("[JobQueue] Started - Max size: %d, Cleanup age: %ss",
-                 settings.max_queue_size, int(settings.cleanup_age_seconds))
+        log.info("[JobQueue] Started - Max size: %d, Cleanup age: %ss - restored %d job(s) from %s",
+                 settings.max_queue_size, int(settings.cleanup_age_seconds), self.core.stats()["total_jobs"],
+                 settings.jobs_db)
 
     # --- plumbing ------------------------------------------------------------------------------
 
@@ -125,11 +138,20 @@ class QueueActor:
         except asyncio.TimeoutError:
             pass
 
+    def _sweep_orphans(self) -> None:
+        """Result files no job names (written just before a crash, or of jobs expired meanwhile)."""
+        named = self.core.result_names()
+        for name in self.store.names():
+            if name not in named:
+                self.store.delete(name)
+
     def _expire(self) -> None:
-        for job in self.core.expire():
+        gone = self.core.expire()
+        for job in gone:
             if job.result_name:
                 self.store.delete(job.result_name)
             log.info("[JobQueue] Job %s expired and was removed", job.id[:8])
+        self.jobs.delete([job.id for job in gone])
 
     async def _cleanup_loop(self) -> None:
         period = min(CLEANUP_PERIOD_S, self.settings.cleanup_age_seconds / 4)
@@ -151,9 +173,19 @@ class QueueActor:
             if wid not in alive:
                 log.warning("[JobQueue] Worker %s went silent; forgetting it", wid)
                 del self.workers[wid]
+        # After a restart, workers announce themselves within a heartbeat: wait before judging.
+        settled = time.monotonic() - self._started >= WORKER_SILENCE_S
         for job in self.core.running():
-            if job.worker_id not in alive:
+            if job.worker_id not in alive and settled:
+                if job.attempts < MAX_ATTEMPTS:
+                    self.core.requeue(job.id)
+                    self.jobs.update(job)
+                    log.warning("[JobQueue] Job %s: its worker was lost; queued again (attempt %d of %d next)",
+                                job.id[:8], job.attempts + 1, MAX_ATTEMPTS)
+                    self._notify()
+                    continue
                 self.core.fail(job.id, LOST)
+                self.jobs.update(job)
                 log.warning("[JobQueue] Job %s failed - %s", job.id[:8], LOST)
                 self._finished(job)
         self.core.worker_slots = max(1, len(self.workers))
@@ -241,6 +273,13 @@ class QueueActor:
                                webhook_url=webhook_url, total_steps=chosen.steps)
         if job.id != job_id:
             return self.core.view(job), False
+        try:  # committed before the station hears "queued"
+            self.jobs.save(job, images)
+        except Exception:
+            self.core.discard(job.id)
+            log.exception("[JobQueue] Could not store job %s", job.id[:8])
+            raise ServiceUnavailable("The server could not store the job (its disk may be full or "
+                                     "read-only); nothing was queued. Try again later.") from None
         self._notify()
         log.info("[JobQueue] Job %s submitted - Queue size: %d - preset %s - station %s",
                  job.id[:8], self.core.occupancy, chosen.name, caller.station)
@@ -257,6 +296,7 @@ class QueueActor:
         already = job.status.value == "cancelled"
         job, was_running = self.core.cancel(job.id)
         if not already:
+            self.jobs.update(job)
             log.info("[JobQueue] Job %s cancelled by station %s%s", job.id[:8], caller.station,
                      " while processing" if was_running else "")
             if was_running:
@@ -397,6 +437,7 @@ class QueueActor:
                 return LoadTask(self.load.preset)
             job = self.core.claim(worker_id)
             if job is not None:
+                self.jobs.update(job)
                 info.state = "busy"
                 self._notify()
                 log.info("[JobQueue] Processing job %s - %s", job.id[:8], job.instruction[:50])
@@ -441,6 +482,7 @@ class QueueActor:
         name = result_name(job.preset, time.time(), job.seed, job.id)
         self.store.write(name, png)
         self.core.complete(job_id, name, run_seconds)
+        self.jobs.update(job)
         info = self._worker(worker_id)
         info.state, info.preset = self._idle_or_busy(worker_id), job.preset
         log.info("[JobQueue] Job %s completed in %.2fs - Path: %s", job_id[:8], run_seconds, name)
@@ -451,6 +493,7 @@ class QueueActor:
         if job is None:
             return
         self.core.fail(job_id, error, run_seconds)
+        self.jobs.update(job)
         self._worker(worker_id).state = self._idle_or_busy(worker_id)
         log.warning("[JobQueue] Job %s failed after %.2fs - %s", job_id[:8], run_seconds, error)
         self._finished(job)

@@ -81,6 +81,7 @@ class Job:
     total_steps: int | None = None
     step_seconds: float | None = None  # measured on this job, from the pipeline's step callback
     run_seconds: float | None = None  # the worker's time on it, from generation start to result
+    attempts: int = 0  # times a worker started it (a job interrupted by a crash runs again once)
 
 
 class JobQueue:
@@ -189,8 +190,48 @@ class JobQueue:
         job.status = JobStatus.PROCESSING
         job.started_at = self._clock()
         job.worker_id = worker_id
+        job.attempts += 1
         self._running[job.id] = job
         return job
+
+    def requeue(self, job_id: str) -> Job:
+        """Put a processing job whose worker was lost back at the head of the queue (it was started
+        before every queued job), to run again; its input payload must still be there."""
+        job = self._running.pop(job_id)
+        job.status, job.started_at, job.worker_id = JobStatus.QUEUED, None, None
+        job.step, job.step_seconds = 0, None
+        self._queued.appendleft(job.id)
+        self._order = None
+        return job
+
+    def discard(self, job_id: str) -> None:
+        """Forget a job that was just submitted (its storing failed): as if it never came."""
+        job = self._jobs.pop(job_id)
+        if job.status is JobStatus.QUEUED:
+            self._queued.remove(job_id)
+        if job.idempotency_key is not None:
+            self._keys.pop((job.station, job.idempotency_key), None)
+        self._order = None
+
+    def restore(self, jobs: list[Job]) -> None:
+        """Rebuild from stored jobs, given in submission order: queued ones queue again in that
+        order, processing ones stay processing (their worker may still report; if it does not, the
+        caller requeues or fails them), finished ones stay readable until they expire."""
+        for job in jobs:
+            self._jobs[job.id] = job
+            if job.status is JobStatus.QUEUED:
+                self._queued.append(job.id)
+            elif job.status is JobStatus.PROCESSING:
+                self._running[job.id] = job
+            elif job.status is JobStatus.COMPLETED:
+                self.completed_total += 1
+            elif job.status is JobStatus.FAILED:
+                self.failed_total += 1
+            else:
+                self.cancelled_total += 1
+            if job.idempotency_key is not None:
+                self._keys[(job.station, job.idempotency_key)] = job.id
+        self._order = None
 
     def _unqueue(self, job: Job) -> None:
         self._queued.remove(job.id)
@@ -362,6 +403,9 @@ class JobQueue:
             soonest = 0.0
         return max(1, math.ceil(soonest))
 
+    def result_names(self) -> set[str]:
+        return {j.result_name for j in self._jobs.values() if j.result_name}
+
     def running(self) -> list[Job]:
         return list(self._running.values())
 
@@ -420,4 +464,5 @@ class JobQueue:
             "eta_seconds": self.eta_seconds(job),
             "station": job.station,
             "run_seconds": job.run_seconds,
+            "attempts": job.attempts,
         }

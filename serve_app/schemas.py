@@ -36,6 +36,7 @@ class JobStatusResponse(BaseModel):
                                                         "plus run time; processing: steps left x step time)")
     station: str | None = Field(None, description="addition: the station (API key) that submitted the job")
     run_seconds: float | None = Field(None, description="addition: the model worker's time on the job, once finished")
+    attempts: int = Field(0, description="addition: times a worker started the job (a crash may add one run)")
 
 
 class QueueResponse(BaseModel):

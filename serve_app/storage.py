@@ -35,6 +35,8 @@ class ResultStore:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
+                f.flush()
+                os.fsync(f.fileno())  # on disk before the job is recorded as completed
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -2,7 +2,11 @@
 
 Starts the server in a fresh state folder, waits for health (model loaded) within a deadline, runs
 one job to completion, downloads its PNG, sends SIGTERM, and checks that no Ray process is left.
-Loopback only; every step has a deadline. Exit status 0 on success; prints a pytest-style summary.
+Then durability across restarts, on the same state folder: a second start still has the job and
+serves the byte-identical PNG; five more jobs are submitted and the whole server (``serve run`` and
+its Ray cluster) is killed with SIGKILL at once; a third start runs every one of them to completion,
+none lost, none twice. Loopback only; every step has a deadline. Exit status 0 on success; prints a
+pytest-style summary.
 """
 
 import os
@@ -38,24 +42,89 @@ def wait_for(what: str, check, timeout: float, every: float = 0.5):
     raise TimeoutError(f"{what}: not within {timeout:.0f}s")
 
 
+def start(work: Path, log_path: Path) -> subprocess.Popen:
+    env = {**os.environ, "RAY_TMPDIR": str(work / "ray"), "PYTHONUNBUFFERED": "1"}
+    env.pop("QWEN_API_KEY", None)  # exercise the generated key
+    serve_bin = Path(sys.executable).with_name("serve")
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([str(serve_bin), "run", str(ROOT / "config" / "serve.yaml")], cwd=work,
+                                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    t0 = time.monotonic()
+    wait_for("health reports a loaded model",
+             lambda: httpx.get(f"{BASE}/api/v1/health", timeout=3).json().get("model_loaded"), 240)
+    print(f"smoke: healthy after {time.monotonic() - t0:.1f}s")
+    return proc
+
+
+def stop(proc: subprocess.Popen, sig: int) -> bool:
+    """Signal the server's whole process group; True when it and every Ray process are gone."""
+    ok = True
+    if proc.poll() is None:
+        os.killpg(proc.pid, sig)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        ok = False
+        print("smoke: serve run ignored SIGTERM for 60s")
+    if sig == signal.SIGKILL:  # Ray's own daemons may sit in other process groups: end them too
+        for line in ray_processes():
+            try:
+                os.kill(int(line.split()[0]), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+    try:
+        wait_for("no Ray process left", lambda: not ray_processes(), 30)
+    except TimeoutError as exc:
+        ok = False
+        print(f"smoke: {exc}:\n" + "\n".join(ray_processes()))
+    return ok
+
+
+def restarts(work: Path, log_path: Path, headers: dict, job_id: str, png: bytes) -> None:
+    """Durability across a clean restart and across SIGKILL of the whole server."""
+    proc = start(work, log_path)
+    try:
+        again = httpx.get(f"{BASE}/api/v1/status/{job_id}/result", headers=headers, timeout=30)
+        assert again.status_code == 200 and again.content == png, "result not byte-identical after a restart"
+        from PIL import Image
+        import io
+
+        buf = io.BytesIO()
+        Image.new("RGB", (256, 256), (200, 90, 40)).save(buf, "PNG")
+        ids = []
+        for seed in range(5):
+            r = httpx.post(f"{BASE}/api/v1/submit", headers=headers, timeout=30,
+                           files={"image": ("in.png", buf.getvalue(), "image/png")},
+                           data={"instruction": "make it green", "seed": str(seed)})
+            assert r.status_code == 200, r.text
+            ids.append(r.json()["job_id"])
+    finally:
+        stop(proc, signal.SIGKILL)  # no grace: as a power cut would
+    print("smoke: 5 jobs submitted, server killed with SIGKILL")
+    proc = start(work, log_path)
+    try:
+        finals = [wait_for(f"job {i[:8]} finished after the crash", lambda i=i: (lambda s: s if s["status"] in (
+            "completed", "failed") else None)(httpx.get(f"{BASE}/api/v1/status/{i}", headers=headers,
+                                                        timeout=5).json()), 120, 0.2) for i in ids]
+        assert [f["status"] for f in finals] == ["completed"] * 5, finals
+        assert all(f["attempts"] in (1, 2) for f in finals), [f["attempts"] for f in finals]
+        stats = httpx.get(f"{BASE}/api/v1/queue", headers=headers, timeout=5).json()
+        assert stats["total_jobs"] == 6 and stats["completed_count"] == 6, stats  # none lost, none twice
+        print("smoke: after SIGKILL and a restart, all 5 jobs completed; 6 jobs in all, none lost")
+    finally:
+        assert stop(proc, signal.SIGTERM), "the server did not stop cleanly"
+
+
 def main() -> int:
     if ray_processes():
         print("smoke: Ray processes already running on this machine; refusing to start:\n" + "\n".join(ray_processes()))
         return 2
     work = Path(tempfile.mkdtemp(prefix="qwen-smoke-"))
     log_path = work / "serve.log"
-    env = {**os.environ, "RAY_TMPDIR": str(work / "ray"), "PYTHONUNBUFFERED": "1"}
-    env.pop("QWEN_API_KEY", None)  # exercise the generated key
-    serve_bin = Path(sys.executable).with_name("serve")
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([str(serve_bin), "run", str(ROOT / "config" / "serve.yaml")], cwd=work,
-                                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    proc = start(work, log_path)
     ok = False
     try:
-        t0 = time.monotonic()
-        wait_for("health reports a loaded model",
-                 lambda: httpx.get(f"{BASE}/api/v1/health", timeout=3).json().get("model_loaded"), 240)
-        print(f"smoke: healthy after {time.monotonic() - t0:.1f}s")
         key_file = work / "state" / "api_key"
         key = key_file.read_text().strip()
         assert oct(key_file.stat().st_mode & 0o777) == "0o600", "key file must be private"
@@ -79,18 +148,14 @@ def main() -> int:
         print(f"smoke: job {job_id[:8]} completed, {len(png.content)} byte PNG downloaded")
         ok = True
     finally:
-        os.killpg(proc.pid, signal.SIGTERM) if proc.poll() is None else None
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            ok = False
-            print("smoke: serve run ignored SIGTERM for 60s")
-        try:
-            wait_for("no Ray process left", lambda: not ray_processes(), 30)
-        except TimeoutError as exc:
-            ok = False
-            print(f"smoke: {exc}:\n" + "\n".join(ray_processes()))
+        ok = stop(proc, signal.SIGTERM) and ok
+    try:
+        if ok:
+            restarts(work, log_path, headers, job_id, png.content)
+    except Exception as exc:
+        ok = False
+        print(f"smoke: durability across restarts failed: {exc!r}")
+    finally:
         if not ok:
             print("smoke: last lines of the server log:\n" + "\n".join(
                 log_path.read_text(errors="replace").splitlines()[-40:]))

@@ -78,16 +78,22 @@ def _kill_worker(app_name: str) -> None:
     ray.kill(ray.get_actor(names[0]["name"], namespace=names[0]["namespace"]), no_restart=True)
 
 
-def test_worker_killed_mid_job_fails_the_job_and_service_recovers(api):
+def test_worker_killed_mid_job_runs_it_once_more_then_fails_it_and_service_recovers(api):
     api.drain()
-    job_id = api.submit(IMAGE, preset="slow").json()["job_id"]
-    deadline = time.monotonic() + 30
-    while api.status(job_id).json()["status"] != "processing":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    job_id = api.submit(IMAGE, preset="long").json()["job_id"]
+
+    def processing(attempt):
+        deadline = time.monotonic() + 120
+        while not ((s := api.status(job_id).json())["status"] == "processing" and s["attempts"] == attempt):
+            assert time.monotonic() < deadline, s
+            time.sleep(0.05)
+
+    processing(1)
     _kill_worker("main")
-    done = api.wait(job_id, timeout=40)
-    assert done["status"] == "failed" and done["error"].startswith("worker lost")
+    processing(2)  # the replacement replica runs it again: the first run was interrupted
+    _kill_worker("main")
+    done = api.wait(job_id, timeout=60)
+    assert done["status"] == "failed" and done["error"].startswith("worker lost") and done["attempts"] == 2
     q = api.http.get("/api/v1/queue").json()
     assert q["processing_count"] == 0 and q["failed_count"] >= 1
     # Serve replaces the replica; the next job runs on it

@@ -1,0 +1,105 @@
+"""The queue's durable memory: job records and their input images in SQLite (WAL), in the state folder.
+
+Contract with the queue actor:
+- ``save(job, images)`` for a new job commits (fsync'd: ``synchronous=FULL``) before the station is
+  answered, so an accepted job survives a crash of the queue, of the whole server, or of the machine;
+- ``update(job)`` records every state change; inputs are deleted when a job finishes (the result is a
+  file beside the database); ``delete(ids)`` removes expired jobs;
+- ``load()`` returns every stored job in submission order, with its inputs while it still needs them.
+
+One connection, used from the actor's event loop only (no threads), so no locking is needed beyond
+SQLite's own. No Ray import: unit-tested on a temporary folder.
+"""
+
+import sqlite3
+from dataclasses import fields
+from pathlib import Path
+
+from .queue_core import Job, JobStatus
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT UNIQUE NOT NULL,
+    instruction TEXT NOT NULL, preset TEXT NOT NULL, seed TEXT NOT NULL, system_prompt TEXT,
+    created_at REAL NOT NULL, status TEXT NOT NULL, started_at REAL, completed_at REAL,
+    result_name TEXT, error TEXT, worker_id TEXT, station TEXT NOT NULL, idempotency_key TEXT,
+    fingerprint TEXT, webhook_url TEXT, step INTEGER NOT NULL DEFAULT 0, total_steps INTEGER,
+    step_seconds REAL, run_seconds REAL, attempts INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS inputs (
+    job_id TEXT NOT NULL, idx INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (job_id, idx)
+);
+"""
+# Job fields kept in the jobs table (payload lives in ``inputs``); seeds up to 2**64-1 overflow
+# SQLite's signed 64-bit integers, so they are stored as text.
+COLUMNS = [f.name for f in fields(Job) if f.name != "payload"]
+
+
+class JobStore:
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _row(self, job: Job) -> list:
+        values = []
+        for name in COLUMNS:
+            value = getattr(job, name)
+            if name == "status":
+                value = value.value
+            elif name == "seed":
+                value = str(value)
+            values.append(value)
+        return values
+
+    def save(self, job: Job, images: list[bytes]) -> None:
+        """A new job and its inputs, in one committed transaction."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute(f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+                            self._row(job))
+            self.db.executemany("INSERT INTO inputs (job_id, idx, data) VALUES (?, ?, ?)",
+                                [(job.id, i, data) for i, data in enumerate(images)])
+
+    def update(self, job: Job) -> None:
+        """The job's current state; a finished job's inputs are dropped in the same transaction."""
+        cols = [c for c in COLUMNS if c != "id"]
+        values = [v for c, v in zip(COLUMNS, self._row(job)) if c != "id"]
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute(f"UPDATE jobs SET {', '.join(c + ' = ?' for c in cols)} WHERE id = ?", [*values, job.id])
+            if job.status.terminal:
+                self.db.execute("DELETE FROM inputs WHERE job_id = ?", (job.id,))
+
+    def delete(self, job_ids: list[str]) -> None:
+        if not job_ids:
+            return
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.executemany("DELETE FROM inputs WHERE job_id = ?", [(i,) for i in job_ids])
+            self.db.executemany("DELETE FROM jobs WHERE id = ?", [(i,) for i in job_ids])
+
+    def load(self) -> list[Job]:
+        """Every stored job in submission order; unfinished ones carry their inputs as ``payload``."""
+        inputs: dict[str, list[bytes]] = {}
+        for job_id, _, data in self.db.execute("SELECT job_id, idx, data FROM inputs ORDER BY job_id, idx"):
+            inputs.setdefault(job_id, []).append(bytes(data))
+        jobs = []
+        for row in self.db.execute(f"SELECT {', '.join(COLUMNS)} FROM jobs ORDER BY seq"):
+            values = dict(zip(COLUMNS, row))
+            values["status"] = JobStatus(values["status"])
+            values["seed"] = int(values["seed"])
+            job = Job(**values)
+            job.payload = inputs.get(job.id)
+            jobs.append(job)
+        return jobs
+
+    def count(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]

@@ -1,0 +1,143 @@
+"""Issue 5, hostile input: malicious and malformed requests all get a 4xx with a sentence, never a
+5xx, a traceback or a server path; the server keeps serving."""
+
+import io
+import socket
+import uuid
+
+import pytest
+from PIL import Image
+
+from tests.integration.test_api import IMAGE
+
+pytestmark = pytest.mark.integration
+
+
+def clean(r):
+    assert 400 <= r.status_code < 500, (r.status_code, r.text[:300])
+    detail = r.json()["detail"]
+    assert isinstance(detail, str) and len(detail) > 10
+    for leak in ("Traceback", "/tmp", "site-packages", "/work", "File \""):
+        assert leak not in r.text
+    return detail
+
+
+def apng() -> bytes:
+    frames = [Image.new("RGB", (64, 64), c) for c in ((255, 0, 0), (0, 255, 0))]
+    buf = io.BytesIO()
+    frames[0].save(buf, "PNG", save_all=True, append_images=frames[1:])
+    return buf.getvalue()
+
+
+def animated_gif() -> bytes:
+    frames = [Image.new("RGB", (64, 64), c) for c in ((255, 0, 0), (0, 255, 0))]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
+    return buf.getvalue()
+
+
+SVG = b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><script>x()</script></svg>'
+
+
+@pytest.mark.parametrize("name, data, fragment", [
+    ("apng", apng(), "animated"),
+    ("animated-gif", animated_gif(), "GIF"),
+    ("svg", SVG, "Must be JPEG or PNG"),
+    ("script", b"#!/bin/sh\nrm -rf /\n", "Must be JPEG or PNG"),
+    ("html", b"<html><body onload=alert(1)></body></html>", "Must be JPEG or PNG"),
+    ("empty", b"", "empty"),
+])
+def test_hostile_files_named_png(api, name, data, fragment):
+    r = api.http.post("/api/v1/submit", files={"image": (f"{name}.png", data, "image/png")},
+                      data={"instruction": "x"})
+    assert fragment in clean(r)
+
+
+@pytest.mark.parametrize("instruction, fragment", [
+    ("make it \x00blue", "control characters"),
+    ("ring \x07 the bell", "control characters"),
+    ("x" * 10_000, "Instruction too long"),
+])
+def test_hostile_instructions(api, instruction, fragment):
+    r = api.http.post("/api/v1/submit", files={"image": ("a.png", IMAGE, "image/png")},
+                      data={"instruction": instruction})
+    assert fragment in clean(r)
+
+
+def test_invalid_utf8_instruction(api):
+    boundary = "b0undary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"instruction\"\r\n\r\n").encode() + \
+        b"make it \xff\xfe blue" + (f"\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; "
+                                   f"filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n").encode() + \
+        IMAGE + f"\r\n--{boundary}--\r\n".encode()
+    r = api.http.post("/api/v1/submit", content=body,
+                      headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert "not valid UTF-8" in clean(r)
+
+
+def test_newlines_and_unicode_in_instructions_are_fine(api):
+    r = api.http.post("/api/v1/submit", files={"image": ("a.png", IMAGE, "image/png")},
+                      data={"instruction": "make the sky blue\nand add a 🌈 — über"})
+    assert r.status_code == 200, r.text
+    api.wait(r.json()["job_id"])
+
+
+@pytest.mark.parametrize("seed", [str(2**64), "99999999999999999999999999", "1e9", "0x10", "1.5"])
+def test_seeds_beyond_64_bits_or_not_integers(api, seed):
+    r = api.http.post("/api/v1/submit", files={"image": ("a.png", IMAGE, "image/png")},
+                      data={"instruction": "x", "seed": seed})
+    assert r.status_code == 422 and "seed" in clean(r)
+
+
+def test_a_thousand_form_fields(api):
+    data = {f"f{i}": "x" for i in range(1000)}
+    r = api.http.post("/api/v1/submit", files={"image": ("a.png", IMAGE, "image/png")},
+                      data={"instruction": "x", **data})
+    clean(r)
+
+
+@pytest.mark.parametrize("job_id", ["../../etc/passwd", "..%2F..%2Fetc%2Fpasswd", "a%00b", "%00", "x" * 10_000,
+                                    "{job_id}", "' OR 1=1 --", str(uuid.uuid4()).upper()])
+def test_hostile_job_ids(api, job_id):
+    for path in ("", "/result", "/events"):
+        r = api.http.get(f"/api/v1/status/{job_id}{path}")
+        assert r.status_code in (404, 414), (job_id[:40], path, r.status_code)
+        if r.status_code == 404 and r.headers.get("content-type", "").startswith("application/json"):
+            clean(r)
+    r = api.http.delete(f"/api/v1/status/{job_id}")
+    assert r.status_code in (404, 405, 414)
+
+
+def test_spoofed_content_length_cannot_smuggle_a_big_body(api):
+    host, port = api.base.removeprefix("http://").split("/")[0].split(":")
+    boundary = "sp00f"
+    head = (f"POST /api/v1/submit HTTP/1.1\r\nHost: {host}\r\nX-API-Key: {api.key}\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: 1024\r\n"
+            f"Connection: close\r\n\r\n").encode()
+    part = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode()
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(head + part)
+        sent = len(part)
+        try:
+            while sent < 50 * 1024 * 1024:
+                s.sendall(b"\0" * 65536)
+                sent += 65536
+        except OSError:
+            pass  # the server stopped reading after the declared 1024 bytes and closed: fine
+        reply = b""
+        try:
+            while chunk := s.recv(65536):
+                reply += chunk
+        except OSError:
+            pass
+    status = int(reply.split(b" ", 2)[1]) if reply.startswith(b"HTTP/1.1 ") else None
+    assert status is None or 400 <= status < 500, reply[:300]
+    assert api.http.get("/api/v1/health").status_code == 200  # still serving
+
+
+def test_result_is_png_with_nosniff(api):
+    job_id = api.submit(IMAGE, seed=9).json()["job_id"]
+    api.wait(job_id)
+    r = api.http.get(f"/api/v1/status/{job_id}/result")
+    assert r.headers["content-type"] == "image/png" and r.headers["x-content-type-options"] == "nosniff"

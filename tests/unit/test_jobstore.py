@@ -1,0 +1,63 @@
+"""The durable job store and the queue's restore from it (no Ray; a temporary folder)."""
+
+import sqlite3
+
+from serve_app.jobstore import JobStore
+from serve_app.queue_core import JobQueue, JobStatus
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1_700_000_000.0
+
+    def __call__(self):
+        return self.t
+
+
+def make(store_path, clock=None):
+    return JobQueue(10, 3600, {"fast": 1.0}, clock=clock or Clock())
+
+
+def test_jobs_and_inputs_round_trip_in_order_with_big_seeds(tmp_path):
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    q = make(tmp_path)
+    for i in range(3):
+        job = q.submit(f"j{i}", instruction=f"edit {i}", preset="fast", seed=2**64 - 1 - i, payload=[b"img%d" % i],
+                       station="A", idempotency_key=f"k{i}", fingerprint="f", webhook_url=None, total_steps=4)
+        store.save(job, job.payload)
+    job = q.claim("w")
+    store.update(job)
+    q.complete("j0", "r.png", 1.5)
+    store.update(q.get("j0"))
+    loaded = JobStore(tmp_path / "jobs.sqlite3").load()  # a second connection: what a restart sees
+    assert [j.id for j in loaded] == ["j0", "j1", "j2"]
+    assert loaded[0].status is JobStatus.COMPLETED and loaded[0].payload is None and loaded[0].run_seconds == 1.5
+    assert loaded[1].payload == [b"img1"] and loaded[1].seed == 2**64 - 2 and loaded[1].station == "A"
+    assert sqlite3.connect(tmp_path / "jobs.sqlite3").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    store.delete(["j0"])
+    assert [j.id for j in store.load()] == ["j1", "j2"]
+    inputs = sqlite3.connect(tmp_path / "jobs.sqlite3").execute("SELECT COUNT(*) FROM inputs").fetchone()[0]
+    assert inputs == 2
+
+
+def test_restore_keeps_order_states_keys_and_puts_interrupted_jobs_first(tmp_path):
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    q = make(tmp_path)
+    for i in range(4):
+        job = q.submit(f"j{i}", instruction="x", preset="fast", seed=i, payload=[b"x"], idempotency_key=f"k{i}",
+                       fingerprint="f")
+        store.save(job, job.payload)
+    for _ in range(2):
+        store.update(q.claim("w1"))
+    q.complete("j0", "r.png")
+    store.update(q.get("j0"))
+    # the server dies here: j1 processing, j2 and j3 queued
+    again = make(tmp_path)
+    again.restore(JobStore(tmp_path / "jobs.sqlite3").load())
+    assert again.get("j1").status is JobStatus.PROCESSING and again.get("j1").attempts == 1
+    assert again.order() == ["j2", "j3"]
+    assert again.find_idempotent("default", "k3", "f").id == "j3"
+    requeued = again.requeue("j1")
+    assert requeued.status is JobStatus.QUEUED and again.order() == ["j1", "j2", "j3"]
+    assert again.claim("w2").id == "j1" and again.get("j1").attempts == 2
+    assert again.stats()["completed_count"] == 1 and again.occupancy == 3
