@@ -28,6 +28,7 @@ ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_
        "HF_HUB_OFFLINE": "1"}
 SLOW = {"base": "builtin:tiny", "steps": 8, "cfg_scale": 1.0, "resolution": 384, "nominal_seconds": 2.0}
 LONG = {**SLOW, "steps": 40, "nominal_seconds": 10.0}  # seconds of work, for cancelling while it runs
+SPECK = {"base": "builtin:tiny", "steps": 1, "cfg_scale": 1.0, "resolution": 64, "nominal_seconds": 0.1}  # many jobs
 STATION_KEYS = {"A": "station-a-key-" + "a" * 20, "B": "station-b-key-" + "b" * 20, "ops": "operators-key-" + "o" * 20}
 
 
@@ -119,7 +120,7 @@ def _args(root: Path, name: str, config_file: str = "serve.yaml", **over) -> dic
     state.mkdir(parents=True, exist_ok=True)
     (state / "api_key").write_text(KEY + "\n")
     base = {"state_dir": str(state), "models_dir": str(root / "models"),
-            "presets": {"slow": SLOW, "long": LONG}}
+            "presets": {"slow": SLOW, "long": LONG, "speck": SPECK}}
     return merged(merged(config_args(config_file), base), over)
 
 

@@ -50,3 +50,42 @@ def test_queue_actor_killed_comes_back_with_every_job(api):
     assert [f["status"] for f in finals] == ["completed"] * 3
     assert finals[1]["started_at"] <= finals[2]["started_at"]  # the queued ones ran in their order
     assert finals[0]["attempts"] in (1, 2)  # its worker reported it, or it ran once more
+
+
+def _queue_actor_rss(app: str) -> int:
+    """Resident memory of the app's queue replica, found by its process title."""
+    import psutil
+
+    found = [p for p in psutil.process_iter(["cmdline"])
+             if any(f"ServeReplica:{app}:QueueActor" in part for part in (p.info["cmdline"] or []))]
+    assert len(found) == 1, [p.info["cmdline"] for p in found]
+    return found[0].memory_info().rss
+
+
+def test_a_thousand_jobs_leave_the_queue_memory_bounded(api):
+    """1,000 tiny jobs through the server: the queue actor's memory stays within 50 MB of its start."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (10, 200, 90)).save(buf, "PNG")
+    image = buf.getvalue()
+    api.drain()
+    before = _queue_actor_rss("main")
+    accepted, deadline = 0, time.monotonic() + 900
+    while accepted < 1000:
+        assert time.monotonic() < deadline, f"only {accepted} jobs in 900 s"
+        r = api.http.post("/api/v1/submit", files={"image": ("a.png", image, "image/png")},
+                          data={"instruction": "x", "preset": "speck", "seed": str(accepted)})
+        if r.status_code == 429:
+            time.sleep(0.05)
+            continue
+        assert r.status_code == 200, r.text
+        accepted += 1
+    api.drain(timeout=300)
+    stats = api.http.get("/api/v1/queue").json()
+    assert stats["processing_count"] == 0 and stats["queued_count"] == 0
+    grown = _queue_actor_rss("main") - before
+    print(f"queue actor memory after 1,000 jobs: {grown / 2**20:+.1f} MB")  # shown with -s
+    assert grown < 50 * 2**20, f"the queue actor grew by {grown / 2**20:.1f} MB"
