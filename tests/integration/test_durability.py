@@ -62,6 +62,7 @@ def _queue_actor_rss(app: str) -> int:
     return found[0].memory_info().rss
 
 
+@pytest.mark.timeout(900)  # about 5 minutes of jobs on a 2-core machine
 def test_a_thousand_jobs_leave_the_queue_memory_bounded(api):
     """1,000 tiny jobs through the server: the queue actor's memory stays within 50 MB of its start."""
     import io
