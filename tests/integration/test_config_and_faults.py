@@ -71,11 +71,12 @@ def test_config_is_validated_with_a_clear_message():
         build_app({"default_preset": "nope"})
 
 
-def _kill_worker(app_name: str) -> None:
+def kill_replica(app_name: str, deployment: str = "ModelWorker", restart: bool = False) -> None:
+    """Kill the one replica of ``deployment`` in ``app_name`` (Serve starts a replacement)."""
     names = [a for a in ray.util.list_named_actors(all_namespaces=True)
-             if a["name"].startswith(f"SERVE_REPLICA::{app_name}#ModelWorker#")]
+             if a["name"].startswith(f"SERVE_REPLICA::{app_name}#{deployment}#")]
     assert len(names) == 1, names
-    ray.kill(ray.get_actor(names[0]["name"], namespace=names[0]["namespace"]), no_restart=True)
+    ray.kill(ray.get_actor(names[0]["name"], namespace=names[0]["namespace"]), no_restart=not restart)
 
 
 def test_worker_killed_mid_job_runs_it_once_more_then_fails_it_and_service_recovers(api):
@@ -89,9 +90,9 @@ def test_worker_killed_mid_job_runs_it_once_more_then_fails_it_and_service_recov
             time.sleep(0.05)
 
     processing(1)
-    _kill_worker("main")
+    kill_replica("main")
     processing(2)  # the replacement replica runs it again: the first run was interrupted
-    _kill_worker("main")
+    kill_replica("main")
     done = api.wait(job_id, timeout=60)
     assert done["status"] == "failed" and done["error"].startswith("worker lost") and done["attempts"] == 2
     q = api.http.get("/api/v1/queue").json()

@@ -9,18 +9,10 @@ import time
 import pytest
 
 from tests.integration.test_api import IMAGE
+from tests.integration.test_config_and_faults import kill_replica
 from tests.integration.test_live import wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def kill_queue_actor(app: str) -> None:
-    import ray
-
-    found = [a for a in ray.util.list_named_actors(all_namespaces=True)
-             if a["name"].startswith(f"SERVE_REPLICA::{app}#QueueActor#")]
-    assert len(found) == 1, found
-    ray.kill(ray.get_actor(found[0]["name"], namespace=found[0]["namespace"]), no_restart=False)
 
 
 def test_queue_actor_killed_comes_back_with_every_job(api):
@@ -33,7 +25,7 @@ def test_queue_actor_killed_comes_back_with_every_job(api):
     wait_for(lambda: api.status(running).json()["status"] == "processing")
     assert [api.status(j).json()["position"] for j in queued] == [1, 2]
 
-    kill_queue_actor("main")
+    kill_replica("main", "QueueActor", restart=True)
     codes, deadline = [], time.monotonic() + 90
     while time.monotonic() < deadline:
         r = api.http.get(f"/api/v1/status/{queued[1]}")
