@@ -17,11 +17,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-serve: $(STAMP)  ## serve the API on 127.0.0.1:8000 with the embedded tiny model (CPU)
-	$(RAY_ENV) $(VENV)/bin/serve run config/serve.yaml
+serve: $(STAMP)  ## (qwen-serve = serve run + graceful SIGTERM) serve the API on 127.0.0.1:8000 with the embedded tiny model (CPU)
+	$(RAY_ENV) $(VENV)/bin/qwen-serve config/serve.yaml
 
 serve-gpu: $(STAMP)  ## serve on a GPU machine with the real presets
-	RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1 $(VENV)/bin/serve run config/serve.gpu.yaml
+	RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1 $(VENV)/bin/qwen-serve config/serve.gpu.yaml
 
 test: $(STAMP)  ## the whole suite: unit tests, then integration tests on a local Ray cluster
 	$(RAY_ENV) $(PY) -m pytest -q -p no:cacheprovider

@@ -61,6 +61,9 @@ class AppArgs(BaseModel):
     default_preset: str | None = Field("tiny", description="preset for jobs that name none; null: load-model first")
     edit_timeout_seconds: float = Field(600, gt=0, description="how long a blocking /edit waits")
     load_timeout_seconds: float = Field(1800, gt=0)
+    graceful_stop_seconds: float = Field(30, ge=0, le=3600,
+                                         description="on SIGTERM (qwen-serve), running jobs get this long to "
+                                                     "finish; the rest are queued again for the next start")
     ingress_replicas: int = Field(1, ge=1, le=64)
     worker: WorkerArgs = Field(default_factory=WorkerArgs)
     presets: dict[str, dict] = Field(default_factory=dict, description="added or changed presets")
@@ -97,6 +100,7 @@ class QueueSettings(BaseModel):
     webhook_secret: bytes | None = None
     webhook_retry_seconds: float = 60
     webhook_timeout_seconds: float = 5
+    graceful_stop_seconds: float = 30
 
 
 class WorkerSettings(BaseModel):

@@ -516,7 +516,7 @@ def build_app(args: AppArgs):
         worker_resources={"CPU": w.num_cpus, "GPU": w.num_gpus, **w.resources},
         scheduling=args.scheduling, max_jobs_per_station=args.max_jobs_per_station,
         webhook_secret=secret, webhook_retry_seconds=hooks.retry_seconds,
-        webhook_timeout_seconds=hooks.timeout_seconds,
+        webhook_timeout_seconds=hooks.timeout_seconds, graceful_stop_seconds=args.graceful_stop_seconds,
     ))
     workers = ModelWorker.options(num_replicas=w.num_replicas, ray_actor_options=actor_options).bind(
         queue, worker_settings(args, presets, default))

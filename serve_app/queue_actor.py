@@ -117,6 +117,7 @@ class QueueActor:
         self._sweep_orphans()
         self.workers: dict[str, WorkerInfo] = {}
         self.load: LoadRequest | None = None
+        self.stopping = False  # set by drain(): no new job is handed out
         self._changed = asyncio.Event()
         self._sched_checked, self._sched_reason = -1e9, None
         self._cleanup_task = asyncio.get_running_loop().create_task(self._cleanup_loop())
@@ -351,8 +352,12 @@ class QueueActor:
         workers = self._alive_workers()
         states = [w.state for w in workers]
         reason = self.unschedulable()
+        warnings = [reason] if reason else []
+        if self.stopping:
+            warnings.append("The server is stopping: running jobs finish, queued and new jobs wait "
+                            "for the next start.")
         return {
-            "warnings": [reason] if reason else [],
+            "warnings": warnings,
             "current_model": self.default_preset,
             "model_loaded": any(s in ("ready", "busy") for s in states),
             "is_loading": self.load is not None or any(s in ("starting", "loading") for s in states),
@@ -399,6 +404,32 @@ class QueueActor:
             "estimated_generation_time": preset.estimated_time,
         }
 
+    async def drain(self) -> dict:
+        """Graceful stop (called by ``qwen-serve`` on SIGTERM, before Serve is shut down): hand out
+        no new job; wait up to ``graceful_stop_seconds`` for the running jobs to finish; queue the
+        ones still running again (ahead of the never-started ones, in submission order) without charging an attempt
+        (their workers hear it on ``cancel_signal`` and stop at the end of the current step).
+        Queued jobs stay queued. Everything is in the job store when this returns, so the next start
+        runs the requeued jobs first. Returns how many finished meanwhile and which were requeued."""
+        self.stopping = True
+        self._notify()
+        running = {job.id for job in self.core.running()}
+        log.info("[JobQueue] Stopping: waiting up to %.0fs for %d running job(s)",
+                 self.settings.graceful_stop_seconds, len(running))
+        deadline = time.monotonic() + self.settings.graceful_stop_seconds
+        while self.core.running() and time.monotonic() < deadline:
+            await self._wait_change(min(deadline - time.monotonic(), 1.0))
+        left = self.core.running()
+        for job in left:
+            self.core.requeue(job.id, charge=False)
+            self.jobs.update(job)
+            self._worker_freed(job.worker_id)
+            log.warning("[JobQueue] Job %s did not finish within the grace period; queued again for "
+                        "the next start", job.id[:8])
+        self._notify()
+        return {"finished": len(running) - len(left), "requeued": [job.id for job in left],
+                "queued": self.core.stats()["queued_count"]}
+
     # --- worker API ----------------------------------------------------------------------------
 
     def _worker(self, worker_id: str) -> WorkerInfo:
@@ -435,7 +466,7 @@ class QueueActor:
             if self.load and worker_id in self.load.pending:
                 info.state = "loading"
                 return LoadTask(self.load.preset)
-            job = self.core.claim(worker_id)
+            job = None if self.stopping else self.core.claim(worker_id)
             if job is not None:
                 self.jobs.update(job)
                 info.state = "busy"

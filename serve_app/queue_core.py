@@ -112,6 +112,8 @@ class JobQueue:
         self._positions: dict[str, int] = {}
         self._running: dict[str, Job] = {}  # insertion order = start order
         self._keys: dict[tuple[str, str], str] = {}  # (station, idempotency key) -> job id
+        self._tickets: dict[str, int] = {}  # job id -> submission number (requeue keeps that order)
+        self._next_ticket = 0
         self.worker_slots = 1
         self.completed_total = 0
         self.failed_total = 0
@@ -172,6 +174,7 @@ class JobQueue:
                   idempotency_key=idempotency_key, fingerprint=fingerprint, webhook_url=webhook_url,
                   total_steps=total_steps)
         self._jobs[job_id] = job
+        self._ticket(job_id)
         self._queued.append(job_id)
         if idempotency_key is not None:
             self._keys[(station, idempotency_key)] = job_id
@@ -194,19 +197,33 @@ class JobQueue:
         self._running[job.id] = job
         return job
 
-    def requeue(self, job_id: str) -> Job:
-        """Put a processing job whose worker was lost back at the head of the queue (it was started
-        before every queued job), to run again; its input payload must still be there."""
+    def _ticket(self, job_id: str) -> None:
+        self._tickets[job_id] = self._next_ticket
+        self._next_ticket += 1
+
+    def requeue(self, job_id: str, charge: bool = True) -> Job:
+        """Put a processing job whose worker was lost back in the queue in its submission order, to
+        run again (in FIFO that is ahead of every job never started; several requeued jobs keep the
+        order they were submitted in, the order a restart restores too); its input payload must
+        still be there.
+
+        ``charge=False`` (a graceful stop interrupted it, not a fault): the start does not count
+        against the job's attempts."""
         job = self._running.pop(job_id)
+        if not charge:
+            job.attempts = max(0, job.attempts - 1)
         job.status, job.started_at, job.worker_id = JobStatus.QUEUED, None, None
         job.step, job.step_seconds = 0, None
-        self._queued.appendleft(job.id)
+        ticket = self._tickets[job.id]
+        at = next((i for i, other in enumerate(self._queued) if self._tickets[other] > ticket), len(self._queued))
+        self._queued.insert(at, job.id)
         self._order = None
         return job
 
     def discard(self, job_id: str) -> None:
         """Forget a job that was just submitted (its storing failed): as if it never came."""
         job = self._jobs.pop(job_id)
+        del self._tickets[job_id]
         if job.status is JobStatus.QUEUED:
             self._queued.remove(job_id)
         if job.idempotency_key is not None:
@@ -219,6 +236,7 @@ class JobQueue:
         caller requeues or fails them), finished ones stay readable until they expire."""
         for job in jobs:
             self._jobs[job.id] = job
+            self._ticket(job.id)
             if job.status is JobStatus.QUEUED:
                 self._queued.append(job.id)
             elif job.status is JobStatus.PROCESSING:
@@ -306,6 +324,7 @@ class JobQueue:
                 if j.status.terminal and j.completed_at is not None and j.completed_at <= cutoff]
         for job in gone:
             del self._jobs[job.id]
+            del self._tickets[job.id]
             if job.idempotency_key is not None:
                 self._keys.pop((job.station, job.idempotency_key), None)
         return gone

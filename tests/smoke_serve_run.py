@@ -5,8 +5,10 @@ one job to completion, downloads its PNG, sends SIGTERM, and checks that no Ray 
 Then durability across restarts, on the same state folder: a second start still has the job and
 serves the byte-identical PNG; five more jobs are submitted and the whole server (``serve run`` and
 its Ray cluster) is killed with SIGKILL at once; a third start runs every one of them to completion,
-none lost, none twice. Loopback only; every step has a deadline. Exit status 0 on success; prints a
-pytest-style summary.
+none lost, none twice. Last, ``qwen-serve config/serve.yaml`` (what ``make serve`` runs) is started
+on the same folder and sent SIGTERM while a job runs: that job completes within the grace period,
+the jobs behind it stay queued in the state folder, and the server exits 0 with no Ray process left.
+Loopback only; every step has a deadline. Exit status 0 on success; prints a pytest-style summary.
 """
 
 import os
@@ -42,12 +44,12 @@ def wait_for(what: str, check, timeout: float, every: float = 0.5):
     raise TimeoutError(f"{what}: not within {timeout:.0f}s")
 
 
-def start(work: Path, log_path: Path) -> subprocess.Popen:
+def start(work: Path, log_path: Path, command: tuple[str, ...] = ("serve", "run")) -> subprocess.Popen:
     env = {**os.environ, "RAY_TMPDIR": str(work / "ray"), "PYTHONUNBUFFERED": "1"}
     env.pop("QWEN_API_KEY", None)  # exercise the generated key
-    serve_bin = Path(sys.executable).with_name("serve")
+    program = Path(sys.executable).with_name(command[0])
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen([str(serve_bin), "run", str(ROOT / "config" / "serve.yaml")], cwd=work,
+        proc = subprocess.Popen([str(program), *command[1:], str(ROOT / "config" / "serve.yaml")], cwd=work,
                                 stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     t0 = time.monotonic()
     wait_for("health reports a loaded model",
@@ -116,6 +118,42 @@ def restarts(work: Path, log_path: Path, headers: dict, job_id: str, png: bytes)
         assert stop(proc, signal.SIGTERM), "the server did not stop cleanly"
 
 
+def graceful_stop(work: Path, log_path: Path, headers: dict) -> None:
+    """``qwen-serve``: SIGTERM (to it alone, as `kill` or a service manager sends it) while a job runs."""
+    proc = start(work, log_path, ("qwen-serve",))
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (256, 256), (20, 160, 60)).save(buf, "PNG")
+    ids = [httpx.post(f"{BASE}/api/v1/submit", headers=headers, timeout=30, data={"instruction": "x", "seed": str(s)},
+                      files={"image": ("in.png", buf.getvalue(), "image/png")}).json()["job_id"] for s in range(4)]
+    running = wait_for("a job processing", lambda: next((i for i in ids if httpx.get(
+        f"{BASE}/api/v1/status/{i}", headers=headers, timeout=5).json()["status"] == "processing"), None), 60, 0.05)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError("qwen-serve did not stop within 120 s of SIGTERM") from None
+    print(f"smoke: qwen-serve stopped {time.monotonic() - t0:.1f}s after SIGTERM, exit status {code}")
+    assert code == 0, code
+    wait_for("no Ray process left", lambda: not ray_processes(), 30)
+    from serve_app.jobstore import JobStore
+
+    store = JobStore(work / "state" / "jobs.sqlite3")
+    states = {job.id: job for job in store.load()}
+    store.close()
+    assert states[running].status.value == "completed", states[running]  # finished within the grace
+    assert states[running].attempts == 1
+    left = [states[i].status.value for i in ids]
+    assert "queued" in left and "processing" not in left, left  # the rest wait for the next start
+    assert "running job(s) finished" in log_path.read_text(errors="replace")
+    print(f"smoke: SIGTERM let the running job finish; jobs now {left}")
+
+
 def main() -> int:
     if ray_processes():
         print("smoke: Ray processes already running on this machine; refusing to start:\n" + "\n".join(ray_processes()))
@@ -152,6 +190,7 @@ def main() -> int:
     try:
         if ok:
             restarts(work, log_path, headers, job_id, png.content)
+            graceful_stop(work, log_path, headers)
     except Exception as exc:
         ok = False
         print(f"smoke: durability across restarts failed: {exc!r}")

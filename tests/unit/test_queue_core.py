@@ -270,3 +270,18 @@ def test_fair_scheduling_serves_a_newcomer_before_the_station_just_served():
     assert q.order() == ["b0", "a1", "b1", "a2"]
     q.cancel("b0")
     assert q.order() == ["b1", "a1", "a2"]
+
+
+def test_requeued_jobs_go_back_in_submission_order_and_a_graceful_one_keeps_its_attempt():
+    q, _ = make()
+    for i in range(4):
+        submit(q, i)
+    first, second = q.claim("w1"), q.claim("w2")
+    assert (first.attempts, second.attempts) == (1, 1)
+    # Lost in the "wrong" order: still job-0, job-1 ahead of the never-started ones.
+    q.requeue("job-1")
+    q.requeue("job-0", charge=False)
+    assert q.order() == ["job-0", "job-1", "job-2", "job-3"]
+    assert [q.position(q.get(f"job-{i}")) for i in range(4)] == [1, 2, 3, 4]
+    assert (q.get("job-0").attempts, q.get("job-1").attempts) == (0, 1)
+    assert q.get("job-1").status is JobStatus.QUEUED and q.get("job-1").worker_id is None

@@ -88,7 +88,8 @@ class QueueMachine(RuleBasedStateMachine):
         self.q.requeue(job_id)
         self._save(job_id)
         self.running.discard(job_id)
-        self.queued.insert(0, job_id)  # it started before every queued job
+        # Back in submission order: ahead of every job never started (FIFO started it before them).
+        self.queued = sorted(self.queued + [job_id], key=lambda j: int(j[1:]))
 
     @precondition(lambda self: self.accepted - self.expired)
     @rule(data=st.data())

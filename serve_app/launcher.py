@@ -1,0 +1,148 @@
+"""``qwen-serve CONFIG``: ``serve run CONFIG`` with a graceful stop on SIGTERM.
+
+Why not plain ``serve run``: its process dies at once on SIGTERM (Ray's own signal handler), taking
+the local cluster and every running job with it; the jobs survive in the state folder and run again
+at the next start, but the work in progress is lost. This launcher deploys the same config file the
+same way (Serve's own schema validates it; cluster options, then every application, each built by
+its ``import_path`` builder from its ``args:``) and then, on the first SIGTERM or Ctrl-C:
+
+1. asks each application's queue to ``drain``: no new job starts, running jobs get the app's
+   ``graceful_stop_seconds`` to finish, jobs still running then are queued again (no attempt
+   charged), queued jobs stay queued (all of it in the state folder);
+2. shuts Serve and the Ray cluster down, and exits 0.
+
+A second signal skips what is left of the grace period. ``--address`` joins a running cluster
+instead of starting a local one (as ``serve run --address``).
+"""
+
+import argparse
+import logging
+import pkgutil
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import yaml
+
+log = logging.getLogger("qwen-serve")
+DRAIN_MARGIN_S = 15.0  # beyond the grace period: the queue's own bookkeeping and the Ray round trip
+
+
+class _Stop:
+    """Signal handling: while deploying or draining a signal aborts at once (KeyboardInterrupt);
+    while serving, the first one starts the graceful stop."""
+
+    def __init__(self):
+        self.requested = threading.Event()
+        self.phase = "deploying"
+
+    def __call__(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self.phase == "serving":
+            log.info("%s received: stopping gracefully (a second signal stops at once)", name)
+            self.phase = "draining"
+            self.requested.set()
+            return
+        log.info("%s received: stopping now", name)
+        raise KeyboardInterrupt
+
+
+def load_config(path: Path):
+    """The config file, validated by Serve's own schema (what ``serve run`` accepts)."""
+    from ray.serve.schema import ServeDeploySchema
+
+    return ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
+
+
+def build(app_schema):
+    """An application from its import path (a builder called with ``args:``, or a bound app)."""
+    from ray.serve import Application
+
+    if app_schema.runtime_env or app_schema.deployments:
+        log.warning("%s: runtime_env and deployments overrides are not applied by qwen-serve (use "
+                    "`serve run` for those; the app's own args are)", app_schema.name)
+    target = pkgutil.resolve_name(app_schema.import_path)
+    return target if isinstance(target, Application) else target(app_schema.args)
+
+
+def drain(app_names: list[str], grace: dict[str, float]) -> None:
+    """Drain every application that has a queue; report what happened to its jobs."""
+    from ray import serve
+
+    for name in app_names:
+        try:
+            handle = serve.get_deployment_handle("QueueActor", app_name=name)
+            outcome = handle.drain.remote().result(timeout_s=grace.get(name, 30.0) + DRAIN_MARGIN_S)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # an app without our queue, or a queue already gone
+            log.warning("%s: no graceful stop (%s); its jobs run again at the next start", name,
+                        type(exc).__name__)
+            continue
+        log.info("%s: %d running job(s) finished, %d queued again, %d waiting for the next start", name,
+                 outcome["finished"], len(outcome["requeued"]), outcome["queued"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="qwen-serve", description=__doc__.splitlines()[0])
+    parser.add_argument("config", nargs="?", default="config/serve.yaml", type=Path,
+                        help="Serve config file (default: config/serve.yaml)")
+    parser.add_argument("--address", default=None,
+                        help="Ray cluster to join (default: start a local one, as `serve run` does)")
+    opts = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s qwen-serve %(message)s", stream=sys.stdout)
+    try:
+        config = load_config(opts.config)
+    except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        parser.error(f"{opts.config}: {exc}")
+
+    import ray
+    from ray import serve
+
+    from .config import AppArgs
+
+    stop = _Stop()
+    ray.init(address=opts.address, namespace="serve")
+    # After ray.init: Ray installs its own SIGTERM handler, which would end the process at once.
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    names: list[str] = []
+    try:
+        serve.start(proxy_location=config.proxy_location, http_options=config.http_options.model_dump(),
+                    logging_config=config.logging_config)
+        grace = {}
+        for app in config.applications:
+            try:
+                grace[app.name] = AppArgs.model_validate(app.args or {}).graceful_stop_seconds
+            except ValueError:
+                pass  # not one of ours: its builder reports its own errors
+            serve.run_many([serve.RunTarget(build(app), name=app.name, route_prefix=app.route_prefix,
+                                            logging_config=app.logging_config or config.logging_config)],
+                           wait_for_applications_running=False)
+            names.append(app.name)
+        http = config.http_options
+        log.info("deployed %s; serving on http://%s:%s (SIGTERM or Ctrl-C stops gracefully)",
+                 ", ".join(names), http.host, http.port)
+        stop.phase = "serving"
+        while not stop.requested.wait(1.0):
+            pass
+        drain(names, grace)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.phase = "stopping"
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # let the teardown finish
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        t0 = time.monotonic()
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+        log.info("stopped (teardown %.1fs)", time.monotonic() - t0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
