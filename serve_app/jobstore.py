@@ -5,7 +5,9 @@ Contract with the queue actor:
   answered, so an accepted job survives a crash of the queue, of the whole server, or of the machine;
 - ``update(job)`` records every state change; inputs are deleted when a job finishes (the result is a
   file beside the database); ``delete(ids)`` removes expired jobs;
-- ``load()`` returns every stored job in submission order, with its inputs while it still needs them.
+- ``load()`` returns every stored job in submission order, with its inputs while it still needs them;
+- ``compact()`` gives freed pages back to the file system (incremental auto-vacuum, and the WAL
+  truncated after a checkpoint), so the files shrink back to their empty size once every job expired.
 
 One connection, used from the actor's event loop only (no threads), so no locking is needed beyond
 SQLite's own. No Ray import: unit-tested on a temporary folder.
@@ -41,9 +43,18 @@ class JobStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect on a new file only...
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
+        if self.db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+            self.db.execute("VACUUM")  # ...an older file is rebuilt once to get it
+
+    def compact(self) -> None:
+        """Shrink the database file and its WAL to what the remaining jobs need."""
+        # executescript runs it to completion (a plain execute frees a single page)
+        self.db.executescript("PRAGMA incremental_vacuum;")
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self) -> None:
         self.db.close()

@@ -140,11 +140,13 @@ class QueueActor:
             pass
 
     def _sweep_orphans(self) -> None:
-        """Result files no job names (written just before a crash, or of jobs expired meanwhile)."""
+        """Result files no job names (written just before a crash, or of jobs expired meanwhile),
+        and half-written ones (a crash during a write)."""
         named = self.core.result_names()
         for name in self.store.names():
             if name not in named:
                 self.store.delete(name)
+        self.store.remove_partials()
 
     def _expire(self) -> None:
         gone = self.core.expire()
@@ -152,7 +154,9 @@ class QueueActor:
             if job.result_name:
                 self.store.delete(job.result_name)
             log.info("[JobQueue] Job %s expired and was removed", job.id[:8])
-        self.jobs.delete([job.id for job in gone])
+        if gone:
+            self.jobs.delete([job.id for job in gone])
+            self.jobs.compact()  # disk use goes back down with the jobs
 
     async def _cleanup_loop(self) -> None:
         period = min(CLEANUP_PERIOD_S, self.settings.cleanup_age_seconds / 4)

@@ -10,6 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
+PARTIAL = ".partial-"  # a write in progress (left behind only by a crash)
 RESULT_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,40}_\d{8}_\d{6}_s\d{1,20}_[0-9a-f]{8}\.png$")
 
 
@@ -31,7 +32,7 @@ class ResultStore:
 
     def write(self, name: str, data: bytes) -> None:
         path = self._path(name)
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".partial-")
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=PARTIAL)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -47,6 +48,11 @@ class ResultStore:
 
     def delete(self, name: str) -> None:
         self._path(name).unlink(missing_ok=True)
+
+    def remove_partials(self) -> None:
+        """Delete half-written files a crash left behind (call when no write is in progress)."""
+        for path in self.folder.glob(PARTIAL + "*"):
+            path.unlink(missing_ok=True)
 
     def names(self) -> list[str]:
         return sorted(p.name for p in self.folder.iterdir() if RESULT_NAME.match(p.name))

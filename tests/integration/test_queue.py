@@ -1,6 +1,7 @@
 """Queue behaviour through HTTP: exact cap counts, FIFO, live position, ETA, TTL expiry."""
 
 import asyncio
+import io
 import time
 
 import httpx
@@ -101,3 +102,44 @@ def test_finished_jobs_expire_with_their_files(ttl_api):
     assert not result.exists() and list((ttl_api.state / "results").iterdir()) == []
     q = ttl_api.http.get("/api/v1/queue").json()
     assert q["total_jobs"] == 0 and q["completed_count"] == 1
+
+
+def _disk(folder) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def test_disk_use_returns_to_baseline_and_cleanup_touches_nothing_else(ttl_api):
+    """Inputs (3 MB each) and results take space while jobs live; once every job expired the state
+    folder is back to its size before them, and files the cleanup does not own are still there."""
+    import os
+
+    from PIL import Image
+
+    def settled():
+        deadline = time.monotonic() + 30
+        while ttl_api.http.get("/api/v1/queue").json()["total_jobs"]:
+            assert time.monotonic() < deadline, "jobs did not expire"
+            time.sleep(0.2)
+        time.sleep(1.5)  # one more cleanup pass
+
+    settled()
+    state = ttl_api.state
+    outside = state.parent / "tiny_20260101_000000_s1_deadbeef.png"  # a result's name, outside the folder
+    outside.write_bytes(b"not ours")
+    stray = state / "results" / "operator-notes.txt"  # inside, but not a result file
+    stray.write_text("keep me")
+    baseline = _disk(state)
+    noise = io.BytesIO()
+    Image.frombytes("RGB", (1024, 1024), os.urandom(1024 * 1024 * 3)).save(noise, "PNG", compress_level=0)
+    ids = [ttl_api.submit(noise.getvalue(), seed=i).json()["job_id"] for i in range(5)]
+    peak = _disk(state)
+    assert peak > baseline + 10_000_000, (baseline, peak)  # five 3 MB inputs, stored
+    assert [ttl_api.wait(i)["status"] for i in ids] == ["completed"] * 5
+    settled()
+    after = _disk(state)
+    try:
+        assert after <= baseline, (baseline, peak, after)
+        assert outside.read_bytes() == b"not ours" and stray.read_text() == "keep me"
+    finally:
+        outside.unlink()
+        stray.unlink()

@@ -61,3 +61,41 @@ def test_restore_keeps_order_states_keys_and_puts_interrupted_jobs_first(tmp_pat
     assert requeued.status is JobStatus.QUEUED and again.order() == ["j1", "j2", "j3"]
     assert again.claim("w2").id == "j1" and again.get("j1").attempts == 2
     assert again.stats()["completed_count"] == 1 and again.occupancy == 3
+
+
+def _disk(folder) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir() if p.name.startswith("jobs.sqlite3"))
+
+
+def test_compact_returns_the_files_to_their_empty_size(tmp_path):
+    import os
+
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    store.compact()
+    empty = _disk(tmp_path)
+    q = make(tmp_path)
+    for i in range(10):
+        job = q.submit(f"j{i}", instruction="x", preset="fast", seed=i, payload=[os.urandom(300_000)])
+        store.save(job, job.payload)
+    grown = _disk(tmp_path)
+    assert grown > empty + 3_000_000
+    store.delete([f"j{i}" for i in range(10)])
+    assert _disk(tmp_path) >= grown - 4096  # deleting alone gives nothing back...
+    store.compact()
+    assert _disk(tmp_path) <= empty  # ...compacting does
+
+
+def test_an_older_database_without_auto_vacuum_is_converted_and_keeps_its_jobs(tmp_path):
+    path = tmp_path / "jobs.sqlite3"
+    old = sqlite3.connect(path)
+    old.execute("PRAGMA journal_mode=WAL")
+    from serve_app.jobstore import SCHEMA
+
+    old.executescript(SCHEMA)
+    old.close()
+    store = JobStore(path)
+    q = make(tmp_path)
+    job = q.submit("j0", instruction="x", preset="fast", seed=1, payload=[b"img"])
+    store.save(job, job.payload)
+    assert store.db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
+    assert [j.id for j in JobStore(path).load()] == ["j0"]
