@@ -17,14 +17,16 @@ import secrets
 import uuid
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, File, Form, Header, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, Header, Query, Request, Security, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.security import APIKeyHeader
 from fastapi.sse import format_sse_event
 from ray import serve
 from ray.exceptions import RayError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from . import __version__
 from .auth import Caller, Keyring, load_keyring
@@ -33,7 +35,7 @@ from .errors import (ApiError, BadRequest, EditTimeout, JobNotFound, ServiceUnav
                      Unprocessable)
 from .events import TERMINAL, JobEvents
 from .http_limits import BodySizeLimit
-from .images import check_upload
+from .images import check_size, check_upload
 from .model_actor import ModelWorker
 from .presets import build_registry, missing_weights, resolve
 from .queue_actor import QueueActor, api_error_of, signature
@@ -49,7 +51,25 @@ MAX_SEED = 2**64 - 1
 MAX_IDEMPOTENCY_KEY = 255
 HEARTBEAT_S = 10.0  # the events stream sends a comment at least this often when nothing changes
 
-ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 422, 429, 503, 504)}
+# What each error status means; every route documents exactly the ones it can answer (checked by
+# Schemathesis in tests/integration/test_schema_fuzz.py).
+WHY = {
+    400: "The request is invalid (a bad image, an unknown preset, an empty or too long instruction, "
+         "...); the detail says what to fix.",
+    401: "X-API-Key is missing or not a key of this server.",
+    404: "No such job: it never existed here, was cleaned up after its TTL, or is another station's.",
+    409: "The job is already completed or failed: there is nothing to cancel.",
+    413: "The request body, or one image, is larger than this server accepts.",
+    422: "A required field is missing or a value is malformed (a seed that is not a whole number, ...).",
+    429: "The queue, or this station's share of it, is full; retry after Retry-After seconds.",
+    503: "The job queue or the model workers are not available right now; retry in a few seconds.",
+    504: "The job did not finish within edit_timeout_seconds; the X-Job-Id header names it: poll its status.",
+}
+
+
+def errors(*codes: int, **why: str) -> dict:
+    """OpenAPI ``responses`` for these error statuses (``e409="..."`` overrides a description)."""
+    return {code: {"model": ErrorBody, "description": why.get(f"e{code}", WHY[code])} for code in codes}
 
 app = FastAPI(
     title="Qwen Image Edit API",
@@ -92,6 +112,11 @@ async def _http_error(request: Request, exc: StarletteHTTPException):
         detail = f"No such route: {request.method} {request.url.path[:200]}. The routes are listed at /docs."
     elif exc.status_code == 405:
         detail = f"{request.method} is not allowed on {request.url.path[:200]}. The routes are listed at /docs."
+        # Starlette names only the first matching route's methods; GET and DELETE on one path are two
+        # routes. Ask the router which methods would match this path.
+        allowed = [m for m in ("DELETE", "GET", "PATCH", "POST", "PUT")
+                   if any(r.matches({**request.scope, "method": m})[0] is Match.FULL for r in request.app.router.routes)]
+        return JSONResponse({"detail": detail}, status_code=405, headers={"Allow": ", ".join(allowed)})
     return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
 
 
@@ -110,9 +135,14 @@ async def _unexpected(request: Request, exc: Exception):
 
 # --- auth ------------------------------------------------------------------------------------------
 
-def require_key(request: Request) -> Caller:
+# Declared as an API-key security scheme so /docs offers "Authorize" and clients see which routes need it;
+# auto_error=False: a missing key is our own 401 with a sentence, not FastAPI's 403.
+API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, description="your station's API key")
+
+
+def require_key(request: Request, key: Annotated[str | None, Security(API_KEY)] = None) -> Caller:
     keyring: Keyring | None = getattr(request.app.state, "keyring", None)
-    caller = keyring.identify(request.headers.get("x-api-key")) if keyring is not None else None
+    caller = keyring.identify(key) if keyring is not None else None
     if caller is None:
         raise Unauthorized()
     return caller
@@ -233,6 +263,30 @@ def _fingerprint(images: list[bytes], instruction: str, form: EditForm, webhook_
     return h.hexdigest()
 
 
+def _openapi() -> dict:
+    """FastAPI's schema, with its automatic 422 made true: every 422 here is ``{"detail": "<sentence>"}``
+    (see ``_validation_error``), and routes whose only input is the job id in the path never answer 422."""
+    if app.openapi_schema is None:
+        schema = FastAPI.openapi(app)
+        for operation in (op for ops in schema["paths"].values() for op in ops.values()):
+            auto = operation["responses"].get("422")
+            if not auto or "HTTPValidationError" not in json.dumps(auto):
+                continue
+            if "requestBody" not in operation and all(p["in"] == "path" for p in operation.get("parameters", [])):
+                del operation["responses"]["422"]
+            else:
+                operation["responses"]["422"] = {
+                    "description": WHY[422],
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schema["components"]["schemas"].pop(unused, None)
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+app.openapi = _openapi
+
+
 # --- the ingress deployment (note: helpers it calls must be defined above it: serve.ingress pickles
 # the FastAPI app with the module globals as they are at that point) ----------------------------------
 
@@ -288,6 +342,9 @@ class Ingress:
             preset = chosen[0]
         webhook_url = check_url(form.webhook_url, self.s.webhook_allowed_hosts) if form.webhook_url else None
         seed = _parse_seed(form.seed)  # before the fingerprint: a bad seed is a 422, not a new key use
+        for f in form.images:  # the parser spooled each file to disk: refuse an oversize one unread
+            if f.size is not None:
+                check_size(f.size, self.s.upload_limits)
         data = [await f.read() for f in form.images]
         fingerprint = None
         if idempotency_key is not None:
@@ -342,7 +399,8 @@ class Ingress:
 
     # --- keyed routes ---
 
-    @app.get(f"{API}/models", response_model=ModelsResponse, dependencies=Authed, responses=ERRORS, tags=["models"])
+    @app.get(f"{API}/models", response_model=ModelsResponse, dependencies=Authed, responses=errors(401, 503),
+             tags=["models"])
     async def models(self):
         h = await self._call("health")
         models = {}
@@ -353,12 +411,14 @@ class Ingress:
                 "note": "Use a name (or an alias such as 4-step) as `preset` on submit/edit or `model` on "
                         "load-model. Presets with available=false need their weights on the server first."}
 
-    @app.post(f"{API}/load-model", response_model=LoadModelResponse, dependencies=Authed, responses=ERRORS,
-              tags=["models"])
+    @app.post(f"{API}/load-model", response_model=LoadModelResponse, dependencies=Authed, tags=["models"],
+              responses=errors(400, 401, 409, 422, 503, e400="Unknown preset, or its weights are not on this server.",
+                               e409="Another model load is running; try again when it finishes."))
     async def load_model(self, model: Annotated[str, Query(description="preset name or alias")]):
         return await self._call("load_model", model, timeout=self.s.load_timeout_seconds + QUICK_CALL_S)
 
-    @app.post(f"{API}/submit", response_model=SubmitResponse, responses=ERRORS, tags=["jobs"])
+    @app.post(f"{API}/submit", response_model=SubmitResponse, responses=errors(400, 401, 413, 422, 429, 503),
+              tags=["jobs"])
     async def submit(self, form: Form_, response: Response, caller: CallerDep,
                      idempotency_key: IdempotencyKey = None):
         view, created = await self._submit(form, caller, idempotency_key)
@@ -372,18 +432,20 @@ class Ingress:
         return {"job_id": view["job_id"], "status": view["status"], "position": position, "message": message,
                 "estimated_wait_seconds": view["estimated_wait_seconds"]}
 
-    @app.get(f"{API}/status/{{job_id}}", response_model=JobStatusResponse, responses=ERRORS, tags=["jobs"])
+    @app.get(f"{API}/status/{{job_id}}", response_model=JobStatusResponse, responses=errors(401, 404, 503),
+             tags=["jobs"])
     async def status(self, job_id: str, caller: CallerDep):
         return await self._call("status", job_id, caller)
 
-    @app.delete(f"{API}/status/{{job_id}}", response_model=JobStatusResponse, responses=ERRORS, tags=["jobs"],
+    @app.delete(f"{API}/status/{{job_id}}", response_model=JobStatusResponse, responses=errors(401, 404, 409, 503),
+                tags=["jobs"],
                 summary="Cancel a job")
     async def cancel(self, job_id: str, caller: CallerDep):
         """A queued job never runs; a running one stops within one denoising step. Cancelling a
         finished job answers 409; cancelling twice is harmless."""
         return await self._call("cancel", job_id, caller)
 
-    @app.post(f"{API}/status/{{job_id}}/cancel", response_model=JobStatusResponse, responses=ERRORS,
+    @app.post(f"{API}/status/{{job_id}}/cancel", response_model=JobStatusResponse, responses=errors(401, 404, 409, 503),
               tags=["jobs"], summary="Cancel a job (for clients that cannot send DELETE)")
     async def cancel_post(self, job_id: str, caller: CallerDep):
         return await self._call("cancel", job_id, caller)
@@ -392,7 +454,7 @@ class Ingress:
              responses={200: {"content": {"text/event-stream": {}},
                               "description": "events `status`, `position`, `progress`, then one of "
                                              "`completed`, `failed`, `cancelled`; data is the status JSON"},
-                        **ERRORS})
+                        **errors(401, 404, 503)})
     async def events(self, job_id: str, caller: CallerDep):
         """The job's state changes, position changes and per-step progress as they happen, then its
         final status; a comment line at least every 10 s keeps proxies from closing the stream."""
@@ -419,17 +481,23 @@ class Ingress:
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @app.get(f"{API}/status/{{job_id}}/result", tags=["jobs"],
-             responses={200: {"content": {"image/png": {}}}, **ERRORS})
+             responses={200: {"content": {"image/png": {}}},
+                        **errors(401, 404, 503, e404="No such job (see status), or it has no result: it is "
+                                                     "not completed, or its file is gone.")})
     async def result(self, job_id: str, caller: CallerDep):
         name, data, view = await self._call("result", job_id, caller)
         return self._png(name, data, view)
 
-    @app.get(f"{API}/queue", response_model=QueueResponse, dependencies=Authed, responses=ERRORS, tags=["jobs"])
+    @app.get(f"{API}/queue", response_model=QueueResponse, dependencies=Authed, responses=errors(401, 503),
+             tags=["jobs"])
     async def queue_stats(self):
         return await self._call("queue_stats")
 
     @app.post(f"{API}/edit", tags=["jobs"],
-              responses={200: {"content": {"image/png": {}, "application/json": {}}}, **ERRORS})
+              responses={200: {"content": {"image/png": {}, "application/json": {}}},
+                         **errors(400, 401, 413, 422, 429, 503, 504,
+                                  e503="The queue or workers are not available, or the edit failed (the detail "
+                                       "says why).")})
     async def edit(self, form: Form_, caller: CallerDep, idempotency_key: IdempotencyKey = None,
                    return_image: Annotated[str | None, Form()] = None):
         """Submit and wait (up to edit_timeout_seconds) in one call. A client that disconnects
@@ -492,8 +560,9 @@ def worker_settings(args: AppArgs, presets: dict, default: str | None) -> Worker
                           preload=preload)
 
 
-def build_app(args: AppArgs):
-    """Build the Serve application from config/serve.yaml's ``args:`` (validated as ``AppArgs``)."""
+def app_settings(args: AppArgs) -> tuple[QueueSettings, WorkerSettings, IngressSettings, dict]:
+    """What each deployment is built with, from config/serve.yaml's ``args:``: the queue's, the
+    workers', the ingress's settings, and the workers' Ray actor options."""
     if not isinstance(args, AppArgs):
         args = AppArgs.model_validate(args or {})
     presets = build_registry(args.presets)
@@ -503,12 +572,11 @@ def build_app(args: AppArgs):
     print(key_message, flush=True)
     hooks = args.webhooks
     secret = load_secret(args.path(hooks.secret_file, "webhook_secret")) if hooks.allowed_hosts else None
-
     w = args.worker
     actor_options = {"num_gpus": w.num_gpus, "num_cpus": w.num_cpus}
     if w.resources:
         actor_options["resources"] = dict(w.resources)
-    queue = QueueActor.bind(QueueSettings(
+    queue = QueueSettings(
         max_queue_size=args.max_queue_size, cleanup_age_seconds=args.cleanup_age_seconds,
         results_dir=str(args.path(args.results_dir, "results")), jobs_db=str(args.path(None, "jobs.sqlite3")),
         presets=presets,
@@ -517,14 +585,24 @@ def build_app(args: AppArgs):
         scheduling=args.scheduling, max_jobs_per_station=args.max_jobs_per_station,
         webhook_secret=secret, webhook_retry_seconds=hooks.retry_seconds,
         webhook_timeout_seconds=hooks.timeout_seconds, graceful_stop_seconds=args.graceful_stop_seconds,
-    ))
-    workers = ModelWorker.options(num_replicas=w.num_replicas, ray_actor_options=actor_options).bind(
-        queue, worker_settings(args, presets, default))
-    return Ingress.options(num_replicas=args.ingress_replicas).bind(queue, workers, IngressSettings(
+    )
+    ingress = IngressSettings(
         upload_limits=args.upload_limits, max_images=args.max_images,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         max_instruction_chars=args.max_instruction_chars, edit_timeout_seconds=args.edit_timeout_seconds,
         load_timeout_seconds=args.load_timeout_seconds,
-        keys=keyring.entries, webhook_allowed_hosts=tuple(hooks.allowed_hosts), presets=presets, cleanup_age_seconds=args.cleanup_age_seconds,
-        max_queue_size=args.max_queue_size,
-    ))
+        keys=keyring.entries, webhook_allowed_hosts=tuple(hooks.allowed_hosts), presets=presets,
+        cleanup_age_seconds=args.cleanup_age_seconds, max_queue_size=args.max_queue_size,
+    )
+    return queue, worker_settings(args, presets, default), ingress, actor_options
+
+
+def build_app(args: AppArgs):
+    """Build the Serve application from config/serve.yaml's ``args:`` (validated as ``AppArgs``)."""
+    if not isinstance(args, AppArgs):
+        args = AppArgs.model_validate(args or {})
+    queue_settings, worker, ingress, actor_options = app_settings(args)
+    queue = QueueActor.bind(queue_settings)
+    workers = ModelWorker.options(num_replicas=args.worker.num_replicas, ray_actor_options=actor_options).bind(
+        queue, worker)
+    return Ingress.options(num_replicas=args.ingress_replicas).bind(queue, workers, ingress)

@@ -56,12 +56,17 @@ def _invalid(what: str) -> InvalidImage:
     return InvalidImage(f"Invalid image format: {what}. Must be JPEG or PNG")
 
 
+def check_size(size: int, limits: UploadLimits) -> None:
+    """Refuse an upload by its size alone (the ingress checks this before reading the file into memory)."""
+    if size > limits.max_bytes:
+        raise InvalidImage(f"Image too large ({_fmt_mb(size)}). Maximum {_limit_mb(limits.max_bytes)} allowed.")
+
+
 def check_upload(data: bytes, limits: UploadLimits) -> ImageInfo:
     """Validate an upload fully (size, format, dimensions, decodability) or raise ``InvalidImage``."""
     if not data:
         raise _invalid("the file is empty")
-    if len(data) > limits.max_bytes:
-        raise InvalidImage(f"Image too large ({_fmt_mb(len(data))}). Maximum {_limit_mb(limits.max_bytes)} allowed.")
+    check_size(len(data), limits)
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:

@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 
 log = logging.getLogger("qwen-serve")
+OUR_BUILDER = "serve_app.deployments:build_app"
 DRAIN_MARGIN_S = 15.0  # beyond the grace period: the queue's own bookkeeping and the Ray round trip
 
 
@@ -93,15 +94,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="Ray cluster to join (default: start a local one, as `serve run` does)")
     opts = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s qwen-serve %(message)s", stream=sys.stdout)
+    from .config import AppArgs
+
     try:
         config = load_config(opts.config)
+        # This project's apps: their args are checked before any Ray process starts.
+        grace = {app.name: AppArgs.model_validate(app.args or {}).graceful_stop_seconds
+                 for app in config.applications if app.import_path == OUR_BUILDER}
     except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
         parser.error(f"{opts.config}: {exc}")
 
     import ray
     from ray import serve
-
-    from .config import AppArgs
 
     stop = _Stop()
     ray.init(address=opts.address, namespace="serve")
@@ -109,15 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     names: list[str] = []
+    code = 0
     try:
         serve.start(proxy_location=config.proxy_location, http_options=config.http_options.model_dump(),
                     logging_config=config.logging_config)
-        grace = {}
         for app in config.applications:
-            try:
-                grace[app.name] = AppArgs.model_validate(app.args or {}).graceful_stop_seconds
-            except ValueError:
-                pass  # not one of ours: its builder reports its own errors
             serve.run_many([serve.RunTarget(build(app), name=app.name, route_prefix=app.route_prefix,
                                             logging_config=app.logging_config or config.logging_config)],
                            wait_for_applications_running=False)
@@ -131,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         drain(names, grace)
     except KeyboardInterrupt:
         pass
+    except Exception as exc:  # a deploy that failed: say why, then tear down what started
+        log.error("stopping: %s: %s", type(exc).__name__, exc)
+        code = 1
     finally:
         stop.phase = "stopping"
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # let the teardown finish
@@ -141,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             ray.shutdown()
         log.info("stopped (teardown %.1fs)", time.monotonic() - t0)
-    return 0
+    return code
 
 
 if __name__ == "__main__":

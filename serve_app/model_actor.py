@@ -60,8 +60,10 @@ class ModelWorker:
     async def _report(self, state: str, preset: str | None = None, detail: str | None = None) -> None:
         import ray
 
-        placement = {"gpu_ids": [int(g) for g in ray.get_gpu_ids()], "device": self.engine.device,
-                     "node": ray.get_runtime_context().get_node_id()[:12]}
+        placement = {"device": self.engine.device}
+        if ray.is_initialized():  # (outside Ray, as in bench/load.py's plain server, asking would start it)
+            placement.update(gpu_ids=[int(g) for g in ray.get_gpu_ids()],
+                             node=ray.get_runtime_context().get_node_id()[:12])
         try:
             await self.queue.worker_state.remote(self.id, state, preset, detail, placement)
         except Exception:

@@ -212,6 +212,8 @@ class QueueActor:
         try:
             import ray
 
+            if not ray.is_initialized():  # outside Ray (bench/load.py's plain server): nothing to ask
+                return None
             nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
         except Exception:
             return self._sched_reason

@@ -74,6 +74,16 @@ def test_every_non_public_route_needs_the_key(api):
             r = httpx.request(method, api.base + url, headers=headers, timeout=30)
             assert r.status_code == 401, (method, path, headers, r.text)
             assert r.json() == {"detail": "Invalid or missing API key"}
+    spec = httpx.get(api.base + "/openapi.json", timeout=30).json()  # and the docs say so
+    assert spec["components"]["securitySchemes"]["APIKeyHeader"] == {
+        "type": "apiKey", "in": "header", "name": "X-API-Key", "description": "your station's API key"}
+    assert all(spec["paths"][path][method.lower()].get("security") for method, path in routes)
+
+
+def test_a_wrong_method_answers_405_naming_every_allowed_method(api):
+    r = api.http.request("PUT", f"/api/v1/status/{uuid.uuid4()}")
+    assert r.status_code == 405 and r.headers["Allow"] == "DELETE, GET"  # two routes share the path
+    assert r.json()["detail"].startswith("PUT is not allowed on /api/v1/status/")
 
 
 def test_submit_status_result_roundtrip(api):

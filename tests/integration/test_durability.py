@@ -44,12 +44,12 @@ def test_queue_actor_killed_comes_back_with_every_job(api):
     assert finals[0]["attempts"] in (1, 2)  # its worker reported it, or it ran once more
 
 
-def _queue_actor_rss(app: str) -> int:
-    """Resident memory of the app's queue replica, found by its process title."""
+def replica_rss(app: str, deployment: str = "QueueActor") -> int:
+    """Resident memory of the app's (one) replica of a deployment, found by its process title."""
     import psutil
 
     found = [p for p in psutil.process_iter(["cmdline"])
-             if any(f"ServeReplica:{app}:QueueActor" in part for part in (p.info["cmdline"] or []))]
+             if any(f"ServeReplica:{app}:{deployment}" in part for part in (p.info["cmdline"] or []))]
     assert len(found) == 1, [p.info["cmdline"] for p in found]
     return found[0].memory_info().rss
 
@@ -65,7 +65,7 @@ def test_a_thousand_jobs_leave_the_queue_memory_bounded(api):
     Image.new("RGB", (64, 64), (10, 200, 90)).save(buf, "PNG")
     image = buf.getvalue()
     api.drain()
-    before = _queue_actor_rss("main")
+    before = replica_rss("main")
     accepted, deadline = 0, time.monotonic() + 900
     while accepted < 1000:
         assert time.monotonic() < deadline, f"only {accepted} jobs in 900 s"
@@ -79,6 +79,6 @@ def test_a_thousand_jobs_leave_the_queue_memory_bounded(api):
     api.drain(timeout=300)
     stats = api.http.get("/api/v1/queue").json()
     assert stats["processing_count"] == 0 and stats["queued_count"] == 0
-    grown = _queue_actor_rss("main") - before
+    grown = replica_rss("main") - before
     print(f"queue actor memory after 1,000 jobs: {grown / 2**20:+.1f} MB")  # shown with -s
     assert grown < 50 * 2**20, f"the queue actor grew by {grown / 2**20:.1f} MB"

@@ -141,3 +141,48 @@ def test_result_is_png_with_nosniff(api):
     api.wait(job_id)
     r = api.http.get(f"/api/v1/status/{job_id}/result")
     assert r.headers["content-type"] == "image/png" and r.headers["x-content-type-options"] == "nosniff"
+
+
+def test_memory_stays_bounded_under_repeated_hostile_uploads(api):
+    """Twenty rounds of the heaviest refusals (a 30000x30000 PNG bomb, a 15 MB upload, a 50 MB chunked
+    body, 1,000 form fields): nothing is queued, the queue replica does not grow, and the ingress
+    replica's memory levels off (bounded, not a leak: the last five rounds add almost nothing).
+
+    Measured here: the ingress levels off about 150-330 MB above its start after 10-15 rounds; the
+    growth is in passing the big bodies from Serve's proxy to the replica (it happens even when the
+    upload is refused by its size, unread), not in the service's own handling."""
+    from tests.integration.test_api import _plain_png
+    from tests.integration.test_durability import replica_rss
+    from tests.unit.test_images import bomb_png
+
+    bomb, big = bomb_png(30000, 30000), b"\x89PNG" + b"\0" * (15 * 1024 * 1024)
+    fields = {f"f{i}": "x" * 100 for i in range(1000)}
+
+    def chunked():
+        yield b"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n\r\n"
+        for _ in range(50 * 16):
+            yield b"\0" * 65536
+
+    def round_of_refusals():
+        r = api.http.post("/api/v1/submit", files={"image": ("a.png", bomb)}, data={"instruction": "x"})
+        assert r.status_code == 400 and "dimensions too large" in clean(r)
+        r = api.http.post("/api/v1/submit", files={"image": ("a.png", big)}, data={"instruction": "x"})
+        assert r.status_code == 400 and "Image too large (15.0MB)" in clean(r)
+        r = api.http.post("/api/v1/submit", content=chunked(),
+                          headers={"Content-Type": "multipart/form-data; boundary=b"})
+        assert r.status_code == 413, r.text
+        clean(api.http.post("/api/v1/submit", files={"image": ("a.png", _plain_png(3000, 3000))},
+                            data={"instruction": "x", **fields}))
+
+    api.drain()
+    queue_before = replica_rss("main", "QueueActor")
+    ingress = [replica_rss("main", "Ingress")]
+    for _ in range(20):
+        round_of_refusals()
+        ingress.append(replica_rss("main", "Ingress"))
+    mb = [round((x - ingress[0]) / 2**20) for x in ingress]
+    print("ingress memory above its start, per round (MB):", mb)
+    assert max(mb) < 512, mb
+    assert mb[-1] - mb[-6] < 48, mb  # levelled off
+    assert (replica_rss("main", "QueueActor") - queue_before) / 2**20 < 16
+    assert api.http.get("/api/v1/queue").json()["queue_size"] == 0

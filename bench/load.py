@@ -1,0 +1,330 @@
+"""Load: many stations submitting and polling at once, on loopback, bounded in stations and time.
+
+    .venv/bin/python bench/load.py compare [--stations 20] [--seconds 60] [--out FILE]
+    .venv/bin/python bench/load.py run --url URL --key KEY [--stations 20] [--seconds 60]
+    .venv/bin/python bench/load.py plain CONFIG [--port 8000]
+
+``run``: each station (an aiohttp client) submits a job, polls its status every ``--poll`` seconds
+until it ends, downloads the PNG, and starts over until ``--seconds`` have passed; on 429 it waits
+``Retry-After`` (at most 2 s) and tries again. Then the stations stop submitting and wait (bounded)
+for every accepted job. Reported: requests by status code (any 5xx fails the run), jobs accepted /
+completed / lost (accepted but not completed) / duplicated (the server completed more jobs than were
+accepted, or one id was accepted twice), the status route's latency (p50, p99, mean) and requests
+per second, jobs per minute.
+
+``plain``: the service's own FastAPI app, queue and model worker (the same classes) in one process
+under plain uvicorn, without Ray: the queue and worker are called directly instead of through
+deployment handles. What Ray Serve costs shows as the ratio of ``run`` against each.
+
+``compare``: both, one after the other on this machine (``qwen-serve`` with a generated config, then
+``plain`` with the same one), the same load on each, and the ratios; JSON to ``--out``.
+The model is the embedded tiny one with a 1-step 64x64 preset, so the serving stack is what is loaded.
+"""
+
+import argparse
+import asyncio
+import copy
+import io
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = "load-bench-key-0123456789"
+SPECK = {"base": "builtin:tiny", "steps": 1, "cfg_scale": 1.0, "resolution": 64, "nominal_seconds": 0.2}
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+def small_png() -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (40, 120, 200)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+# --- the load ---------------------------------------------------------------------------------------
+
+class Tally:
+    def __init__(self):
+        self.codes: dict[str, int] = {}
+        self.status_latency: list[float] = []
+        self.accepted: list[str] = []
+        self.completed: set[str] = set()
+        self.errors: list[str] = []
+
+    def code(self, route: str, status: int) -> None:
+        key = f"{route} {status}"
+        self.codes[key] = self.codes.get(key, 0) + 1
+
+
+async def station(http, base: str, image: bytes, tally: Tally, stop_at: float, poll: float, n: int,
+                  preset: str | None) -> None:
+    import aiohttp
+
+    async def status(job_id: str) -> dict:
+        t0 = time.perf_counter()
+        async with http.get(f"{base}/api/v1/status/{job_id}") as r:
+            body = await r.json()
+            tally.status_latency.append(time.perf_counter() - t0)
+            tally.code("status", r.status)
+            return body
+
+    seed = n * 1_000_000
+    while time.monotonic() < stop_at:
+        form = aiohttp.FormData()
+        form.add_field("image", image, filename="in.png", content_type="image/png")
+        form.add_field("instruction", f"station {n}: make it blue")
+        form.add_field("seed", str(seed))
+        if preset:
+            form.add_field("preset", preset)
+        seed += 1
+        async with http.post(f"{base}/api/v1/submit", data=form,
+                             headers={"Idempotency-Key": str(uuid.uuid4())}) as r:
+            tally.code("submit", r.status)
+            body = await r.json()
+            if r.status == 429:
+                await asyncio.sleep(min(float(r.headers.get("Retry-After", 1)), 2.0))
+                continue
+            if r.status != 200:
+                tally.errors.append(f"submit {r.status}: {body}")
+                await asyncio.sleep(0.5)
+                continue
+        job_id = body["job_id"]
+        tally.accepted.append(job_id)
+        while True:  # follow the job to its end, even past the deadline
+            view = await status(job_id)
+            if view.get("status") in TERMINAL:
+                break
+            await asyncio.sleep(poll)
+        if view["status"] == "completed":
+            async with http.get(f"{base}/api/v1/status/{job_id}/result") as r:
+                data = await r.read()
+                tally.code("result", r.status)
+                if r.status == 200 and data.startswith(b"\x89PNG"):
+                    tally.completed.add(job_id)
+
+
+async def load(url: str, key: str, stations: int, seconds: float, poll: float, preset: str | None = None,
+               drain_s: float = 120.0) -> dict:
+    import aiohttp
+
+    image = small_png()
+    base = url.rstrip("/")
+    tally = Tally()
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(headers={"X-API-Key": key}, timeout=timeout,
+                                     connector=aiohttp.TCPConnector(limit=stations * 2)) as http:
+        async with http.get(f"{base}/api/v1/queue") as r:
+            before = (await r.json())["completed_count"]
+        start = time.monotonic()
+        stop_at = start + seconds
+        tasks = [asyncio.create_task(station(http, base, image, tally, stop_at, poll, n, preset)) for n in range(stations)]
+        done, pending = await asyncio.wait(tasks, timeout=seconds + drain_s)
+        for task in pending:
+            task.cancel()
+        for task in done:
+            if task.exception() is not None:
+                tally.errors.append(f"station crashed: {task.exception()!r}")
+        elapsed = time.monotonic() - start
+        async with http.get(f"{base}/api/v1/queue") as r:
+            after = (await r.json())["completed_count"]
+    lat = sorted(tally.status_latency)
+    q = statistics.quantiles(lat, n=100) if len(lat) >= 2 else [float("nan")] * 99
+    accepted = len(tally.accepted)
+    return {
+        "stations": stations, "seconds": seconds, "elapsed_s": round(elapsed, 1), "poll_s": poll,
+        "requests": tally.codes, "server_errors": sum(n for k, n in tally.codes.items() if int(k.split()[1]) >= 500),
+        "errors": tally.errors[:20],
+        "jobs_accepted": accepted, "jobs_completed": len(tally.completed),
+        "jobs_lost": accepted - len(tally.completed) + len(pending),
+        "jobs_duplicated": (accepted - len(set(tally.accepted))) + max(0, (after - before) - accepted),
+        "server_completed_delta": after - before,
+        "jobs_per_minute": round(len(tally.completed) / elapsed * 60, 1),
+        "status_requests": len(lat), "status_per_second": round(len(lat) / elapsed, 1),
+        "status_p50_ms": round(q[49] * 1000, 2), "status_p99_ms": round(q[98] * 1000, 2),
+        "status_mean_ms": round(statistics.fmean(lat) * 1000, 2) if lat else None,
+    }
+
+
+# --- the plain server (no Ray) ----------------------------------------------------------------------
+
+class LocalHandle:
+    """Stands in for a DeploymentHandle: ``handle.method.remote(*args)`` runs the (async) method on
+    this event loop, with no serialization, no routing and no other process."""
+
+    def __init__(self, target):
+        self._target = target
+
+    def __getattr__(self, name):
+        method = getattr(self._target, name)
+
+        class _Method:
+            @staticmethod
+            def remote(*args, **kwargs):
+                return asyncio.ensure_future(method(*args, **kwargs))
+
+        return _Method()
+
+
+async def plain_serve(config: Path, port: int) -> None:
+    """The service's own classes in this process, served by uvicorn (the same FastAPI app)."""
+    import types
+
+    import uvicorn
+    from ray import serve
+
+    from serve_app import deployments
+    from serve_app.model_actor import ModelWorker
+    from serve_app.queue_actor import QueueActor
+
+    args = yaml.safe_load(config.read_text())["applications"][0]["args"]
+    queue_settings, worker_settings, ingress_settings, _ = deployments.app_settings(args)
+
+    async def make(deployment, *init_args):
+        cls = deployment.func_or_class
+        obj = cls.__new__(cls)
+        result = cls.__init__(obj, *init_args)
+        if asyncio.iscoroutine(result):  # the queue and the worker have async constructors
+            await result
+        return obj
+
+    queue = await make(QueueActor, queue_settings)
+    worker = await make(ModelWorker, LocalHandle(queue), worker_settings)
+    ingress_cls = deployments.Ingress.func_or_class.__mro__[1]  # the class under Serve's ASGI wrapper
+    ingress = ingress_cls.__new__(ingress_cls)
+    ingress_cls.__init__(ingress, LocalHandle(queue), None, ingress_settings)
+    # serve.ingress routes each request to the replica's instance via get_replica_context(): here, ours.
+    context = types.SimpleNamespace(servable_object=ingress, replica_id=types.SimpleNamespace(unique_id="plain"))
+    serve.get_replica_context = lambda: context
+    print(f"plain: serving on http://127.0.0.1:{port} (worker {worker.id})", flush=True)
+    # serve.ingress keeps its own copy of the FastAPI app (pickled with the class): that copy is the one
+    # Serve serves and the one the ingress configures in __init__, so it is the one to serve here.
+    app = ingress_cls.__init__.__globals__["app"]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    await server.serve()
+
+
+# --- compare ----------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_config(folder: Path, port: int, models: Path) -> Path:
+    config = yaml.safe_load((ROOT / "config" / "serve.yaml").read_text())
+    config["http_options"]["port"] = port
+    args = config["applications"][0]["args"]
+    args.update(state_dir=str(folder / "state"), models_dir=str(models), default_preset="speck",
+                presets={**copy.deepcopy(args.get("presets", {})), "speck": SPECK}, graceful_stop_seconds=5)
+    (folder / "state").mkdir(parents=True, exist_ok=True)
+    (folder / "state" / "api_key").write_text(KEY + "\n")
+    path = folder / "serve.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def wait_healthy(url: str, timeout: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/api/v1/health", timeout=3).json().get("model_loaded"):
+                return
+        except (httpx.HTTPError, ValueError):
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not healthy within {timeout:.0f}s")
+
+
+def run_server(command: list[str], url: str, log: Path, opts) -> dict:
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1",
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "1.0",
+           "PYTHONUNBUFFERED": "1"}
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=log.parent,
+                                start_new_session=True)
+    try:
+        wait_healthy(url, 240)
+        return asyncio.run(load(url, KEY, opts.stations, opts.seconds, opts.poll, opts.preset))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+
+
+def compare(opts) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="qwen-load-"))
+    models = Path(opts.models).resolve() if opts.models else work / "models"
+    results = {}
+    for name in ("ray", "plain"):
+        port = free_port()
+        folder = work / name
+        folder.mkdir()
+        config = write_config(folder, port, models)
+        command = ([str(Path(sys.executable).with_name("qwen-serve")), str(config)] if name == "ray"
+                   else [sys.executable, str(Path(__file__).resolve()), "plain", str(config), "--port", str(port)])
+        results[name] = run_server(command, f"http://127.0.0.1:{port}", folder / "server.log", opts)
+        print(name, json.dumps(results[name]), flush=True)
+    ray_, plain = results["ray"], results["plain"]
+    results["ratios_ray_over_plain"] = {
+        k: round(ray_[k] / plain[k], 2) if plain[k] else None
+        for k in ("status_p50_ms", "status_p99_ms", "status_per_second", "jobs_per_minute")}
+    results["date"] = time.strftime("%Y-%m-%d")
+    results["command"] = "bench/load.py compare " + " ".join(sys.argv[2:])
+    return results
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    for name in ("run", "compare"):
+        p = sub.add_parser(name)
+        p.add_argument("--stations", type=int, default=20)
+        p.add_argument("--seconds", type=float, default=60)
+        p.add_argument("--poll", type=float, default=0.25, help="seconds between a station's status polls")
+        p.add_argument("--out", type=Path)
+        p.add_argument("--preset", help="preset the jobs name (default: the server's default)")
+        if name == "run":
+            p.add_argument("--url", required=True)
+            p.add_argument("--key", required=True)
+        else:
+            p.add_argument("--models", help="where the tiny model is (built there if missing)")
+    p = sub.add_parser("plain")
+    p.add_argument("config", type=Path)
+    p.add_argument("--port", type=int, default=8000)
+    opts = parser.parse_args(argv)
+    if opts.cmd == "plain":
+        asyncio.run(plain_serve(opts.config, opts.port))
+        return 0
+    if not (1 <= opts.stations <= 200 and 1 <= opts.seconds <= 600):
+        parser.error("stations must be 1-200 and seconds 1-600 (this is a loopback bench, bounded)")
+    result = asyncio.run(load(opts.url, opts.key, opts.stations, opts.seconds, opts.poll, opts.preset)) \
+        if opts.cmd == "run" \
+        else compare(opts)
+    print(json.dumps(result, indent=1))
+    if opts.out:
+        opts.out.write_text(json.dumps(result, indent=1))
+    runs = [result] if opts.cmd == "run" else [result["ray"], result["plain"]]
+    bad = [r for r in runs if r["server_errors"] or r["jobs_lost"] or r["jobs_duplicated"]]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
