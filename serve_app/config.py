@@ -130,3 +130,4 @@ class IngressSettings(BaseModel):
     presets: dict[str, Preset]
     cleanup_age_seconds: float
     max_queue_size: int
+    upload_dir: str | None = None  # where uploads over 1 MB are spooled while a request is read

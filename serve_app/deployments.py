@@ -13,7 +13,9 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import secrets
+import tempfile
 import uuid
 from typing import Annotated
 
@@ -299,6 +301,9 @@ class Ingress:
         self.s = settings
         app.state.keyring = Keyring(settings.keys)
         app.state.max_body_bytes = settings.max_body_bytes
+        if settings.upload_dir:  # multipart spools big files to the temp folder: keep them in the state folder
+            os.makedirs(settings.upload_dir, exist_ok=True)
+            tempfile.tempdir = settings.upload_dir
         harden_form_decoding()
         self.events = JobEvents(self._watch, signature, HEARTBEAT_S)
 
@@ -593,6 +598,7 @@ def app_settings(args: AppArgs) -> tuple[QueueSettings, WorkerSettings, IngressS
         load_timeout_seconds=args.load_timeout_seconds,
         keys=keyring.entries, webhook_allowed_hosts=tuple(hooks.allowed_hosts), presets=presets,
         cleanup_age_seconds=args.cleanup_age_seconds, max_queue_size=args.max_queue_size,
+        upload_dir=str(args.path(None, "uploads")),
     )
     return queue, worker_settings(args, presets, default), ingress, actor_options
 

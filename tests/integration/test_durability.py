@@ -44,14 +44,19 @@ def test_queue_actor_killed_comes_back_with_every_job(api):
     assert finals[0]["attempts"] in (1, 2)  # its worker reported it, or it ran once more
 
 
-def replica_rss(app: str, deployment: str = "QueueActor") -> int:
-    """Resident memory of the app's (one) replica of a deployment, found by its process title."""
+def replica_process(app: str, deployment: str = "QueueActor"):
+    """The app's (one) replica of a deployment, found by its process title (a psutil.Process)."""
     import psutil
 
     found = [p for p in psutil.process_iter(["cmdline"])
              if any(f"ServeReplica:{app}:{deployment}" in part for part in (p.info["cmdline"] or []))]
     assert len(found) == 1, [p.info["cmdline"] for p in found]
-    return found[0].memory_info().rss
+    return found[0]
+
+
+def replica_rss(app: str, deployment: str = "QueueActor") -> int:
+    """Resident memory of the app's (one) replica of a deployment."""
+    return replica_process(app, deployment).memory_info().rss
 
 
 @pytest.mark.timeout(900)  # about 5 minutes of jobs on a 2-core machine

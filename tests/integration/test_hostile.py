@@ -186,3 +186,30 @@ def test_memory_stays_bounded_under_repeated_hostile_uploads(api):
     assert mb[-1] - mb[-6] < 48, mb  # levelled off
     assert (replica_rss("main", "QueueActor") - queue_before) / 2**20 < 16
     assert api.http.get("/api/v1/queue").json()["queue_size"] == 0
+
+
+def test_uploads_are_spooled_inside_the_state_folder(api):
+    """A big upload is spooled to a file while the request is read: in <state_dir>/uploads, not the
+    system's temp folder, and gone afterwards (seen from the ingress process's open files)."""
+    import os
+    import time
+
+    from tests.integration.test_durability import replica_process
+
+    ingress = replica_process("main", "Ingress")
+    open_files = []
+
+    def body():
+        yield b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
+        yield b"\0" * (3 * 2**20)  # past the 1 MB kept in memory
+        time.sleep(1.5)  # the server has it spooled now, and is waiting for the rest
+        open_files.extend(os.readlink(f"/proc/{ingress.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{ingress.pid}/fd"))
+        yield b'\r\n--b\r\nContent-Disposition: form-data; name="instruction"\r\n\r\nx\r\n--b--\r\n'
+
+    r = api.http.post("/api/v1/submit", content=body(), headers={"Content-Type": "multipart/form-data; boundary=b"})
+    clean(r)  # not a picture: 400
+    uploads = str(api.state.resolve() / "uploads")
+    spooled = [f for f in open_files if f.startswith(uploads)]
+    assert spooled, [f for f in open_files if f.startswith("/")]
+    assert os.listdir(uploads) == []  # nothing left behind
+
