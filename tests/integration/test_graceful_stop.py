@@ -20,7 +20,9 @@ pytestmark = pytest.mark.integration
 def test_drain_requeues_a_job_that_outlives_the_grace_period(cluster):
     from ray import serve
 
-    api = _deploy(cluster, "stopping", "/stopping", wait_workers=True, graceful_stop_seconds=1)
+    # num_cpus 0: the session's other apps already reserve the cluster's two CPUs (bookkeeping only)
+    api = _deploy(cluster, "stopping", "/stopping", wait_workers=True, graceful_stop_seconds=1,
+                  worker={"num_cpus": 0})
     try:
         running = api.submit(IMAGE, preset="long", seed=1).json()["job_id"]
         queued = api.submit(IMAGE, preset="slow", seed=2).json()["job_id"]
