@@ -14,15 +14,17 @@ import hashlib
 import json
 import logging
 import os
+import pathlib
 import secrets
 import tempfile
 import uuid
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, File, Form, Header, Query, Request, Security, UploadFile
+from fastapi import Depends, FastAPI, File, Form, Header, Path, Query, Request, Security, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import APIKeyHeader
+from fastapi.staticfiles import StaticFiles
 from fastapi.sse import format_sse_event
 from ray import serve
 from ray.exceptions import RayError
@@ -41,13 +43,13 @@ from .images import check_size, check_upload
 from .model_actor import ModelWorker
 from .presets import build_registry, missing_weights, resolve
 from .queue_actor import QueueActor, api_error_of, signature
-from .schemas import (ErrorBody, HealthResponse, JobStatusResponse, LoadModelResponse, ModelsResponse,
-                      QueueResponse, SubmitResponse)
+from .schemas import (ErrorBody, HealthResponse, JobListResponse, JobStatusResponse, LoadModelResponse,
+                      ModelsResponse, QueueResponse, SubmitResponse)
 from .webhooks import check_url, load_secret
 
 log = logging.getLogger("ray.serve")
 API = "/api/v1"
-PUBLIC_PATHS = frozenset({"/", f"{API}/health", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"})
+PUBLIC_PATHS = frozenset({"/", f"{API}/health", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect", "/ui"})
 QUICK_CALL_S = 15.0  # a queue call that is not a long poll answers within milliseconds
 MAX_SEED = 2**64 - 1
 MAX_IDEMPOTENCY_KEY = 255
@@ -69,9 +71,43 @@ WHY = {
 }
 
 
+EXAMPLE = {  # one real answer per status, shown in /docs
+    400: "Invalid image format: the file is an HTML document. Must be JPEG or PNG",
+    401: "Invalid or missing API key",
+    404: "Job 3f0c2d8e-7d1a-4c55-9d4e-1b2a3c4d5e6f not found. It may have been cleaned up "
+         "(jobs are kept for 1 hour after completion).",
+    409: "Job 3f0c2d8e-7d1a-4c55-9d4e-1b2a3c4d5e6f is already completed; only queued or processing jobs "
+         "can be cancelled.",
+    413: "Request body too large (50.0MB). Maximum 32MB per request; the image itself may be at most the "
+         "upload limit.",
+    422: "Invalid request: 'instruction' is required: say what to change in the image.",
+    429: "Queue is full (maximum 10 jobs). Please try again later.",
+    503: "The job queue is not reachable right now (it may be restarting). Try again in a few seconds.",
+    504: "The edit is still processing after 600s; poll /api/v1/status/3f0c2d8e-7d1a-4c55-9d4e-1b2a3c4d5e6f "
+         "for it.",
+}
+HEADERS = {
+    401: {"WWW-Authenticate": {"description": "names the header to send", "schema": {"type": "string"}}},
+    429: {"Retry-After": {"description": "seconds until a slot should be free", "schema": {"type": "integer"}}},
+}
+
+
+SSE_EXAMPLE = ('event: status\ndata: {"job_id": "3f0c...", "status": "queued", "position": 1, ...}\n\n'
+               'event: status\ndata: {"job_id": "3f0c...", "status": "processing", "step": 0, ...}\n\n'
+               'event: progress\ndata: {"job_id": "3f0c...", "status": "processing", "step": 2, "progress": 0.5, ...}\n\n'
+               ': heartbeat\n\n'
+               'event: completed\ndata: {"job_id": "3f0c...", "status": "completed", "result_path": "...", ...}\n\n')
+EDIT_JSON_EXAMPLE = {"job_id": "3f0c2d8e-7d1a-4c55-9d4e-1b2a3c4d5e6f", "status": "completed",
+                     "result_path": "qwen-4step_20261128_090005_s42_3f0c2d8e.png", "seed": 42,
+                     "preset": "qwen-4step", "run_seconds": 1.8, "...": "the other status fields"}
+
+
 def errors(*codes: int, **why: str) -> dict:
-    """OpenAPI ``responses`` for these error statuses (``e409="..."`` overrides a description)."""
-    return {code: {"model": ErrorBody, "description": why.get(f"e{code}", WHY[code])} for code in codes}
+    """OpenAPI ``responses`` for these error statuses, each with its meaning and an example answer
+    (``e409="..."`` overrides a description)."""
+    return {code: {"model": ErrorBody, "description": why.get(f"e{code}", WHY[code]),
+                   "content": {"application/json": {"example": {"detail": EXAMPLE[code]}}},
+                   **({"headers": HEADERS[code]} if code in HEADERS else {})} for code in codes}
 
 app = FastAPI(
     title="Qwen Image Edit API",
@@ -80,6 +116,8 @@ app = FastAPI(
                 "route except `/`, `/api/v1/health` and the docs.",
 )
 app.add_middleware(BodySizeLimit)
+# The stations' web page (plain HTML, CSS and JS; it asks for the key and calls the API like any client).
+app.mount("/ui", StaticFiles(directory=str(pathlib.Path(__file__).parent / "ui"), html=True), name="ui")
 
 
 # --- errors: mapped once, here ---------------------------------------------------------------------
@@ -151,6 +189,8 @@ def require_key(request: Request, key: Annotated[str | None, Security(API_KEY)] 
 
 
 Authed = [Depends(require_key)]
+JobId = Annotated[str, Path(description="the job_id submit answered",
+                            examples=["3f0c2d8e-7d1a-4c55-9d4e-1b2a3c4d5e6f"])]
 CallerDep = Annotated[Caller, Depends(require_key)]
 IdempotencyKey = Annotated[str | None, Header(
     alias="Idempotency-Key", description="same key + same request: the same job, never a second one")]
@@ -191,10 +231,12 @@ class EditForm:
             description="JPEG or PNG, at most 10MB and 2048x2048; repeat the field for up to 3 images")] = None,
         image2: Annotated[UploadFile | None, File(description="optional second image")] = None,
         image3: Annotated[UploadFile | None, File(description="optional third image")] = None,
-        instruction: Annotated[str | None, Form(description="what to change, at most 500 characters")] = None,
-        seed: Annotated[str | None, Form(description="integer; random when left out")] = None,
+        instruction: Annotated[str | None, Form(description="what to change, at most 500 characters",
+                                                examples=["make the sky blue"])] = None,
+        seed: Annotated[str | None, Form(description="integer; random when left out", examples=["42"])] = None,
         system_prompt: Annotated[str | None, Form(description="optional text put before the instruction")] = None,
-        preset: Annotated[str | None, Form(description="qwen-4step, qwen-8step, qwen-40step, tiny, or an alias")] = None,
+        preset: Annotated[str | None, Form(description="qwen-4step, qwen-8step, qwen-40step, tiny, or an alias",
+                                           examples=["qwen-4step"])] = None,
         model: Annotated[str | None, Form(description="older name of the preset field")] = None,
         webhook_url: Annotated[str | None, Form(
             description="optional: POSTed the job's status when it ends (hosts on the server's allow-list)")] = None,
@@ -279,7 +321,8 @@ def _openapi() -> dict:
             else:
                 operation["responses"]["422"] = {
                     "description": WHY[422],
-                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"},
+                                                     "example": {"detail": EXAMPLE[422]}}}}
         for unused in ("HTTPValidationError", "ValidationError"):
             schema["components"]["schemas"].pop(unused, None)
         app.openapi_schema = schema
@@ -378,7 +421,9 @@ class Ingress:
 
     # --- public routes ---
 
-    @app.get("/", tags=["info"])
+    @app.get("/", tags=["info"], responses={200: {"content": {"application/json": {"example": {
+        "name": "Qwen Image Edit API", "version": __version__, "docs": "/docs", "redoc": "/redoc",
+        "endpoints": {"submit": f"{API}/submit", "status": f"{API}/status/{{job_id}}", "...": "..."}}}}}})
     async def index(self) -> dict:
         return {
             "name": "Qwen Image Edit API", "version": __version__, "docs": "/docs", "redoc": "/redoc",
@@ -387,10 +432,13 @@ class Ingress:
                 "submit": f"{API}/submit", "status": f"{API}/status/{{job_id}}",
                 "result": f"{API}/status/{{job_id}}/result", "queue": f"{API}/queue", "edit": f"{API}/edit",
                 "events": f"{API}/status/{{job_id}}/events", "cancel": f"DELETE {API}/status/{{job_id}}",
+                "jobs": f"{API}/jobs", "ui": "/ui/",
             },
         }
 
-    @app.get(f"{API}/health", response_model=HealthResponse, tags=["info"], responses={503: {"model": HealthResponse}})
+    @app.get(f"{API}/health", response_model=HealthResponse, tags=["info"], responses={503: {
+        "model": HealthResponse,
+        "description": "degraded: the queue is not reachable, or no model worker can run (see warnings)"}})
     async def health(self):
         try:
             h = await self._call("health", timeout=5.0)
@@ -419,7 +467,8 @@ class Ingress:
     @app.post(f"{API}/load-model", response_model=LoadModelResponse, dependencies=Authed, tags=["models"],
               responses=errors(400, 401, 409, 422, 503, e400="Unknown preset, or its weights are not on this server.",
                                e409="Another model load is running; try again when it finishes."))
-    async def load_model(self, model: Annotated[str, Query(description="preset name or alias")]):
+    async def load_model(self, model: Annotated[str, Query(description="preset name or alias",
+                                                           examples=["qwen-8step"])]):
         return await self._call("load_model", model, timeout=self.s.load_timeout_seconds + QUICK_CALL_S)
 
     @app.post(f"{API}/submit", response_model=SubmitResponse, responses=errors(400, 401, 413, 422, 429, 503),
@@ -439,28 +488,29 @@ class Ingress:
 
     @app.get(f"{API}/status/{{job_id}}", response_model=JobStatusResponse, responses=errors(401, 404, 503),
              tags=["jobs"])
-    async def status(self, job_id: str, caller: CallerDep):
+    async def status(self, job_id: JobId, caller: CallerDep):
         return await self._call("status", job_id, caller)
 
     @app.delete(f"{API}/status/{{job_id}}", response_model=JobStatusResponse, responses=errors(401, 404, 409, 503),
                 tags=["jobs"],
                 summary="Cancel a job")
-    async def cancel(self, job_id: str, caller: CallerDep):
+    async def cancel(self, job_id: JobId, caller: CallerDep):
         """A queued job never runs; a running one stops within one denoising step. Cancelling a
         finished job answers 409; cancelling twice is harmless."""
         return await self._call("cancel", job_id, caller)
 
     @app.post(f"{API}/status/{{job_id}}/cancel", response_model=JobStatusResponse, responses=errors(401, 404, 409, 503),
               tags=["jobs"], summary="Cancel a job (for clients that cannot send DELETE)")
-    async def cancel_post(self, job_id: str, caller: CallerDep):
+    async def cancel_post(self, job_id: JobId, caller: CallerDep):
         return await self._call("cancel", job_id, caller)
 
     @app.get(f"{API}/status/{{job_id}}/events", tags=["jobs"], summary="Live job events (Server-Sent Events)",
-             responses={200: {"content": {"text/event-stream": {}},
+             response_class=StreamingResponse,
+             responses={200: {"content": {"text/event-stream": {"example": SSE_EXAMPLE}},
                               "description": "events `status`, `position`, `progress`, then one of "
                                              "`completed`, `failed`, `cancelled`; data is the status JSON"},
                         **errors(401, 404, 503)})
-    async def events(self, job_id: str, caller: CallerDep):
+    async def events(self, job_id: JobId, caller: CallerDep):
         """The job's state changes, position changes and per-step progress as they happen, then its
         final status; a comment line at least every 10 s keeps proxies from closing the stream."""
         first = await self._call("status", job_id, caller)  # 404 now (also another station's job)
@@ -485,11 +535,12 @@ class Ingress:
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    @app.get(f"{API}/status/{{job_id}}/result", tags=["jobs"],
-             responses={200: {"content": {"image/png": {}}},
+    @app.get(f"{API}/status/{{job_id}}/result", tags=["jobs"], response_class=Response,
+             responses={200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+                              "description": "the result PNG; headers X-Job-Id, X-Seed, X-Preset, X-Result-Name"},
                         **errors(401, 404, 503, e404="No such job (see status), or it has no result: it is "
                                                      "not completed, or its file is gone.")})
-    async def result(self, job_id: str, caller: CallerDep):
+    async def result(self, job_id: JobId, caller: CallerDep):
         name, data, view = await self._call("result", job_id, caller)
         return self._png(name, data, view)
 
@@ -498,8 +549,19 @@ class Ingress:
     async def queue_stats(self):
         return await self._call("queue_stats")
 
+    @app.get(f"{API}/jobs", response_model=JobListResponse, responses=errors(401, 422, 503), tags=["jobs"],
+             summary="This station's recent jobs")
+    async def jobs(self, caller: CallerDep,
+                   limit: Annotated[int, Query(ge=1, le=100, description="at most this many", examples=[20])] = 20):
+        """The calling station's jobs still on the server (finished ones stay for the cleanup age),
+        newest first; an admin key sees every station's."""
+        return {"jobs": await self._call("station_jobs", caller, limit)}
+
     @app.post(f"{API}/edit", tags=["jobs"],
-              responses={200: {"content": {"image/png": {}, "application/json": {}}},
+              responses={200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}},
+                                           "application/json": {"example": EDIT_JSON_EXAMPLE}},
+                               "description": "the result PNG (headers X-Job-Id, X-Seed, X-Preset), or with "
+                                              "return_image=false the job's status JSON"},
                          **errors(400, 401, 413, 422, 429, 503, 504,
                                   e503="The queue or workers are not available, or the edit failed (the detail "
                                        "says why).")})

@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="Serve config file (default: config/serve.yaml)")
     parser.add_argument("--address", default=None,
                         help="Ray cluster to join (default: start a local one, as `serve run` does)")
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="a local cluster serves Prometheus metrics on this port (/metrics)")
     opts = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s qwen-serve %(message)s", stream=sys.stdout)
     from .config import AppArgs
@@ -108,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     from ray import serve
 
     stop = _Stop()
-    ray.init(address=opts.address, namespace="serve")
+    extra = {"_metrics_export_port": opts.metrics_port} if opts.metrics_port and not opts.address else {}
+    ray.init(address=opts.address, namespace="serve", **extra)
     # After ray.init: Ray installs its own SIGTERM handler, which would end the process at once.
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

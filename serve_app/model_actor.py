@@ -24,6 +24,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from .config import WorkerSettings
+from .metrics import WorkerMetrics
 from .pipeline import EditEngine, JobCancelled, public_error
 from .queue_actor import HEARTBEAT_S, JobTask, LoadTask
 
@@ -43,6 +44,8 @@ class ModelWorker:
                                  settings.png_compress_level, settings.attention_backend, settings.compile)
         self._background: set[asyncio.Task] = set()
         self.jobs_done = 0
+        self.metrics = WorkerMetrics()
+        self.engine.on_load = self.metrics.loaded
         loop = asyncio.get_running_loop()
         self._heartbeat_task = loop.create_task(self._heartbeat())  # also during a long preload
         await self._report("starting")
@@ -80,6 +83,10 @@ class ModelWorker:
                 await self.queue.heartbeat.remote(self.id)
             except Exception:
                 log.warning("[ModelWorker] heartbeat to the queue failed")
+            try:
+                self.metrics.sample_gpu(self.engine.device)
+            except Exception:  # metrics must never stop the heartbeat
+                log.debug("[ModelWorker] GPU memory sample failed")
             await asyncio.sleep(HEARTBEAT_S)
 
     async def _loop(self) -> None:
@@ -128,6 +135,8 @@ class ModelWorker:
             # The first step's time would include text and image encoding: measured from step 2.
             took = None if last[0] is None else now - last[0]
             last[0] = now
+            if took is not None:
+                self.metrics.stepped(task.preset.name, took)
             loop.call_soon_threadsafe(self._send_progress, task.job_id, step, total, took)
             if cancelled.is_set():
                 raise JobCancelled(task.job_id)

@@ -101,6 +101,7 @@ class EditEngine:
         self._fused: LoraSpec | None = None  # the LoRA baked into the weights now
         self._originals: dict = {}  # layer name -> its base weight, for an exact restore
         self._lora_cache: dict[LoraSpec, dict] = {}
+        self.on_load = None  # called with (preset name, seconds) after a load or switch (metrics)
 
     # --- loading ---------------------------------------------------------------------------------
 
@@ -122,6 +123,8 @@ class EditEngine:
         self.preset = preset
         seconds = time.perf_counter() - start
         log.info("[ModelWorker] Preset %s ready on %s in %.2fs", preset.name, self.device, seconds)
+        if self.on_load is not None:
+            self.on_load(preset.name, seconds)
         return seconds
 
     def _load_base(self, preset: Preset) -> None:

@@ -36,8 +36,10 @@ from ray import serve
 
 from .auth import Caller
 from .config import QueueSettings
-from .errors import (ApiError, LoadInProgress, NoModelLoaded, ResultNotReady, ServiceUnavailable)
+from .errors import (ApiError, LoadInProgress, NoModelLoaded, QueueFull, ResultNotReady, ServiceUnavailable,
+                     StationLimit)
 from .jobstore import JobStore
+from .metrics import QueueMetrics
 from .presets import Preset, require_available, resolve
 from .queue_core import Job, JobQueue, JobStatus
 from .storage import ResultStore, result_name
@@ -118,6 +120,7 @@ class QueueActor:
         self.workers: dict[str, WorkerInfo] = {}
         self.load: LoadRequest | None = None
         self.stopping = False  # set by drain(): no new job is handed out
+        self.metrics = QueueMetrics()
         self._changed = asyncio.Event()
         self._sched_checked, self._sched_reason = -1e9, None
         self._cleanup_task = asyncio.get_running_loop().create_task(self._cleanup_loop())
@@ -128,9 +131,11 @@ class QueueActor:
     # --- plumbing ------------------------------------------------------------------------------
 
     def _notify(self) -> None:
-        """Wake every long poll; each re-checks what it waits for."""
+        """Wake every long poll; each re-checks what it waits for (and update the gauges)."""
         self._changed.set()
         self._changed = asyncio.Event()
+        running = len(self.core.running())
+        self.metrics.occupancy(self.core.occupancy - running, running)
 
     async def _wait_change(self, timeout: float) -> None:
         event = self._changed
@@ -233,6 +238,9 @@ class QueueActor:
     def _finished(self, job: Job) -> None:
         """A job reached a terminal state: wake the watchers, and call its webhook if it has one."""
         self._notify()
+        self.metrics.outcome(job.status.value)
+        if job.status is JobStatus.COMPLETED:
+            self.metrics.completed(job.preset, job.run_seconds)
         if job.webhook_url and self.notifier is not None:
             self.notifier.send(job.webhook_url, self.core.view(job))
 
@@ -274,10 +282,14 @@ class QueueActor:
             raise ServiceUnavailable(reason)
         # No await between the check and the insert below: admission (and the idempotency check,
         # for concurrent duplicates) is atomic.
-        job = self.core.submit(job_id, instruction=instruction, preset=chosen.name, seed=seed,
-                               system_prompt=system_prompt, payload=images, station=caller.station,
-                               idempotency_key=idempotency_key, fingerprint=fingerprint,
-                               webhook_url=webhook_url, total_steps=chosen.steps)
+        try:
+            job = self.core.submit(job_id, instruction=instruction, preset=chosen.name, seed=seed,
+                                   system_prompt=system_prompt, payload=images, station=caller.station,
+                                   idempotency_key=idempotency_key, fingerprint=fingerprint,
+                                   webhook_url=webhook_url, total_steps=chosen.steps)
+        except (QueueFull, StationLimit):
+            self.metrics.outcome("refused")
+            raise
         if job.id != job_id:
             return self.core.view(job), False
         try:  # committed before the station hears "queued"
@@ -288,6 +300,7 @@ class QueueActor:
             raise ServiceUnavailable("The server could not store the job (its disk may be full or "
                                      "read-only); nothing was queued. Try again later.") from None
         self._notify()
+        self.metrics.outcome("accepted")
         log.info("[JobQueue] Job %s submitted - Queue size: %d - preset %s - station %s",
                  job.id[:8], self.core.occupancy, chosen.name, caller.station)
         return self.core.view(job), True
@@ -344,6 +357,11 @@ class QueueActor:
                 return self.core.view(job)
             await self._wait_change(min(deadline - time.monotonic(), 5.0))
 
+    async def station_jobs(self, caller: Caller, limit: int = 20) -> list[dict]:
+        """The caller's recent jobs, newest first (an admin's: every station's)."""
+        self._expire()
+        return [self.core.view(job) for job in self.core.jobs_for(caller.station, caller.admin, limit)]
+
     async def queue_stats(self) -> dict:
         self._expire()
         return self.core.stats()
@@ -352,7 +370,11 @@ class QueueActor:
         """Raise ``QueueFull`` / ``StationLimit`` now if a submit would be refused, so the ingress can
         skip decoding the upload (the expensive part of a refusal). ``submit`` still decides, atomically."""
         self._expire()
-        self.core.check_room(caller.station)
+        try:
+            self.core.check_room(caller.station)
+        except (QueueFull, StationLimit):
+            self.metrics.outcome("refused")
+            raise
 
     async def health(self) -> dict:
         workers = self._alive_workers()
@@ -477,6 +499,7 @@ class QueueActor:
                 self.jobs.update(job)
                 info.state = "busy"
                 self._notify()
+                self.metrics.started(job.preset, (job.started_at or job.created_at) - job.created_at)
                 log.info("[JobQueue] Processing job %s - %s", job.id[:8], job.instruction[:50])
                 return JobTask(job.id, self.presets[job.preset], job.payload, job.instruction,
                                job.seed, job.system_prompt)

@@ -345,6 +345,11 @@ class JobQueue:
             raise JobNotFound(job_id, self.cleanup_age_s)
         return job
 
+    def jobs_for(self, station: str, admin: bool = False, limit: int = 20) -> list[Job]:
+        """The station's jobs (every station's for an admin), newest first, at most ``limit``."""
+        mine = (j for j in reversed(self._jobs.values()) if admin or j.station == station)
+        return [job for _, job in zip(range(limit), mine)]
+
     def order(self) -> list[str]:
         """Queued job ids in the order they will start (cached until the queue changes)."""
         if self._order is None:

@@ -1,6 +1,13 @@
 """Response shapes of the HTTP API (the stations' contract, plus documented additions)."""
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+JOB = "3f0c2d8e-7d1a-4c55-9d4e-1b2a3c4d5e6f"
+
+
+def example(**values) -> ConfigDict:
+    """One example answer for /docs (the route's 200)."""
+    return ConfigDict(json_schema_extra={"examples": [values]})
 
 
 class ErrorBody(BaseModel):
@@ -8,6 +15,8 @@ class ErrorBody(BaseModel):
 
 
 class SubmitResponse(BaseModel):
+    model_config = example(job_id=JOB, status="queued", position=2, message="Job queued successfully. Position: 2",
+                           estimated_wait_seconds=6)
     job_id: str
     status: str = "queued"
     position: int | None
@@ -16,6 +25,11 @@ class SubmitResponse(BaseModel):
 
 
 class JobStatusResponse(BaseModel):
+    model_config = example(
+        job_id=JOB, status="processing", position=None, created_at="2026-11-28T09:00:00Z",
+        started_at="2026-11-28T09:00:04Z", completed_at=None, result_path=None, result_seed=42, error=None,
+        instruction="make the sky blue", model="qwen-4step", estimated_wait_seconds=1, worker="a1b2c3d4e5f6",
+        progress=0.5, step=2, total_steps=4, eta_seconds=0.9, station="front-desk", run_seconds=None, attempts=1)
     job_id: str
     status: str = Field(description="queued | processing | completed | failed | cancelled")
     position: int | None = Field(description="1-based among queued jobs, live; null unless queued")
@@ -39,7 +53,15 @@ class JobStatusResponse(BaseModel):
     attempts: int = Field(0, description="addition: times a worker started the job (a crash may add one run)")
 
 
+class JobListResponse(BaseModel):
+    model_config = example(jobs=[JobStatusResponse.model_config["json_schema_extra"]["examples"][0]])
+    jobs: list[JobStatusResponse] = Field(description="newest first")
+
+
 class QueueResponse(BaseModel):
+    model_config = example(queue_size=3, max_queue_size=10, queued_count=2, processing_count=1, completed_count=57,
+                           failed_count=1, current_job_id=JOB, total_jobs=61, running_job_ids=[JOB],
+                           refused_count=4, cancelled_count=2, scheduling="fifo")
     queue_size: int = Field(description="queued + processing: what counts against max_queue_size")
     max_queue_size: int
     queued_count: int
@@ -65,6 +87,11 @@ class WorkerView(BaseModel):
 
 
 class HealthResponse(BaseModel):
+    model_config = example(status="healthy", current_model="qwen-4step", model_loaded=True, is_loading=False,
+                           is_generating=True, queue_max_size=10, queue_cleanup_age_seconds=3600.0,
+                           workers=[{"id": "a1b2c3d4e5f6", "state": "busy", "preset": "qwen-4step",
+                                     "detail": None, "gpu_ids": [0], "device": "cuda", "node": "5c1e0f3a9b2d"}],
+                           warnings=[])
     status: str = Field(description="healthy (a worker is ready), starting, or degraded (see warnings)")
     current_model: str | None
     model_loaded: bool
@@ -90,12 +117,20 @@ class PresetView(BaseModel):
 
 
 class ModelsResponse(BaseModel):
+    model_config = example(
+        models={"qwen-4step": {"name": "qwen-4step", "suffix": "4step", "steps": 4, "cfg_scale": 1.0,
+                               "estimated_time": "~2 s", "description": "Lightning LoRA, 4 steps",
+                               "aliases": ["4-step"], "estimated_seconds": 1.8, "available": True, "missing": None}},
+        default="qwen-4step", note="Use a name (or an alias such as 4-step) as `preset` on submit/edit.")
     models: dict[str, PresetView]
     note: str
     default: str | None = None
 
 
 class LoadModelResponse(BaseModel):
+    model_config = example(status="success", message="Model qwen-8step loaded successfully", model="qwen-8step",
+                           preset="qwen-8step", model_name="Qwen/Qwen-Image-Edit-2509", load_time_seconds=2.7,
+                           estimated_generation_time="~4 s")
     status: str
     message: str
     model: str

@@ -98,17 +98,17 @@ def cluster(tmp_path_factory):
     import ray
     from ray import serve
 
-    port = _free_port()
+    port, metrics_port = _free_port(), _free_port()
     # Fake GPUs so GPU configs can be placed and checked (one for the GPU config, two for the
     # two-replica app); a "parking" resource held by a placeholder actor: workers pinned to it exist
     # in principle but never start, so their app's queue only fills (exact admission counts).
     ray.init(address="local", num_cpus=2, num_gpus=3, resources={"parking": 1}, include_dashboard=False,
-             log_to_driver=False, _temp_dir=str(tmp_path_factory.mktemp("ray")))
+             log_to_driver=False, _temp_dir=str(tmp_path_factory.mktemp("ray")), _metrics_export_port=metrics_port)
     parked = ray.remote(num_cpus=0, resources={"parking": 1})(_Placeholder).remote()
     ray.get(parked.ready.remote(), timeout=60)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     root = tmp_path_factory.mktemp("apps")
-    yield {"port": port, "root": root}
+    yield {"port": port, "root": root, "metrics_port": metrics_port}
     try:
         serve.shutdown()
     finally:

@@ -268,3 +268,22 @@ def test_huge_body_refused_while_streaming(api):
     declared = api.http.post("/api/v1/submit", files={"image": ("a.png", chunk * 50)}, data={"instruction": "x"})
     assert declared.status_code == 413 and "(50.0MB)" in declared.json()["detail"]
     assert api.http.get("/api/v1/health").status_code == 200  # still serving
+
+
+def test_docs_show_an_example_for_every_route_and_status(api):
+    spec = httpx.get(api.base + "/openapi.json", timeout=30).json()
+    schemas = spec["components"]["schemas"]
+
+    def has_example(media: dict) -> bool:
+        ref = media.get("schema", {}).get("$ref", "")
+        return ("example" in media or "examples" in media or media.get("schema", {}).get("format") == "binary"
+                or "examples" in schemas.get(ref.rsplit("/", 1)[-1], {}))
+
+    missing = [(method, path, code) for path, ops in spec["paths"].items() for method, op in ops.items()
+               for code, response in op["responses"].items()
+               if not response.get("content") or not all(has_example(m) for m in response["content"].values())]
+    assert missing == []
+    for path, ops in spec["paths"].items():  # and every documented error says what it means
+        for op in ops.values():
+            for code, response in op["responses"].items():
+                assert int(code) < 400 or len(response["description"]) > 20, (path, code)

@@ -285,3 +285,12 @@ def test_requeued_jobs_go_back_in_submission_order_and_a_graceful_one_keeps_its_
     assert [q.position(q.get(f"job-{i}")) for i in range(4)] == [1, 2, 3, 4]
     assert (q.get("job-0").attempts, q.get("job-1").attempts) == (0, 1)
     assert q.get("job-1").status is JobStatus.QUEUED and q.get("job-1").worker_id is None
+
+
+def test_jobs_for_lists_a_stations_own_jobs_newest_first():
+    q, _ = make()
+    for i, station in enumerate("ABAB"):
+        q.submit(f"job-{i}", instruction="x", preset="fast", seed=i, payload=b"i", station=station)
+    assert [j.id for j in q.jobs_for("A")] == ["job-2", "job-0"]
+    assert [j.id for j in q.jobs_for("A", limit=1)] == ["job-2"]
+    assert [j.id for j in q.jobs_for("ops", admin=True)] == ["job-3", "job-2", "job-1", "job-0"]

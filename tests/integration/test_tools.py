@@ -1,0 +1,146 @@
+"""Issue 6, the stations' tools against the real Serve app on the tiny model: the Python client
+(submit, wait, download, cancel), the ``qwen-edit`` command (submit --wait with a progress bar,
+status, queue, models, a batch of 15 through a queue of 10), and the Prometheus metrics."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from serve_app.client import Client, Conflict, NotFound, QueueFull
+from tests.integration.conftest import KEY
+from tests.integration.test_api import IMAGE
+from tests.integration.test_live import wait_for
+
+pytestmark = pytest.mark.integration
+QWEN_EDIT = str(Path(sys.executable).with_name("qwen-edit"))
+
+
+def cli(api, *args, timeout=240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "QWEN_EDIT_URL": api.base, "QWEN_API_KEY": KEY}
+    return subprocess.run([QWEN_EDIT, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_client_submit_wait_download_and_cancel(api, tmp_path):
+    api.drain()
+    with Client(api.base, KEY) as c:
+        job = c.submit(IMAGE, "make the sky blue", seed=5, preset="slow")
+        updates = []
+        done = c.wait(job.job_id, timeout=120, on_update=updates.append)
+        assert done.status == "completed" and done.result_seed == 5
+        assert updates[-1].status == "completed" and any(u.status == "processing" and u.step for u in updates)
+        data = c.download(job.job_id, tmp_path / "out.png")
+        assert data.startswith(b"\x89PNG") and (tmp_path / "out.png").read_bytes() == data
+        assert data == api.http.get(f"/api/v1/status/{job.job_id}/result").content
+
+        running = c.submit(IMAGE, "x", preset="long").job_id
+        queued = c.submit(IMAGE, "x", preset="slow").job_id
+        assert c.cancel(queued).status == "cancelled"
+        wait_for(lambda: c.status(running).status == "processing")
+        assert c.cancel(running).status == "cancelled"
+        with pytest.raises(Conflict):
+            c.cancel(job.job_id)  # completed: nothing to cancel
+        with pytest.raises(NotFound, match="not found"):
+            c.status("no-such-job")
+
+
+def test_client_gives_up_on_a_full_queue_only_when_asked(frozen):
+    with Client(frozen.base, KEY) as c:
+        occupied = c.queue().queue_size
+        for i in range(10 - occupied):
+            c.submit(IMAGE, "x", seed=i, wait_for_room=0)
+        t0 = time.monotonic()
+        with pytest.raises(QueueFull) as err:
+            c.submit(IMAGE, "x", wait_for_room=0)
+        assert time.monotonic() - t0 < 5 and err.value.retry_after >= 1
+        assert "Queue is full" in err.value.detail
+
+
+def test_cli_submit_wait_status_queue_models(api, tmp_path):
+    api.drain()
+    out = tmp_path / "edited.png"
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(IMAGE)
+    run = cli(api, "submit", str(photo), "-i", "make the sky blue", "--preset", "slow", "--seed", "3",
+              "--out", str(out))
+    assert run.returncode == 0, run.stderr
+    assert out.read_bytes().startswith(b"\x89PNG")
+    assert "editing" in run.stderr and "completed" in run.stderr  # the progress bar: steps, then the end
+    job_id = run.stdout.split()[0]
+    status = json.loads(cli(api, "status", job_id).stdout)
+    assert status["status"] == "completed" and status["result_seed"] == 3
+    assert json.loads(cli(api, "queue").stdout)["max_queue_size"] == 10
+    assert "tiny" in json.loads(cli(api, "models").stdout)["models"]
+    missing = cli(api, "status", "no-such-job")
+    assert missing.returncode == 1 and "not found" in missing.stderr and "Traceback" not in missing.stderr
+    bad = cli(api, "--key", "wrong", "queue")
+    assert bad.returncode == 1 and "Invalid or missing API key (HTTP 401)" in bad.stderr
+
+
+def test_cli_batch_of_15_through_a_queue_of_10_finishes_all(api, tmp_path):
+    """15 images with 12 in flight against a cap of 10: some submits meet a full queue, wait it out
+    (Retry-After), and every image is edited; no job is refused for good."""
+    api.drain()
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(15):
+        buf = io.BytesIO()
+        Image.new("RGB", (64, 64), (i * 15, 100, 200)).save(buf, "PNG")
+        (photos / f"p{i:02d}.png").write_bytes(buf.getvalue())
+    before = api.http.get("/api/v1/queue").json()
+    run = cli(api, "batch", str(photos), "-i", "make it green", "--preset", "speck", "--out",
+              str(tmp_path / "out"), "--in-flight", "12", timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"p{i:02d}.png" for i in range(15)]
+    after = api.http.get("/api/v1/queue").json()
+    assert after["completed_count"] - before["completed_count"] == 15  # each image once
+    assert after["refused_count"] > before["refused_count"]  # the queue did fill up, and was waited out
+    assert "15 of 15 edited" in run.stdout
+    again = cli(api, "batch", str(photos), "-i", "make it green", "--out", str(tmp_path / "out"))
+    assert again.returncode == 0 and "nothing to do" in again.stdout  # a re-run resumes
+
+
+def _metrics(cluster) -> dict[str, list]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://127.0.0.1:{cluster['metrics_port']}/metrics", timeout=10).text
+    return {f.name: f.samples for f in text_string_to_metric_families(text) if f.name.startswith("ray_qwen_")}
+
+
+@pytest.mark.timeout(180)
+def test_metrics_appear_with_plausible_values(api, cluster):
+    api.drain()
+    ids = [api.submit(IMAGE, preset="slow", seed=i).json()["job_id"] for i in range(3)]
+    assert [api.wait(i)["status"] for i in ids] == ["completed"] * 3
+
+    def app_samples(name, **labels):
+        return [s for s in found.get(name, []) if s.labels.get("application") == "main"
+                and all(s.labels.get(k) == v for k, v in labels.items())]
+
+    deadline = time.monotonic() + 90  # Ray exports metrics every few seconds
+    while True:
+        found = _metrics(cluster)
+        completed = sum(s.value for s in app_samples("ray_qwen_jobs", outcome="completed")
+                        if s.name == "ray_qwen_jobs_total")
+        runs = [s for s in app_samples("ray_qwen_job_processing_seconds", preset="slow")
+                if s.name.endswith("_count")]
+        if completed >= 3 and runs and runs[0].value >= 3:
+            break
+        assert time.monotonic() < deadline, sorted(found)
+        time.sleep(2)
+    assert sum(s.value for s in app_samples("ray_qwen_jobs", outcome="accepted") if s.name.endswith("_total")) >= 3
+    run_sum = [s for s in app_samples("ray_qwen_job_processing_seconds", preset="slow") if s.name.endswith("_sum")]
+    assert 0 < run_sum[0].value / runs[0].value < 30  # seconds per slow job: about one here
+    steps = [s for s in found["ray_qwen_step_seconds"] if s.name.endswith("_count") and s.labels["preset"] == "slow"]
+    assert steps and steps[0].value >= 3 * 7  # 8 steps a job, timed from the second
+    assert any(s.value > 0 for s in found["ray_qwen_model_load_seconds"] if s.name.endswith("_count"))
+    assert [s.value for s in app_samples("ray_qwen_queue_depth")] == [0.0]
+    waits = [s for s in app_samples("ray_qwen_job_wait_seconds", preset="slow") if s.name.endswith("_count")]
+    assert waits and waits[0].value >= 3
