@@ -170,6 +170,9 @@ class QueueActor:
             try:
                 self._expire()
                 self._prune_workers()
+                # Gauges are exported when set: refresh them every pass so every scrape sees them.
+                running = len(self.core.running())
+                self.metrics.occupancy(self.core.occupancy - running, running)
             except Exception:  # keep cleaning whatever one pass hit
                 log.exception("[JobQueue] cleanup pass failed")
 
