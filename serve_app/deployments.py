@@ -49,7 +49,7 @@ from .webhooks import check_url, load_secret
 
 log = logging.getLogger("ray.serve")
 API = "/api/v1"
-PUBLIC_PATHS = frozenset({"/", f"{API}/health", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect", "/ui"})
+PUBLIC_PATHS = frozenset({"/", f"{API}/health", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"})
 QUICK_CALL_S = 15.0  # a queue call that is not a long poll answers within milliseconds
 MAX_SEED = 2**64 - 1
 MAX_IDEMPOTENCY_KEY = 255

@@ -131,11 +131,9 @@ class QueueActor:
     # --- plumbing ------------------------------------------------------------------------------
 
     def _notify(self) -> None:
-        """Wake every long poll; each re-checks what it waits for (and update the gauges)."""
+        """Wake every long poll; each re-checks what it waits for."""
         self._changed.set()
         self._changed = asyncio.Event()
-        running = len(self.core.running())
-        self.metrics.occupancy(self.core.occupancy - running, running)
 
     async def _wait_change(self, timeout: float) -> None:
         event = self._changed
@@ -170,7 +168,8 @@ class QueueActor:
             try:
                 self._expire()
                 self._prune_workers()
-                # Gauges are exported when set: refresh them every pass so every scrape sees them.
+                # The gauges' one writer: every pass (a gauge is exported when set, so each scrape
+                # sees a value at most a second old; progress steps do not pay for it).
                 running = len(self.core.running())
                 self.metrics.occupancy(self.core.occupancy - running, running)
             except Exception:  # keep cleaning whatever one pass hit
