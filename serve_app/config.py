@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .images import MB, UploadLimits
 from .presets import Preset
+from .profiles import known, unknown_profile_message
 
 
 class WorkerArgs(BaseModel):
@@ -26,6 +27,18 @@ class WorkerArgs(BaseModel):
     attention_backend: str = Field("auto", description="auto: fastest available on the GPU (FlashAttention 3, ...)")
     compile: bool = Field(False, description="torch.compile the repeated transformer blocks (GPU)")
     warmup: bool = Field(False, description="run one edit at start so the first job pays no warm-up")
+    profile: str = Field("auto", description="memory/precision profile (README, Profiles); auto: the fastest "
+                                             "that fits the card's free memory")
+    gpu_memory_gib: float | None = Field(None, gt=0, le=4096,
+                                         description="the card size this config is for: qwen-serve --plan "
+                                                     "checks against it; a worker on a bigger card is capped to it")
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, v):
+        if not known(v):
+            raise ValueError(unknown_profile_message(v))
+        return v
 
 
 class WebhookArgs(BaseModel):
@@ -114,6 +127,10 @@ class WorkerSettings(BaseModel):
     compile: bool
     warmup: bool
     preload: Preset | None
+    profile: str
+    gpu_memory_gib: float | None
+    plan_presets: tuple[Preset, ...]  # what `auto` plans for: the presets sharing the preload's base
+    max_images: int
 
 
 class IngressSettings(BaseModel):

@@ -447,7 +447,8 @@ class Ingress:
                     "model_loaded": False, "is_loading": False, "is_generating": False, "queue_max_size": self.s.max_queue_size,
                     "queue_cleanup_age_seconds": self.s.cleanup_age_seconds, "workers": []}
             return JSONResponse(body, status_code=503)
-        status = "healthy" if h["model_loaded"] else ("degraded" if h["warnings"] else "starting")
+        unusable = any(w["state"] == "unusable" for w in h["workers"])
+        status = "healthy" if h["model_loaded"] and not unusable else ("degraded" if h["warnings"] else "starting")
         return {"status": status, **h}
 
     # --- keyed routes ---
@@ -624,7 +625,17 @@ def worker_settings(args: AppArgs, presets: dict, default: str | None) -> Worker
     return WorkerSettings(models_dir=str(args.path(args.models_dir, "models")), device=w.device,
                           torch_threads=w.torch_threads, png_compress_level=w.png_compress_level,
                           attention_backend=w.attention_backend, compile=w.compile, warmup=w.warmup,
-                          preload=preload)
+                          preload=preload, profile=w.profile, gpu_memory_gib=w.gpu_memory_gib,
+                          plan_presets=planned_presets(presets, default), max_images=args.max_images)
+
+
+def planned_presets(presets: dict, default: str | None) -> tuple:
+    """The presets a worker's ``auto`` profile must fit: those in the worker's profile that share the
+    default preset's base (all of them when there is no default); LoRA and working area vary among them."""
+    own = [p for p in presets.values() if p.profile is None]
+    if default is not None and presets[default].profile is None:
+        own = [p for p in own if p.base == presets[default].base]
+    return tuple(own)
 
 
 def app_settings(args: AppArgs) -> tuple[QueueSettings, WorkerSettings, IngressSettings, dict]:

@@ -86,6 +86,24 @@ def drain(app_names: list[str], grace: dict[str, float]) -> None:
                  outcome["finished"], len(outcome["requeued"]), outcome["queued"])
 
 
+def plan(config, path: Path) -> int:
+    """``--plan``: each of this project's apps planned against its card (``memplan.config_plan``)."""
+    from .config import AppArgs
+    from .memplan import config_plan
+
+    # bitsandbytes announces at import that its optional CPU kernels are absent: not news for a plan.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    ok = True
+    for app in config.applications:
+        if app.import_path != OUR_BUILDER:
+            continue
+        lines, _, fits = config_plan(AppArgs.model_validate(app.args or {}))
+        print(f"{path} ({app.name})")
+        print("\n".join(lines), flush=True)
+        ok = ok and fits
+    return 0 if ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="qwen-serve", description=__doc__.splitlines()[0])
     parser.add_argument("config", nargs="?", default="config/serve.yaml", type=Path,
@@ -94,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="Ray cluster to join (default: start a local one, as `serve run` does)")
     parser.add_argument("--metrics-port", type=int, default=None,
                         help="a local cluster serves Prometheus metrics on this port (/metrics)")
+    parser.add_argument("--plan", action="store_true",
+                        help="print the GPU memory each preset needs under its profile (no weights, no GPU, "
+                             "no Ray) and exit: 0 when every preset fits the config's card, 1 when not")
     opts = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s qwen-serve %(message)s", stream=sys.stdout)
     from .config import AppArgs
@@ -105,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
                  for app in config.applications if app.import_path == OUR_BUILDER}
     except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
         parser.error(f"{opts.config}: {exc}")
+    if opts.plan:
+        return plan(config, opts.config)
 
     import ray
     from ray import serve

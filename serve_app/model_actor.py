@@ -25,7 +25,7 @@ from ray.serve.handle import DeploymentHandle
 
 from .config import WorkerSettings
 from .metrics import WorkerMetrics
-from .pipeline import EditEngine, JobCancelled, public_error
+from .pipeline import EditEngine, JobCancelled, ProfileUnavailable, public_error
 from .queue_actor import HEARTBEAT_S, JobTask, LoadTask
 
 log = logging.getLogger("ray.serve")
@@ -41,14 +41,24 @@ class ModelWorker:
         except Exception:
             self.id = uuid.uuid4().hex[:12]
         self.engine = EditEngine(settings.models_dir, settings.device, settings.torch_threads,
-                                 settings.png_compress_level, settings.attention_backend, settings.compile)
+                                 settings.png_compress_level, settings.attention_backend, settings.compile,
+                                 settings.profile, settings.gpu_memory_gib)
         self._background: set[asyncio.Task] = set()
         self.jobs_done = 0
         self.metrics = WorkerMetrics()
         self.engine.on_load = self.metrics.loaded
         loop = asyncio.get_running_loop()
         self._heartbeat_task = loop.create_task(self._heartbeat())  # also during a long preload
+        self._loop_task: asyncio.Task | None = None
         await self._report("starting")
+        try:
+            await asyncio.to_thread(self.engine.choose_profile, list(settings.plan_presets), settings.max_images)
+        except ProfileUnavailable as exc:
+            # Stay up (a replica that raised would be restarted into the same error, for ever), say
+            # why in /health, and take no job: the queue hands jobs only to workers that ask.
+            log.error("[ModelWorker] cannot run: %s", exc)
+            await self._report("unusable", None, str(exc))
+            return
         if settings.preload is not None:
             await self._report("loading", settings.preload.name)
             try:
@@ -63,7 +73,8 @@ class ModelWorker:
     async def _report(self, state: str, preset: str | None = None, detail: str | None = None) -> None:
         import ray
 
-        placement = {"device": self.engine.device}
+        placement = {"device": self.engine.device, "profile": self.engine.profile and self.engine.profile.name,
+                     "profile_reason": self.engine.profile_reason}
         if ray.is_initialized():  # (outside Ray, as in bench/load.py's plain server, asking would start it)
             placement.update(gpu_ids=[int(g) for g in ray.get_gpu_ids()],
                              node=ray.get_runtime_context().get_node_id()[:12])
@@ -212,7 +223,7 @@ class ModelWorker:
                 await asyncio.sleep(0.5 * (attempt + 1))
 
     def check_health(self) -> None:
-        if self._loop_task.done() or self._heartbeat_task.done():
+        if (self._loop_task is not None and self._loop_task.done()) or self._heartbeat_task.done():
             raise RuntimeError("the worker's job loop stopped")
 
     def info(self) -> dict:
@@ -222,4 +233,5 @@ class ModelWorker:
         return {"id": self.id, "device": self.engine.device, "preset": self._preset_name,
                 "gpu_ids": ray.get_gpu_ids(), "jobs_done": self.jobs_done,
                 "attention_backend": self.engine.attention_backend,
+                "profile": self.engine.profile and self.engine.profile.name,
                 "node_id": ray.get_runtime_context().get_node_id()}

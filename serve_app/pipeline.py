@@ -5,14 +5,21 @@ The same code path serves the embedded tiny model and the real presets: both are
 the real loading code. Heavy imports (torch, diffusers) happen inside methods so that the ingress and
 the queue, which import this package too, stay light.
 
-Presets that share a base share one copy of it in memory. Switching between them swaps the LoRA and
-the scheduler and never reloads the base from disk:
-- a LoRA preset's file is read once (then kept in CPU memory), its layer names are checked against
-  the transformer (a LoRA for another model is an error, never silently half-applied), and it is
-  fused into the weights, with the PEFT wrappers removed so inference costs exactly the base's;
-- before the first fuse, the original weights of every layer a LoRA touches are copied aside (to
-  pinned CPU memory on a GPU); switching away copies them back, so a round trip 4step -> 40step ->
-  4step gives pixel-identical outputs (fuse then unfuse is not exact arithmetic in bf16).
+The weights are held the way the worker's memory/precision profile says (``profiles``: bf16, FP8,
+int8 or NF4 weights, offload); ``choose_profile`` resolves ``auto`` against the card's free memory
+with the plan of ``memplan``. A preset may name its own profile; the base is then loaded again.
+
+Presets that share a base (and profile) share one copy of it in memory. Switching between them swaps
+the LoRA and the scheduler and never reloads the base from disk. A LoRA preset's file is read once
+(then kept in CPU memory) and its layer names are checked against the transformer (a LoRA for another
+model is an error, never silently half-applied). Then, by the profile's ``lora_mode``:
+- ``fuse`` (bf16 weights): fused into the weights, with the PEFT wrappers removed so inference costs
+  exactly the base's. Before the first fuse, the original weights of every layer a LoRA touches are
+  copied aside (to pinned CPU memory on a GPU); switching away copies them back, so a round trip
+  4step -> 40step -> 4step gives pixel-identical outputs (fuse then unfuse is not exact in bf16).
+- ``adapter`` (quantized weights): the LoRA stays an unfused PEFT adapter beside the quantized
+  layers, which are never written to: switching away removes the adapter, so the round trip is
+  exact by construction. Fusing into 4- or 8-bit weights would re-quantize them, irreversibly.
 
 Not thread-safe: a diffusers pipeline gives wrong pixels when called from two threads, so the worker
 runs one job at a time per engine (the contract of ``ModelWorker``).
@@ -25,9 +32,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import images
+from . import images, profiles
 from .pipeline_tweaks import set_fastest_attention, working_area
+from .placement import place, quantization_config
 from .presets import BUILTIN_TINY, LoraSpec, Preset
+from .profiles import PROFILES, Profile
 from .schedulers import LIGHTNING_SCHEDULER
 from .tiny_model import ensure_tiny_model
 
@@ -43,9 +52,15 @@ class LoraMismatch(ValueError):
     """A LoRA whose layers do not match the base model's transformer."""
 
 
+class ProfileUnavailable(RuntimeError):
+    """The worker's device cannot run the profile asked for (its message says what is missing)."""
+
+
 def public_error(exc: BaseException) -> str:
     """A one-line reason for a failed job that names the problem but never a server path."""
     name = type(exc).__name__
+    if isinstance(exc, ProfileUnavailable):
+        return str(exc)
     if name == "OutOfMemoryError" or "out of memory" in str(exc).lower():
         return "CUDA out of memory"
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -74,7 +89,8 @@ def lora_targets(state_dict: dict) -> dict[str, tuple[tuple[int, ...], tuple[int
 
 class EditEngine:
     def __init__(self, models_dir: str, device: str = "auto", torch_threads: int | None = None,
-                 png_compress_level: int = 1, attention_backend: str = "auto", compile: bool = False):
+                 png_compress_level: int = 1, attention_backend: str = "auto", compile: bool = False,
+                 profile: str = "bf16", gpu_memory_gib: float | None = None):
         # The worker shares its cores with the serving processes: OpenMP threads that spin while
         # waiting only take time from them (measured: 0.84 -> 0.88 served/direct on 2 cores).
         # Read when torch starts its thread pool, so set before the first import.
@@ -90,6 +106,16 @@ class EditEngine:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = device
         self.dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        if device == "cuda" and gpu_memory_gib:
+            # The card as the config names it: on a bigger card, allocations past it fail as they
+            # would on the real one (how a 24 GB configuration is proven on an 80 GB card).
+            total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(1.0, gpu_memory_gib * profiles.GiB / total))
+        self.device_info = profiles.probe(device, gpu_memory_gib)
+        # The profile asked for; ``auto`` until choose_profile() has picked one.
+        self.profile_wanted = profile
+        self.profile: Profile | None = PROFILES.get(profile)
+        self.profile_reason = f"profile {profile} set in the config" if self.profile else None
         self.models_dir = Path(models_dir)
         self.png_compress_level = png_compress_level
         self.attention_backend_wanted = attention_backend
@@ -97,11 +123,51 @@ class EditEngine:
         self.compile = compile
         self.pipe = None
         self.base: str | None = None  # the base weights held in memory
+        self.held: Profile | None = None  # the profile they are held in
         self.preset: Preset | None = None  # the preset those weights are configured for
-        self._fused: LoraSpec | None = None  # the LoRA baked into the weights now
+        self._lora: LoraSpec | None = None  # the LoRA applied now (fused or as an adapter)
         self._originals: dict = {}  # layer name -> its base weight, for an exact restore
         self._lora_cache: dict[LoraSpec, dict] = {}
         self.on_load = None  # called with (preset name, seconds) after a load or switch (metrics)
+
+    # --- the profile ------------------------------------------------------------------------------
+
+    def choose_profile(self, presets: list[Preset], images: int = 3) -> Profile:
+        """Resolve the configured profile for this device, once, before any load. ``auto`` picks the
+        fastest profile whose planned peak for the largest of ``presets`` (the ones this worker may
+        serve) fits the free memory. Raises ``ProfileUnavailable`` with a sentence when the
+        configured profile cannot run here, or when no profile fits."""
+        if self.profile_wanted != profiles.AUTO:
+            why = profiles.missing(self.profile, self.device_info)
+            if why:
+                raise ProfileUnavailable(why)
+            return self.profile
+        from . import memplan
+
+        def need(profile: Profile) -> int:
+            return max((memplan.plan(p, profile, images, self._plan_folder(p)).peak for p in presets), default=0)
+
+        chosen, reason = profiles.choose(self.device_info, need)
+        if chosen is None:
+            raise ProfileUnavailable(reason)
+        self.profile, self.profile_reason = chosen, reason
+        log.info("[ModelWorker] %s", reason)
+        return chosen
+
+    def _plan_folder(self, preset: Preset) -> str | None:
+        from .architecture import local_folder
+
+        if preset.base == BUILTIN_TINY:
+            return self._base_folder(preset)
+        folder = local_folder(preset.base)
+        return str(folder) if folder else None
+
+    def profile_for(self, preset: Preset) -> Profile:
+        if preset.profile:
+            return PROFILES[preset.profile]
+        if self.profile is None:
+            raise ProfileUnavailable("the worker has not chosen its profile yet")
+        return self.profile
 
     # --- loading ---------------------------------------------------------------------------------
 
@@ -116,33 +182,47 @@ class EditEngine:
         if self.preset == preset:
             return 0.0
         start = time.perf_counter()
-        if self.base != preset.base or self.pipe is None or type(self.pipe).__name__ != preset.pipeline:
-            self._load_base(preset)
+        profile = self.profile_for(preset)
+        if (self.base != preset.base or self.pipe is None or type(self.pipe).__name__ != preset.pipeline
+                or self.held != profile):
+            self._load_base(preset, profile)
         self._apply_lora(preset.lora)
         self._configure_scheduler(preset)
         self.preset = preset
         seconds = time.perf_counter() - start
-        log.info("[ModelWorker] Preset %s ready on %s in %.2fs", preset.name, self.device, seconds)
+        log.info("[ModelWorker] Preset %s ready on %s (profile %s) in %.2fs", preset.name, self.device,
+                 profile.name, seconds)
         if self.on_load is not None:
             self.on_load(preset.name, seconds)
         return seconds
 
-    def _load_base(self, preset: Preset) -> None:
+    def _load_base(self, preset: Preset, profile: Profile) -> None:
         import diffusers
         import transformers
 
+        why = profiles.missing(profile, self.device_info)
+        if why:
+            raise ProfileUnavailable(why)
         diffusers.utils.logging.disable_progress_bar()  # no progress bars in the server log
         transformers.utils.logging.disable_progress_bar()
-        self.pipe, self.base, self.preset, self._fused, self._originals = None, None, None, None, {}
+        self.pipe, self.base, self.preset, self._lora, self._originals = None, None, None, None, {}
+        self.held = None
         cls = getattr(diffusers, preset.pipeline)
-        pipe = cls.from_pretrained(self._base_folder(preset), dtype=self.dtype, local_files_only=True)
-        self.use_pipeline(pipe.to(self.device), preset.base)
+        kwargs = {"dtype": self.dtype, "local_files_only": True}
+        quantization = quantization_config(profile, self.dtype)
+        if quantization is not None:
+            kwargs["quantization_config"] = quantization
+        pipe = cls.from_pretrained(self._base_folder(preset), **kwargs)
+        place(pipe, profile, self.device)
+        self.use_pipeline(pipe, preset.base, profile)
 
-    def use_pipeline(self, pipe, base: str) -> None:
-        """Hold ``pipe`` (already on this engine's device) as the weights of ``base``: attention
-        backend, compile and scheduler handling as for a loaded one. Loading ends here; the GPU
-        benchmark also enters here with a pipeline it built with random weights."""
-        self.pipe, self.base, self.preset, self._fused, self._originals = None, None, None, None, {}
+    def use_pipeline(self, pipe, base: str, profile: Profile | None = None) -> None:
+        """Hold ``pipe`` (already placed on this engine's device as ``profile`` says; default bf16)
+        as the weights of ``base``: attention backend, compile and scheduler handling as for a loaded
+        one. Loading ends here; the GPU benchmark also enters here with a pipeline it built with
+        random weights."""
+        self.pipe, self.base, self.preset, self._lora, self._originals = None, None, None, None, {}
+        self.held = profile or PROFILES["bf16"]
         self._lora_cache = {}  # checked against the previous base's layers
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe
@@ -164,7 +244,7 @@ class EditEngine:
             config.update(LIGHTNING_SCHEDULER)
         self.pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(config)
 
-    # --- LoRA: fuse, and restore the base exactly ------------------------------------------------
+    # --- LoRA: fused (restoring the base exactly) or as an adapter over quantized weights ---------
 
     def _lora_state(self, lora: LoraSpec) -> dict:
         if lora not in self._lora_cache:
@@ -183,21 +263,28 @@ class EditEngine:
         modules = dict(self.pipe.transformer.named_modules())
         if not targets:
             raise LoraMismatch(f"LoRA {lora.describe()} holds no LoRA layers")
-        missing = sorted(n for n in targets if not isinstance(modules.get(n), torch.nn.Linear))
-        if missing:
+        absent = sorted(n for n in targets if not isinstance(modules.get(n), torch.nn.Linear))
+        if absent:
             raise LoraMismatch(
-                f"LoRA {Path(lora.describe()).name} does not fit this model: {len(missing)} of its "
-                f"{len(targets)} layers (e.g. {missing[0]}) are not linear layers of the transformer")
+                f"LoRA {Path(lora.describe()).name} does not fit this model: {len(absent)} of its "
+                f"{len(targets)} layers (e.g. {absent[0]}) are not linear layers of the transformer")
         for name, (a, b) in targets.items():
-            weight = modules[name].weight
-            if a is None or b is None or a[1] != weight.shape[1] or b[0] != weight.shape[0]:
+            # The layer's sizes, not its weight's shape: a 4-bit weight is stored packed.
+            layer = modules[name]
+            shape = (layer.out_features, layer.in_features)
+            if a is None or b is None or a[1] != shape[1] or b[0] != shape[0]:
                 raise LoraMismatch(f"LoRA {Path(lora.describe()).name} does not fit this model: layer "
-                                   f"{name} has shapes {a} / {b}, the model's weight is {tuple(weight.shape)}")
+                                   f"{name} has shapes {a} / {b}, the model's weight is {shape}")
 
     def _restore_base(self) -> None:
+        """Back to the bare base: an adapter removed, or fused weights copied back from the originals."""
         import torch
 
-        if self._fused is None:
+        if self._lora is None:
+            return
+        if self.held.lora_mode == "adapter":
+            self.pipe.unload_lora_weights()  # the PEFT layers go; the quantized weights were never touched
+            self._lora = None
             return
         modules = dict(self.pipe.transformer.named_modules())
         with torch.no_grad():
@@ -205,17 +292,24 @@ class EditEngine:
                 modules[name].weight.copy_(original, non_blocking=True)
         if self.device == "cuda":
             torch.cuda.synchronize()
-        self._fused = None
+        self._lora = None
 
     def _apply_lora(self, lora: LoraSpec | None) -> None:
-        import torch
-
-        if self._fused == lora:
+        if self._lora == lora:
             return
         self._restore_base()
         if lora is None:
             return
-        state = self._lora_state(lora)
+        state = self._lora_state(lora)  # read and checked against the bare base
+        if self.held.lora_mode == "adapter":
+            self.pipe.load_lora_weights(dict(state), adapter_name="active")
+        else:
+            self._fuse(state)
+        self._lora = lora
+
+    def _fuse(self, state: dict) -> None:
+        import torch
+
         modules = dict(self.pipe.transformer.named_modules())
         with torch.no_grad():
             for name in lora_targets(state):
@@ -228,7 +322,6 @@ class EditEngine:
         self.pipe.load_lora_weights(dict(state), adapter_name="active")
         self.pipe.fuse_lora(components=["transformer"], lora_scale=1.0, adapter_names=["active"])
         self.pipe.unload_lora_weights()  # drop the PEFT wrappers; the fused weights stay
-        self._fused = lora
 
     # --- inference -------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .errors import BadRequest, PresetUnavailable
+from .profiles import PROFILES
 
 BUILTIN_TINY = "builtin:tiny"
 LIGHTNING_REPO = "lightx2v/Qwen-Image-Lightning"
@@ -54,6 +55,14 @@ class Preset(BaseModel):
     negative_prompt: str | None = None
     resolution: int = Field(1024, ge=64, le=2048, description="working area is resolution x resolution")
     nominal_seconds: float = Field(gt=0, description="seeds the ETA until jobs have been measured")
+    profile: str | None = Field(None, description="memory/precision profile for this preset; default: the worker's")
+
+    @model_validator(mode="after")
+    def _known_profile(self):
+        if self.profile is not None and self.profile not in PROFILES:
+            raise ValueError(f"unknown profile {self.profile!r}: choose one of {', '.join(PROFILES)} "
+                             "(auto is for worker.profile)")
+        return self
 
     @property
     def suffix(self) -> str:

@@ -80,7 +80,9 @@ class LoadTask:
 @dataclass
 class WorkerInfo:
     id: str
-    state: str = "starting"  # starting | loading | idle (nothing loaded) | ready | busy | failed
+    # starting | loading | idle (nothing loaded) | ready | busy | failed (a load failed; it still takes
+    # jobs) | unusable (its device cannot run its profile: it takes nothing, detail says why)
+    state: str = "starting"
     preset: str | None = None
     last_seen: float = field(default_factory=time.monotonic)
     detail: str | None = None
@@ -179,6 +181,9 @@ class QueueActor:
         now = time.monotonic()
         return [w for w in self.workers.values() if now - w.last_seen < WORKER_SILENCE_S]
 
+    def _usable_workers(self) -> list[WorkerInfo]:
+        return [w for w in self._alive_workers() if w.state != "unusable"]
+
     def _prune_workers(self) -> None:
         alive = {w.id for w in self._alive_workers()}
         for wid in list(self.workers):
@@ -200,16 +205,20 @@ class QueueActor:
                 self.jobs.update(job)
                 log.warning("[JobQueue] Job %s failed - %s", job.id[:8], LOST)
                 self._finished(job)
-        self.core.worker_slots = max(1, len(self.workers))
+        self.core.worker_slots = max(1, len(self._usable_workers()))
         if self.load:
             self.load.pending &= alive
 
     def unschedulable(self) -> str | None:
-        """Why no model worker can run, when none is alive and no node could ever host one.
+        """Why no model worker can run: every live worker is unusable (its profile cannot run on its
+        device), or none is alive and no node could ever host one.
 
         A worker that is merely starting, or waiting for a busy resource, is not reported: only
         a requirement (GPUs, custom resources) that no live node of the cluster has at all."""
-        if self._alive_workers():
+        alive = self._alive_workers()
+        if alive and not self._usable_workers():
+            return "No model worker can run: " + " ".join(sorted({w.detail or "unusable" for w in alive}))
+        if alive:
             return None
         now = time.monotonic()
         if now - self._sched_checked < 5.0:
@@ -383,6 +392,8 @@ class QueueActor:
         states = [w.state for w in workers]
         reason = self.unschedulable()
         warnings = [reason] if reason else []
+        warnings += [f"Worker {w.id[-12:]} takes no jobs: {w.detail}" for w in workers
+                     if w.state == "unusable" and not reason]
         if self.stopping:
             warnings.append("The server is stopping: running jobs finish, queued and new jobs wait "
                             "for the next start.")
@@ -404,7 +415,9 @@ class QueueActor:
         if self.load is not None:
             raise LoadInProgress(f"A model load is already running ({self.load.preset.name}). "
                                  "Try again when it finishes.")
-        workers = self._alive_workers()
+        workers = self._usable_workers()
+        if not workers and self.unschedulable():
+            raise ServiceUnavailable(self.unschedulable())
         if not workers:
             raise ServiceUnavailable("No model worker is running yet (they may still be starting). "
                                      "Try again in a few seconds.")
@@ -466,7 +479,7 @@ class QueueActor:
         info = self.workers.get(worker_id)
         if info is None:
             info = self.workers[worker_id] = WorkerInfo(worker_id)
-            self.core.worker_slots = max(1, len(self.workers))
+            self.core.worker_slots = max(1, len(self._usable_workers()))
             log.info("[JobQueue] Worker %s joined", worker_id)
         info.last_seen = time.monotonic()
         return info

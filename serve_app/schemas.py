@@ -78,21 +78,27 @@ class QueueResponse(BaseModel):
 
 class WorkerView(BaseModel):
     id: str
-    state: str = Field(description="starting | loading | idle | ready | busy | failed")
+    state: str = Field(description="starting | loading | idle | ready | busy | failed | unusable (its "
+                                   "profile cannot run on its device: see detail)")
     preset: str | None
     detail: str | None = None
     gpu_ids: list[int] = Field(default_factory=list)
     device: str | None = None
     node: str | None = None
+    profile: str | None = Field(None, description="addition: the memory/precision profile the worker runs")
+    profile_reason: str | None = Field(None, description="addition: why that profile (auto's choice, or the config)")
 
 
 class HealthResponse(BaseModel):
     model_config = example(status="healthy", current_model="qwen-4step", model_loaded=True, is_loading=False,
                            is_generating=True, queue_max_size=10, queue_cleanup_age_seconds=3600.0,
                            workers=[{"id": "a1b2c3d4e5f6", "state": "busy", "preset": "qwen-4step",
-                                     "detail": None, "gpu_ids": [0], "device": "cuda", "node": "5c1e0f3a9b2d"}],
+                                     "detail": None, "gpu_ids": [0], "device": "cuda", "node": "5c1e0f3a9b2d",
+                                     "profile": "fp8", "profile_reason": "auto: fp8 needs 39.2 GiB of the "
+                                     "139.8 GiB free on NVIDIA H200, the fastest profile that fits"}],
                            warnings=[])
-    status: str = Field(description="healthy (a worker is ready), starting, or degraded (see warnings)")
+    status: str = Field(description="healthy (a worker is ready), starting, or degraded (see warnings: also "
+                                    "when a worker cannot run its profile)")
     current_model: str | None
     model_loaded: bool
     is_loading: bool
