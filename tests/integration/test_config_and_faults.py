@@ -100,3 +100,33 @@ def test_worker_killed_mid_job_runs_it_once_more_then_fails_it_and_service_recov
     # Serve replaces the replica; the next job runs on it
     after = api.submit(IMAGE).json()["job_id"]
     assert api.wait(after, timeout=120)["status"] == "completed"
+
+
+def test_a_worker_whose_profile_cannot_run_stays_up_and_says_why(cluster, api):
+    from tests.integration.conftest import _deploy
+
+    h = api.http.get("/api/v1/health").json()  # the main app's CPU worker: auto chose bf16, and says so
+    assert h["workers"][0]["profile"] == "bf16" and "CPU" in h["workers"][0]["profile_reason"]
+    fp8 = _deploy(cluster, "fp8", "/fp8", wait_workers=False, worker={"num_cpus": 0, "profile": "fp8"})
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            h = fp8.http.get("/api/v1/health").json()
+            if any(w["state"] == "unusable" for w in h["workers"]):
+                break
+            assert time.monotonic() < deadline, h
+            time.sleep(0.5)
+        worker = h["workers"][0]
+        sentence = worker["detail"]
+        assert sentence.startswith("Profile fp8 needs FP8 tensor cores") and "this worker has no GPU" in sentence
+        assert h["status"] == "degraded" and h["model_loaded"] is False
+        assert any(sentence in w for w in h["warnings"])
+        refused = fp8.submit(IMAGE)  # refused at once with the reason, rather than queued for ever
+        assert refused.status_code == 503 and sentence in refused.json()["detail"]
+        loading = fp8.http.post("/api/v1/load-model", params={"model": "tiny"})
+        assert loading.status_code == 503 and sentence in loading.json()["detail"]
+        time.sleep(4)  # no crash loop: the same replica is still there, still saying why
+        later = fp8.http.get("/api/v1/health").json()["workers"]
+        assert [(w["id"], w["state"]) for w in later] == [(worker["id"], "unusable")]
+    finally:
+        serve.delete("fp8")
