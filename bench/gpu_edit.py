@@ -1,7 +1,7 @@
 """Seconds per edit of the full-size Qwen-Image-Edit-Plus architecture on a GPU, no download.
 
-    python3 bench/gpu_edit.py [--presets qwen-4step,qwen-8step,qwen-40step] [--size 1024]
-                              [--runs 3] [--compile] [--attention auto] [--out FILE.json]
+    python3 bench/gpu_edit.py [--profile bf16] [--memory-cap-gib N] [--presets qwen-4step,...]
+                              [--size 1024] [--runs 3] [--compile] [--attention auto] [--out FILE.json]
 
 Builds the real architecture (60-block transformer of ~20 B parameters, Qwen2.5-VL-7B text encoder,
 Qwen-Image VAE) with random bf16 weights directly on the GPU: the time per step does not depend on
@@ -11,6 +11,13 @@ the transformer's achieved TFLOP/s (FLOPs counted by torch's FlopCounterMode) ag
 H100/H200 reaches on plain bf16 matrix products. Needs only torch, diffusers and transformers (and
 tokenizers/Pillow, which they bring); the tokenizer is the project's tiny one, which gives the same
 prompt length as the real one. ``--smoke`` runs the same code on CPU at toy size (used by the tests).
+
+``--profile NAME`` holds the model as that memory/precision profile does (serve_app/profiles.py): the
+random bf16 weights are quantized in place with the same libraries (torchao for fp8/int8,
+bitsandbytes NF4 for nf4) and placed with the same offload hooks, then each preset also reports its
+peak GPU memory (``torch.cuda.max_memory_reserved``) beside the plan of ``serve_app/memplan.py``.
+``--memory-cap-gib 24`` caps the process to 24 GiB once the weights are in their formats
+(``torch.cuda.set_per_process_memory_fraction``): a run that completes under the cap proves the fit.
 """
 
 import argparse
@@ -27,6 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # gpu_edit / gpu_serving beside
 
+from serve_app import architecture  # noqa: E402
 from serve_app.pipeline_tweaks import set_fastest_attention, working_area  # noqa: E402
 
 PEAK_TFLOPS = 790.0
@@ -38,53 +46,19 @@ PRESETS = {  # steps, true CFG, negative prompt, Lightning scheduler
 
 
 def build_pipeline(device, dtype, smoke: bool):
-    import torch
-    from diffusers import (AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageEditPlusPipeline,
-                           QwenImageTransformer2DModel)
-    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer,
-                              Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor)
+    from diffusers import FlowMatchEulerDiscreteScheduler, QwenImageEditPlusPipeline
+    from transformers import Qwen2Tokenizer, Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
 
     from serve_app.tiny_model import SPECIAL_TOKENS, _train_tokenizer
 
     raw = _train_tokenizer()
     tokenizer = Qwen2Tokenizer(tokenizer_object=raw)
     ids = {t: raw.token_to_id(t) for t in SPECIAL_TOKENS}
-    if smoke:
-        text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                    num_key_value_heads=1, rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3],
-                                                            "rope_theta": 1e6})
-        vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32,
-                      fullatt_block_indexes=[1])
-        tr = dict(num_layers=2, attention_head_dim=32, num_attention_heads=2, joint_attention_dim=32,
-                  axes_dims_rope=(4, 14, 14))
-        vae = dict(base_dim=8, dim_mult=[1, 2, 4, 4], num_res_blocks=1)
-    else:  # Qwen2.5-VL-7B and Qwen-Image-Edit-2509 as published
-        text = dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-                    num_key_value_heads=4, rope_parameters={"rope_type": "default", "mrope_section": [16, 24, 24],
-                                                            "rope_theta": 1e6})
-        vision = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
-                      fullatt_block_indexes=[7, 15, 23, 31])
-        tr = dict(num_layers=60, attention_head_dim=128, num_attention_heads=24, joint_attention_dim=3584,
-                  axes_dims_rope=(16, 56, 56))
-        vae = dict(base_dim=96, dim_mult=[1, 2, 4, 4], num_res_blocks=2)
-    config = Qwen2_5_VLConfig(
-        text_config={**text, "vocab_size": 152064, "max_position_embeddings": 128000,
-                     "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"]},
-        vision_config={**vision, "window_size": 112, "patch_size": 14, "spatial_merge_size": 2,
-                       "temporal_patch_size": 2},
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
     t0 = time.perf_counter()
-    saved = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # build in bf16 straight on the device: no fp32 copy, no host RAM
-    try:
-        with torch.device(device):
-            text_encoder = Qwen2_5_VLForConditionalGeneration(config).eval()
-            transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=64, out_channels=16, **tr).eval()
-            vae_model = AutoencoderKLQwenImage(z_dim=16, attn_scales=[], temperal_downsample=[False, True, True],
-                                               **vae).eval()
-    finally:
-        torch.set_default_dtype(saved)
+    # Qwen2.5-VL-7B and Qwen-Image-Edit-2509 as published (toy sizes for --smoke), in the target
+    # dtype straight on the device: no fp32 copy, no host RAM.
+    transformer, text_encoder, vae_model = architecture.build_components(
+        architecture.SMOKE if smoke else architecture.FULL, device, dtype, ids)
     processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(), video_processor=Qwen2VLVideoProcessor(),
                                  tokenizer=tokenizer)
     pipe = QwenImageEditPlusPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae_model,
@@ -93,6 +67,51 @@ def build_pipeline(device, dtype, smoke: bool):
     pipe.set_progress_bar_config(disable=True)
     params = sum(p.numel() for p in transformer.parameters())
     return pipe, params, time.perf_counter() - t0
+
+
+def to_nf4(module, skip: tuple[str, ...] = ()) -> None:
+    """Replace the linear layers of ``module`` by bitsandbytes NF4 layers (double quantization, bf16
+    compute) holding its weights, quantized by bitsandbytes as the layers move to the GPU."""
+    import bitsandbytes as bnb
+    import torch
+
+    for parent_name, parent in list(module.named_modules()):
+        for name, child in list(parent.named_children()):
+            full = f"{parent_name}.{name}" if parent_name else name
+            if not isinstance(child, torch.nn.Linear) or full in skip:
+                continue
+            layer = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
+                                      compute_dtype=torch.bfloat16, compress_statistics=True, quant_type="nf4",
+                                      device="meta")
+            layer.weight = bnb.nn.Params4bit(child.weight.data, requires_grad=False, compress_statistics=True,
+                                             quant_type="nf4", module=layer).to(child.weight.device)
+            if child.bias is not None:
+                layer.bias = child.bias
+            setattr(parent, name, layer)
+
+
+def apply_profile(pipe, name: str, device: str, cap_gib: float | None):
+    """Hold the bf16 pipeline as profile ``name`` does: quantize its weights in place, cap the
+    process's GPU memory, then place it (offload hooks, VAE tiling) with the service's own code."""
+    import torch
+
+    from serve_app import placement
+    from serve_app.profiles import GiB, PROFILES
+
+    profile = PROFILES[name]
+    for component, fmt, skip in (("transformer", profile.transformer, ()),
+                                 ("text_encoder", profile.text_encoder, ("lm_head",))):
+        if fmt == "nf4":
+            to_nf4(getattr(pipe, component), skip)
+        elif fmt != "bf16":
+            placement.quantize_module(getattr(pipe, component), fmt, skip)
+    if device == "cuda":
+        torch.cuda.empty_cache()  # the bf16 originals' blocks: not this profile's memory
+        if cap_gib:
+            total = torch.cuda.get_device_properties(0).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(1.0, cap_gib * GiB / total))
+    placement.place(pipe, profile, device)
+    return profile
 
 
 class StageTimer:
@@ -107,7 +126,8 @@ class StageTimer:
 
     def _wrap(self, name, module, method):
         original = getattr(module, method)
-        self._originals.append((module, method, original))
+        # An offload hook may have set its own forward on the instance: put that one back at the end.
+        self._originals.append((module, method, original if method in vars(module) else None))
 
         def timed(*a, **k):
             self.sync()
@@ -125,7 +145,9 @@ class StageTimer:
     def unwrap(self):
         """Put the original methods back (the per-stage syncs would distort later timings)."""
         for module, method, original in self._originals:
-            if method in vars(module):
+            if original is not None:
+                setattr(module, method, original)
+            elif method in vars(module):
                 delattr(module, method)  # the instance attribute set by _wrap; the class's method shows again
         self._originals = []
 
@@ -175,9 +197,14 @@ def run_edit(pipe, size, preset, device, seed, steps=None):
     return out
 
 
-def time_preset(pipe, size, preset, device, runs, timer, sync, flops) -> dict:
-    """Median seconds per edit (PNG encode included), per-stage times and per-step times for a preset."""
+def time_preset(pipe, size, preset, device, runs, timer, sync, flops, profile=None) -> dict:
+    """Median seconds per edit (PNG encode included), per-stage times and per-step times for a preset;
+    on a GPU also its peak memory, beside what ``memplan`` planned for it under ``profile``."""
+    import torch
+
     steps_n = PRESETS[preset][0]
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     run_edit(pipe, size, preset, device, seed=0, steps=min(steps_n, 4))  # warm-up, same shapes (and compile)
     per_edit, stages, steps = [], {}, []
     for run in range(runs):
@@ -198,7 +225,13 @@ def time_preset(pipe, size, preset, device, runs, timer, sync, flops) -> dict:
         steps.append([sum(fwd[i:i + per_step]) for i in range(0, len(fwd), per_step)])
     forwards = len(timer.times.get("transformer", []))
     fwd_mean = statistics.mean(timer.times["transformer"]) if forwards else math.nan
-    return {
+    memory = {}
+    if device == "cuda":
+        memory = {"peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2),
+                  "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
+    if profile is not None:
+        memory["planned_peak_gib"] = round(planned_peak(preset, profile, size) / 2**30, 2)
+    return {**memory,
         "runs": runs,
         "seconds_per_edit": round(statistics.median(per_edit), 3),
         "stages_seconds": {k: round(statistics.median(v), 4) for k, v in stages.items()},
@@ -210,8 +243,22 @@ def time_preset(pipe, size, preset, device, runs, timer, sync, flops) -> dict:
     }
 
 
+def planned_peak(preset: str, profile, size: int) -> int:
+    """What serve_app/memplan.py plans for this benchmark's preset (one reference image, a rank-64
+    LoRA for the Lightning presets) on the published architecture."""
+    from types import SimpleNamespace
+
+    from serve_app import memplan
+
+    lora = SimpleNamespace(path=None) if PRESETS[preset][3] else None
+    return memplan.plan(SimpleNamespace(name=preset, resolution=size, lora=lora), profile, images=1).peak
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default="bf16", help="memory/precision profile (serve_app/profiles.py)")
+    ap.add_argument("--memory-cap-gib", type=float, default=None,
+                    help="cap the process's GPU memory to this once the weights are in their formats")
     ap.add_argument("--presets", default="qwen-4step,qwen-8step,qwen-40step")
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--runs", type=int, default=3)
@@ -264,6 +311,12 @@ def main() -> int:
     flops = transformer_flops(pipe, size, device)
     result["transformer_flop_per_forward"] = flops
     result["transformer_tflop_per_forward"] = round(flops / 1e12, 3)
+    t = time.perf_counter()
+    profile = apply_profile(pipe, args.profile, device, args.memory_cap_gib)  # FLOPs were counted in bf16
+    result.update(profile=profile.name, profile_seconds=round(time.perf_counter() - t, 1),
+                  memory_cap_gib=args.memory_cap_gib)
+    if device == "cuda":
+        result["resident_after_profile_gib"] = round(torch.cuda.memory_allocated() / 2**30, 2)
     save()
     timer = StageTimer(pipe, sync)
     step_s = 1.0  # seconds per transformer forward, refined by each preset measured
@@ -273,7 +326,7 @@ def main() -> int:
         runs = args.long_runs if steps > 10 else args.runs
         if not time_left(step_s * forwards * (runs + 0.2) + 10, preset):
             continue
-        result["presets"][preset] = time_preset(pipe, size, preset, device, runs, timer, sync, flops)
+        result["presets"][preset] = time_preset(pipe, size, preset, device, runs, timer, sync, flops, profile)
         step_s = result["presets"][preset]["transformer_forward_seconds"]
         print(json.dumps({preset: result["presets"][preset]}), flush=True)
         save()
@@ -285,7 +338,7 @@ def main() -> int:
 
         try:
             result["serving"] = gpu_serving.measure(pipe, device, size, args.jobs, 4 if args.smoke else 64,
-                                                    result["attention_backend"], workdir, sync)
+                                                    result["attention_backend"], workdir, sync, profile)
         except Exception as exc:  # keep what was measured; say what broke
             traceback.print_exc()
             result["serving_error"] = f"{type(exc).__name__}: {exc}"[:500]
@@ -297,7 +350,8 @@ def main() -> int:
             run_edit(pipe, size, "qwen-4step", device, seed=0)
             compiled = {"compile_and_first_edit_seconds": round(time.perf_counter() - t, 1)}
             timer = StageTimer(pipe, sync)
-            compiled["qwen-4step"] = time_preset(pipe, size, "qwen-4step", device, args.runs, timer, sync, flops)
+            compiled["qwen-4step"] = time_preset(pipe, size, "qwen-4step", device, args.runs, timer, sync, flops,
+                                                 profile)
             timer.unwrap()
             result["compiled"] = compiled
             print(json.dumps({"compiled": compiled}), flush=True)

@@ -53,14 +53,17 @@ def presets(lora4: Path, lora8: Path, size: int) -> dict:
 
 
 def fingerprint(module) -> list[int]:
-    """One integer per parameter from its raw bits: equal lists mean (barring a collision) equal weights."""
+    """One integer per parameter from its raw bits: equal lists mean (barring a collision) equal weights.
+    Quantized weights are read as stored (torchao's ``qdata``; bitsandbytes' packed bytes)."""
     import torch
 
     out = []
     with torch.no_grad():
         for p in module.parameters():
-            bits = p.detach().view(torch.int16) if p.dtype in (torch.bfloat16, torch.float16) else \
-                p.detach().view(torch.int32)
+            raw = getattr(p, "qdata", None)
+            raw = (p if raw is None else raw).detach()
+            width = {1: torch.uint8, 2: torch.int16, 4: torch.int32}[raw.element_size()]
+            bits = raw.view(width)
             weights = torch.arange(1, bits.numel() + 1, device=bits.device, dtype=torch.int64) % 7919
             out.append(int((bits.flatten().to(torch.int64) * weights).sum()))
     return out
@@ -157,12 +160,13 @@ def run_queue(engine, preset, upload: bytes, jobs: int, sync) -> dict:
 
 
 def measure(pipe, device: str, size: int, jobs: int, lora_rank: int, attention: str, workdir: Path,
-            sync=lambda: None) -> dict:
-    """Preset switches, exact restore and a full queue through ``EditEngine`` on ``pipe``."""
+            sync=lambda: None, profile=None) -> dict:
+    """Preset switches, exact restore and a full queue through ``EditEngine`` on ``pipe``, held as
+    ``profile`` says (default bf16: LoRAs fused; quantized profiles: LoRAs as adapters)."""
     from serve_app.pipeline import EditEngine
     from tests.helpers import make_lightning_lora
 
-    dtype = next(pipe.transformer.parameters()).dtype
+    dtype = pipe.vae.dtype  # the compute dtype (a quantized transformer's parameters are not)
     t = time.perf_counter()
     lora4 = make_lightning_lora(pipe.transformer, workdir / "lightning-4step.safetensors", rank=lora_rank, seed=1,
                                 scale=0.02, dtype=dtype, device=device)
@@ -171,8 +175,10 @@ def measure(pipe, device: str, size: int, jobs: int, lora_rank: int, attention: 
     out = {"lora_rank": lora_rank, "lora_file_mb": round(lora4.stat().st_size / 2**20, 1),
            "lora_files_made_seconds": round(time.perf_counter() - t, 1)}
     reg = presets(lora4, lora8, size)
-    engine = EditEngine(str(workdir / "models"), device=device, attention_backend=attention)
-    engine.use_pipeline(pipe, BASE)
+    engine = EditEngine(str(workdir / "models"), device=device, attention_backend=attention,
+                        profile=profile.name if profile else "bf16")
+    engine.use_pipeline(pipe, BASE, profile)
+    out["profile"] = engine.held.name
     out["attention_backend"] = engine.attention_backend
     base_print = fingerprint(pipe.transformer)
     upload = photo(size)
@@ -187,12 +193,12 @@ def measure(pipe, device: str, size: int, jobs: int, lora_rank: int, attention: 
     def edit():
         return engine.run(reg["qwen-4step"], [upload], INSTRUCTION, seed=7).png
 
-    switches = {"base->4step (LoRA read, checked, fused; base copied aside)": switch("qwen-4step")}
+    switches = {"base->4step (LoRA read, checked, applied; for a fuse the base copied aside)": switch("qwen-4step")}
     out["fused_weights_differ_from_base"] = fingerprint(pipe.transformer) != base_print  # the check can fail
     before = edit()
     switches["4step->40step (base restored)"] = switch("qwen-40step")
     restored = fingerprint(pipe.transformer) == base_print
-    switches["40step->8step (LoRA read, checked, fused)"] = switch("qwen-8step")
+    switches["40step->8step (LoRA read, checked, applied)"] = switch("qwen-8step")
     switches["8step->4step (LoRA from memory)"] = switch("qwen-4step")
     after = edit()
     switches["4step->40step again"] = switch("qwen-40step")

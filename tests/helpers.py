@@ -22,7 +22,7 @@ def make_lightning_lora(transformer, path: Path, rank: int = 4, seed: int = 0, s
         if only and only not in name:
             continue
         key = (prefix + name[len("transformer_blocks"):]) if prefix else name
-        out_f, in_f = module.weight.shape
+        out_f, in_f = module.out_features, module.in_features  # (a quantized weight may be packed)
         draw = dict(generator=gen, device=device, dtype=dtype)
         tensors[f"{key}.lora_down.weight"] = torch.randn(rank, in_f, **draw) * scale
         tensors[f"{key}.lora_up.weight"] = torch.randn(out_f, rank, **draw) * scale

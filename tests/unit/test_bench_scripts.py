@@ -30,3 +30,20 @@ def test_gpu_edit_benchmark_runs_in_smoke_mode(tmp_path):
     done = queue["submit_to_completed_seconds"]
     assert queue["jobs"] == 3 and len(done) == 3 and done == sorted(done) and done[0] > 0
     assert 0 < queue["generating_share_of_wall"] <= 1
+
+
+def test_gpu_edit_benchmark_holds_the_model_in_a_profile(tmp_path):
+    """--profile int8 (the quantized profile a CPU runs): weights quantized in place with the service's
+    own code, the plan reported beside each preset, LoRAs as adapters in the serving section."""
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_edit.py"), "--smoke", "--runs", "1",
+                           "--presets", "qwen-4step", "--profile", "int8", "--serving", "--jobs", "2",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["profile"] == "int8" and "serving_error" not in result
+    assert result["presets"]["qwen-4step"]["planned_peak_gib"] > 20  # the published model's plan
+    serving = result["serving"]
+    assert serving["profile"] == "int8"
+    assert serving["pixels_identical_after_round_trip"] is True
+    assert serving["base_weights_identical_after_restore"] is True  # the int8 weights as stored
