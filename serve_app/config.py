@@ -27,6 +27,8 @@ class WorkerArgs(BaseModel):
     attention_backend: str = Field("auto", description="auto: fastest available on the GPU (FlashAttention 3, ...)")
     compile: bool = Field(False, description="torch.compile the repeated transformer blocks (GPU)")
     warmup: bool = Field(False, description="run one edit at start so the first job pays no warm-up")
+    prepare_ahead: bool | None = Field(None, description="claim the next job on the current one's last step and "
+                                                         "prepare it meanwhile (keeps a GPU busy); default: on GPUs")
     profile: str = Field("auto", description="memory/precision profile (README, Profiles); auto: the fastest "
                                              "that fits the card's free memory")
     gpu_memory_gib: float | None = Field(None, gt=0, le=4096,
@@ -130,6 +132,7 @@ class WorkerSettings(BaseModel):
     profile: str
     gpu_memory_gib: float | None
     plan_presets: tuple[Preset, ...]  # what `auto` plans for: the presets sharing the preload's base
+    prepare_ahead: bool | None
     max_images: int
 
 

@@ -626,7 +626,8 @@ def worker_settings(args: AppArgs, presets: dict, default: str | None) -> Worker
                           torch_threads=w.torch_threads, png_compress_level=w.png_compress_level,
                           attention_backend=w.attention_backend, compile=w.compile, warmup=w.warmup,
                           preload=preload, profile=w.profile, gpu_memory_gib=w.gpu_memory_gib,
-                          plan_presets=planned_presets(presets, default), max_images=args.max_images)
+                          plan_presets=planned_presets(presets, default), max_images=args.max_images,
+                          prepare_ahead=w.prepare_ahead)
 
 
 def planned_presets(presets: dict, default: str | None) -> tuple:

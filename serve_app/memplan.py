@@ -16,7 +16,9 @@ this machine, else from the published full-size architecture (``architecture.FUL
   is what the stage adds to the resident weights. Attention is counted as a fused kernel (its
   output only), as the flash/cuDNN backends the GPU worker picks run it. Weight-only formats add
   one dequantized bf16 copy of the largest layer; fp8 one 8-bit copy of the activations.
-- offload: which weights are on the GPU at each stage (see ``_stage_peaks``).
+- offload: which weights are on the GPU at each stage (see ``_stage_peaks``). With everything
+  resident, the next job's prompt is encoded while this one denoises (``worker.prepare_ahead``):
+  the text encoder's activations are counted on top of the denoising ones.
 
 The plan counts tensors; the CUDA context (about 0.5 GiB) and allocator fragmentation come on top,
 which is why a 24 GiB card is planned to at most 22 GiB. ``bench/gpu_edit.py --profile`` measures
@@ -292,6 +294,8 @@ def _stage_peaks(profile: Profile, w: dict, lora: int, act: dict, scratch: int, 
                     "vae_decode": vae}
     stages = {stage: resident[stage] + act[stage] for stage in resident}
     stages["denoise"] += scratch
+    if profile.offload == "none":  # the worker encodes the next job's prompt while this one denoises
+        stages["denoise"] += act["text_encoder"]
     return stages
 
 

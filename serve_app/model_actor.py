@@ -5,6 +5,11 @@ preset the job names (switching when the previous job used another). Inference r
 the replica stays responsive to Serve's health checks. A job that raises is reported as ``failed``
 with a one-line reason and the replica carries on with the next job.
 
+Keeping the GPU busy (``worker.prepare_ahead``, on by default on a GPU): when a job starts its last
+denoising step, the replica claims its next job at once and prepares it in another thread (uploads
+decoded, the prompt encoded on a side CUDA stream) while the GPU finishes; the next job then starts
+on the GPU without waiting for that CPU work. The PNG of the finished job is encoded meanwhile too.
+
 Progress: after every denoising step the pipeline's callback sends the step to the queue without
 waiting for an answer (a station's progress never costs the GPU a round trip). Cancel: while a job
 runs, the replica keeps a long poll open on the queue (``cancel_signal``); when it answers, the step
@@ -44,7 +49,12 @@ class ModelWorker:
                                  settings.png_compress_level, settings.attention_backend, settings.compile,
                                  settings.profile, settings.gpu_memory_gib)
         self._background: set[asyncio.Task] = set()
+        # The next job, claimed and being prepared while the current one finishes (prepare_ahead).
+        self._ahead: asyncio.Task | None = None
+        self.prepare_ahead = (settings.prepare_ahead if settings.prepare_ahead is not None
+                              else self.engine.device == "cuda")
         self.jobs_done = 0
+        self.jobs_prepared_ahead = 0  # claimed on a previous job's last step, prepared meanwhile
         self.metrics = WorkerMetrics()
         self.engine.on_load = self.metrics.loaded
         loop = asyncio.get_running_loop()
@@ -104,6 +114,12 @@ class ModelWorker:
         if self.engine.preset is not None:
             await self._report("ready", self._preset_name)
         while True:
+            if self._ahead is not None:
+                task, prepared = await self._ahead
+                self._ahead = None
+                if task is not None:
+                    await self._run(task, prepared)
+                    continue
             try:
                 task = await self.queue.next_task.remote(self.id, self._preset_name, POLL_S)
             except Exception:
@@ -114,6 +130,28 @@ class ModelWorker:
                 await self._load(task)
             elif isinstance(task, JobTask):
                 await self._run(task)
+
+    def _claim_ahead(self) -> None:
+        """(On the event loop.) Start claiming and preparing the next job, once per running job."""
+        if self.prepare_ahead and self._ahead is None:
+            self._ahead = asyncio.get_running_loop().create_task(self._fetch_ahead())
+
+    async def _fetch_ahead(self):
+        """(the next job or None, its Prepared or None): a job claimed while this one finishes."""
+        try:
+            task = await self.queue.next_task.remote(self.id, self._preset_name, 0.0, True)
+        except Exception:
+            return None, None
+        if not isinstance(task, JobTask):
+            return None, None
+        self.jobs_prepared_ahead += 1
+        try:
+            prepared = await asyncio.to_thread(self.engine.prepare, task.preset, task.images, task.instruction,
+                                               task.system_prompt)
+        except Exception:  # generate does the work again and reports what is wrong with the job
+            log.warning("[ModelWorker] preparing job %s ahead failed", task.job_id[:8], exc_info=True)
+            prepared = None
+        return task, prepared
 
     async def _load(self, task: LoadTask) -> None:
         try:
@@ -149,6 +187,8 @@ class ModelWorker:
             if took is not None:
                 self.metrics.stepped(task.preset.name, took)
             loop.call_soon_threadsafe(self._send_progress, task.job_id, step, total, took)
+            if step == max(1, total - 1):  # the last step begins: get the next job ready meanwhile
+                loop.call_soon_threadsafe(self._claim_ahead)
             if cancelled.is_set():
                 raise JobCancelled(task.job_id)
 
@@ -175,7 +215,7 @@ class ModelWorker:
             except Exception:
                 await asyncio.sleep(1.0)
 
-    async def _run(self, task: JobTask) -> None:
+    async def _run(self, task: JobTask, prepared=None) -> None:
         """Generate on the device; on a GPU, hand PNG encoding and the report to a background task so
         the next job's generation starts at once (encoding is CPU work, off the GPU's path)."""
         start = time.perf_counter()
@@ -183,7 +223,8 @@ class ModelWorker:
         listener = asyncio.get_running_loop().create_task(self._listen_for_cancel(task.job_id, cancelled))
         try:
             image = await asyncio.to_thread(self.engine.generate, task.preset, task.images, task.instruction,
-                                            task.seed, task.system_prompt, self._step_reporter(task, cancelled))
+                                            task.seed, task.system_prompt, self._step_reporter(task, cancelled),
+                                            prepared)
         except JobCancelled:
             log.info("[ModelWorker] job %s stopped: cancelled after %.2fs", task.job_id[:8],
                      time.perf_counter() - start)
@@ -232,6 +273,7 @@ class ModelWorker:
 
         return {"id": self.id, "device": self.engine.device, "preset": self._preset_name,
                 "gpu_ids": ray.get_gpu_ids(), "jobs_done": self.jobs_done,
+                "jobs_prepared_ahead": self.jobs_prepared_ahead,
                 "attention_backend": self.engine.attention_backend,
                 "profile": self.engine.profile and self.engine.profile.name,
                 "node_id": ray.get_runtime_context().get_node_id()}

@@ -22,9 +22,12 @@ model is an error, never silently half-applied). Then, by the profile's ``lora_m
   exact by construction. Fusing into 4- or 8-bit weights would re-quantize them, irreversibly.
 
 Not thread-safe: a diffusers pipeline gives wrong pixels when called from two threads, so the worker
-runs one job at a time per engine (the contract of ``ModelWorker``).
+runs one job at a time per engine (the contract of ``ModelWorker``). The one exception is
+``prepare``: it may run in another thread while a job generates, because it touches only what a
+generation never changes (the processor and the text encoder, on a side CUDA stream).
 """
 
+import contextlib
 import logging
 import os
 import re
@@ -66,6 +69,18 @@ def public_error(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     text = _PATHS.sub("<path>", text)[:300]
     return f"{name}: {text}" if text else name
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A job's work done ahead, while the previous job still generates: the uploads decoded and, when
+    the engine already held the job's base, the prompt encoded. ``held`` is what the encoding was made
+    with; ``generate`` uses the embeddings only if it still holds that."""
+
+    images: list
+    prompt: str
+    embeds: dict | None = None
+    held: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -325,9 +340,55 @@ class EditEngine:
 
     # --- inference -------------------------------------------------------------------------------
 
+    def _held_key(self) -> tuple:
+        return (id(self.pipe), self.base, self.held)
+
+    def prepare(self, preset: Preset, images_bytes: list[bytes], instruction: str,
+                system_prompt: str | None = None) -> Prepared:
+        """A job's host-side work, done ahead: decode the uploads and, when this engine already holds
+        the preset's base in a resident profile (the text encoder is shared by every preset of a base;
+        LoRAs touch only the transformer), encode the prompt as the pipeline would (the Qwen2-VL
+        processor on the CPU, the text encoder on a side CUDA stream). Safe to call while another job
+        generates; ``generate(..., prepared=)`` then skips that work, with identical pixels."""
+        import torch
+
+        torch.set_num_threads(self.threads)
+        inputs = [images.decode(b) for b in images_bytes]
+        prompt = f"{system_prompt.strip()}\n{instruction}" if system_prompt and system_prompt.strip() else instruction
+        held = self._held_key()
+        pipe = self.pipe
+        if (pipe is None or self.base != preset.base or self.held != self.profile_for(preset)
+                or self.held.offload != "none" or preset.pipeline != "QwenImageEditPlusPipeline"
+                or type(pipe).__name__ != preset.pipeline):
+            return Prepared(inputs, prompt)
+        from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import (CONDITION_IMAGE_SIZE,
+                                                                               calculate_dimensions)
+
+        # The condition images exactly as the Plus pipeline makes them from each input.
+        condition = []
+        for image in inputs:
+            w, h = calculate_dimensions(CONDITION_IMAGE_SIZE, image.width / image.height)
+            condition.append(pipe.image_processor.resize(image, h, w))
+        prompts = {"prompt": prompt}
+        if preset.cfg_scale > 1 and preset.negative_prompt is not None:
+            prompts["negative_prompt"] = preset.negative_prompt
+        stream = torch.cuda.Stream() if self.device == "cuda" else None
+        embeds = {}
+        with torch.inference_mode(), (torch.cuda.stream(stream) if stream else contextlib.nullcontext()):
+            for key, text in prompts.items():
+                values, mask = pipe.encode_prompt(text, image=condition, device=pipe._execution_device)
+                if mask is None:  # all tokens valid: the pipeline wants a mask with given embeddings
+                    mask = torch.ones(values.shape[:2], dtype=torch.long, device=values.device)
+                name = "prompt_embeds" if key == "prompt" else "negative_prompt_embeds"
+                embeds[name], embeds[name + "_mask"] = values, mask
+        if stream is not None:
+            stream.synchronize()  # done before the main stream uses them
+        return Prepared(inputs, prompt, embeds, held)
+
     def generate(self, preset: Preset, images_bytes: list[bytes], instruction: str, seed: int,
-                 system_prompt: str | None = None, on_step=None):
-        """The edited PIL image. Same inputs and seed give identical pixels (a per-job generator).
+                 system_prompt: str | None = None, on_step=None, prepared: Prepared | None = None):
+        """The edited PIL image. Same inputs and seed give identical pixels (a per-job generator),
+        with or without ``prepared`` (this job's ``prepare``, made ahead).
 
         ``on_step(step, total)`` is called after every denoising step, in the calling thread; an
         exception it raises (``JobCancelled``) stops the job there and propagates."""
@@ -338,11 +399,12 @@ class EditEngine:
         # OMP_NUM_THREADS=1 would run single-threaded (measured: 2x slower on 2 cores).
         torch.set_num_threads(self.threads)
         self.ensure(preset)
-        inputs = [images.decode(b) for b in images_bytes]
+        if prepared is None:
+            prepared = self.prepare(preset, images_bytes, instruction, system_prompt)
+        inputs, prompt = prepared.images, prepared.prompt
         area = preset.resolution * preset.resolution
         # The pipeline sizes the output from the last image; so do we, at the preset's working area.
         width, height = calculate_dimensions(area, inputs[-1].width / inputs[-1].height)
-        prompt = f"{system_prompt.strip()}\n{instruction}" if system_prompt and system_prompt.strip() else instruction
         generator = torch.Generator(device="cpu").manual_seed(seed)
         plus = preset.pipeline == "QwenImageEditPlusPipeline"
         if not plus and len(inputs) > 1:
@@ -352,6 +414,9 @@ class EditEngine:
             true_cfg_scale=preset.cfg_scale, num_inference_steps=preset.steps, height=height, width=width,
             generator=generator,
         )
+        if prepared.embeds and prepared.held == self._held_key():
+            kwargs.update(prepared.embeds, prompt=None,
+                          negative_prompt=None if "negative_prompt_embeds" in prepared.embeds else kwargs["negative_prompt"])
         if on_step is not None:
             def callback(pipe, i, t, callback_kwargs):
                 on_step(i + 1, preset.steps)

@@ -495,11 +495,20 @@ class QueueActor:
             info.placement = placement
 
     async def next_task(self, worker_id: str, preset: str | None = None,
-                        timeout: float = 5.0) -> JobTask | LoadTask | None:
+                        timeout: float = 5.0, ahead: bool = False) -> JobTask | LoadTask | None:
         """Long poll: the next thing this worker should do, or None after ``timeout`` seconds.
 
-        A worker asks only when it is idle; ``preset`` is the one it has loaded (None: none yet)."""
+        A worker asks when it is idle; ``preset`` is the one it has loaded (None: none yet).
+        ``ahead``: a busy worker on its current job's last step asks for its next job now, to prepare
+        it while the GPU finishes (the job is ``processing`` from then on); answered at once, a job
+        or None, never a load."""
         deadline = time.monotonic() + timeout
+        if ahead:
+            self._worker(worker_id)
+            if self.stopping or self.load is not None:
+                return None
+            job = self.core.claim(worker_id)
+            return None if job is None else self._hand_out(job)
         while True:
             info = self._worker(worker_id)
             if preset is not None:
@@ -511,16 +520,19 @@ class QueueActor:
                 return LoadTask(self.load.preset)
             job = None if self.stopping else self.core.claim(worker_id)
             if job is not None:
-                self.jobs.update(job)
-                info.state = "busy"
-                self._notify()
-                self.metrics.started(job.preset, (job.started_at or job.created_at) - job.created_at)
-                log.info("[JobQueue] Processing job %s - %s", job.id[:8], job.instruction[:50])
-                return JobTask(job.id, self.presets[job.preset], job.payload, job.instruction,
-                               job.seed, job.system_prompt)
+                return self._hand_out(job)
             if time.monotonic() >= deadline:
                 return None
             await self._wait_change(deadline - time.monotonic())
+
+    def _hand_out(self, job: Job) -> JobTask:
+        """A job just claimed by its worker: recorded, announced, and sent."""
+        self.jobs.update(job)
+        self._worker(job.worker_id).state = "busy"
+        self._notify()
+        self.metrics.started(job.preset, (job.started_at or job.created_at) - job.created_at)
+        log.info("[JobQueue] Processing job %s - %s", job.id[:8], job.instruction[:50])
+        return JobTask(job.id, self.presets[job.preset], job.payload, job.instruction, job.seed, job.system_prompt)
 
     def _held_job(self, worker_id: str, job_id: str, quiet: bool = False) -> Job | None:
         """The job, if this worker still holds it; None for a late report (cancelled, declared lost,

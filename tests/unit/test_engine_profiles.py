@@ -126,3 +126,30 @@ def test_auto_on_a_cpu_worker_is_bf16_and_says_why(models, registry):
     assert engine.profile is None
     assert engine.choose_profile([registry["tiny"]]).name == "bf16"
     assert "CPU" in engine.profile_reason
+
+
+@pytest.mark.parametrize("profile", ["bf16", "int8"])
+def test_a_job_prepared_ahead_gives_the_same_pixels(models, registry, profile):
+    """What the worker does while the previous job finishes (uploads decoded, prompt encoded) gives
+    exactly what the pipeline's own path gives, also with true CFG (a negative prompt encoded too)."""
+    from serve_app.pipeline import Prepared
+
+    engine = EditEngine(str(models), profile=profile)
+    engine.choose_profile([registry["tiny"]])
+    images = [photo(seed=7), photo(seed=8, side=192)]
+    for name in ("t4", "t40"):
+        preset = registry[name]
+        engine.ensure(preset)
+        ahead = engine.prepare(preset, images, "make it winter", "You edit photos.")
+        assert set(ahead.embeds) == ({"prompt_embeds", "prompt_embeds_mask"} |
+                                     ({"negative_prompt_embeds", "negative_prompt_embeds_mask"} if name == "t40" else set()))
+        plain = Prepared(ahead.images, ahead.prompt)  # no embeddings: the pipeline encodes the prompt itself
+        a = engine.generate(preset, images, "make it winter", 11, "You edit photos.", prepared=ahead)
+        b = engine.generate(preset, images, "make it winter", 11, "You edit photos.", prepared=plain)
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    # prepared before a base reload (another profile): the embeddings are not used, nothing breaks
+    stale = engine.prepare(registry["tiny"], images, "edit")
+    engine.ensure(registry["t4-int8" if profile == "bf16" else "tiny"])
+    if profile == "bf16":
+        assert engine.held.name == "int8" and stale.held != engine._held_key()
+        assert engine.generate(registry["t4-int8"], images, "edit", 1, prepared=stale).size == (256, 256)

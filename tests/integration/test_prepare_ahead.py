@@ -1,0 +1,38 @@
+"""A worker that claims its next job on the current job's last step and prepares it meanwhile (what
+GPU workers do by default), forced on here on the CPU: FIFO, exact counts and pixels unchanged."""
+
+import time
+
+import pytest
+from ray import serve
+
+from tests.integration.conftest import _deploy
+from tests.integration.test_api import IMAGE
+from tests.integration.test_config_and_faults import _worker_info
+
+pytestmark = pytest.mark.integration
+
+
+def test_jobs_prepared_ahead_run_in_order_with_the_same_pixels(cluster, api):
+    ahead = _deploy(cluster, "ahead", "/ahead", wait_workers=True, worker={"num_cpus": 0, "prepare_ahead": True})
+    try:
+        ahead.drain()
+        ids = [ahead.submit(IMAGE, instruction=f"edit {i}", preset="slow", seed=100 + i).json()["job_id"]
+               for i in range(6)]
+        done = [ahead.wait(job_id, timeout=180) for job_id in ids]
+        assert [d["status"] for d in done] == ["completed"] * 6
+        assert all(d["attempts"] == 1 for d in done)
+        # started in submission order, one worker: each claimed on the previous job's last step
+        starts = [d["started_at"] for d in done]
+        assert starts == sorted(starts)
+        info = _worker_info("ahead")
+        assert info["jobs_done"] == 6 and info["jobs_prepared_ahead"] == 5
+        q = ahead.http.get("/api/v1/queue").json()
+        assert q["processing_count"] == 0 and q["queued_count"] == 0
+        # the same job on the main app (prepare_ahead off on a CPU) gives the same bytes
+        twin = api.submit(IMAGE, instruction="edit 3", preset="slow", seed=103).json()["job_id"]
+        assert api.wait(twin, timeout=120)["status"] == "completed"
+        mine = ahead.http.get(f"/api/v1/status/{ids[3]}/result").content
+        assert mine.startswith(b"\x89PNG") and mine == api.http.get(f"/api/v1/status/{twin}/result").content
+    finally:
+        serve.delete("ahead")
