@@ -86,7 +86,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
             "RTX 4080, RTX 4060 Ti 16 GB, A4000 (16 GB)",
             "4-bit NF4 components, each on the GPU only while it runs, VAE tiled"),
     Profile("bf16-stream", "bf16", "bf16", "group", True,
-            "any CUDA card of 12 GB or more, with 64 GB of host memory",
+            "any CUDA card of 8 GB or more, with 64 GB of host memory",
             "full bf16 quality, blocks streamed from pinned host memory: slow, PCIe-bound"),
 )}
 
