@@ -120,9 +120,11 @@ class GpuSampler:
         return round(statistics.mean(self.samples), 1) if self.samples else None
 
 
-def run_queue(engine, preset, upload: bytes, jobs: int, sync) -> dict:
+def run_queue(engine, preset, upload: bytes, jobs: int, sync, ahead: bool = True) -> dict:
     """``jobs`` jobs submitted at t=0, run as the model worker runs them: generate (decode included)
-    in one thread, PNG encoding handed to another so the next job's generation starts at once."""
+    in one thread, PNG encoding handed to another so the next job's generation starts at once, and
+    (``ahead``, the worker's ``prepare_ahead``) the next job prepared in a third thread from the
+    start of the current job's last step."""
     from serve_app import images
 
     engine.ensure(preset)
@@ -137,19 +139,26 @@ def run_queue(engine, preset, upload: bytes, jobs: int, sync) -> dict:
         done[i] = time.perf_counter() - t0
         return len(png)
 
-    with ThreadPoolExecutor(1) as encoder, GpuSampler(engine.device) as gpu:
+    with ThreadPoolExecutor(1) as encoder, ThreadPoolExecutor(1) as preparer, GpuSampler(engine.device) as gpu:
         sync()
         t0 = time.perf_counter()
-        futures = []
+        futures, prepared = [], None
         for i in range(jobs):
+            pending = []
+
+            def on_step(step, total, last=i == jobs - 1, pending=pending):
+                if ahead and not last and not pending and step == max(1, total - 1):
+                    pending.append(preparer.submit(engine.prepare, preset, [upload], INSTRUCTION))
+
             g = time.perf_counter()
-            image = engine.generate(preset, [upload], INSTRUCTION, seed=i + 1)
+            image = engine.generate(preset, [upload], INSTRUCTION, seed=i + 1, on_step=on_step, prepared=prepared)
             generate_s.append(time.perf_counter() - g)
+            prepared = pending[0].result() if pending else None
             futures.append(encoder.submit(finish, i, image))
         sizes = [f.result() for f in futures]
         wall = time.perf_counter() - t0
     return {
-        "jobs": jobs, "wall_seconds": round(wall, 3), "seconds_per_job": round(wall / jobs, 3),
+        "jobs": jobs, "prepared_ahead": ahead, "wall_seconds": round(wall, 3), "seconds_per_job": round(wall / jobs, 3),
         "submit_to_completed_seconds": [round(x, 3) for x in done],
         "generate_seconds_median": round(statistics.median(generate_s), 3),
         "generating_share_of_wall": round(sum(generate_s) / wall, 4),
@@ -208,6 +217,8 @@ def measure(pipe, device: str, size: int, jobs: int, lora_rank: int, attention: 
     print(json.dumps({"serving": out}), flush=True)
     out["queue_4step"] = run_queue(engine, reg["qwen-4step"], upload, jobs, sync)
     print(json.dumps({"queue_4step": out["queue_4step"]}), flush=True)
+    out["queue_4step_not_prepared_ahead"] = run_queue(engine, reg["qwen-4step"], upload, jobs, sync, ahead=False)
+    print(json.dumps({"queue_4step_not_prepared_ahead": out["queue_4step_not_prepared_ahead"]}), flush=True)
     out["_engine"], out["_presets"], out["_upload"] = engine, reg, upload  # for a compiled re-run
     return out
 

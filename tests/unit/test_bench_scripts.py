@@ -26,6 +26,8 @@ def test_gpu_edit_benchmark_runs_in_smoke_mode(tmp_path):
     assert serving["base_weights_identical_after_restore"] is True
     assert serving["pixels_identical_after_round_trip"] is True
     assert len(serving["switch_seconds"]) == 5
+    assert serving["queue_4step"]["prepared_ahead"] is True
+    assert serving["queue_4step_not_prepared_ahead"]["prepared_ahead"] is False
     queue = serving["queue_4step"]
     done = queue["submit_to_completed_seconds"]
     assert queue["jobs"] == 3 and len(done) == 3 and done == sorted(done) and done[0] > 0
