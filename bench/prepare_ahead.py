@@ -13,31 +13,19 @@ above the tens of milliseconds moved.
 """
 
 import argparse
-import io
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from gpu_serving import photo  # noqa: E402  (the GPU benchmark's photo-like upload)
 from serve_app import images  # noqa: E402
 from serve_app.pipeline import EditEngine  # noqa: E402
 from serve_app.presets import build_registry  # noqa: E402
-
-
-def photo(side: int, seed: int) -> bytes:
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:side, 0:side] / side
-    rgb = np.stack([160 * x + 60, 120 * y + 80, 200 - 100 * x * y], axis=-1)
-    rgb = np.clip(rgb + rng.normal(0, 6, rgb.shape), 0, 255).astype("uint8")
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, "PNG")
-    return buf.getvalue()
 
 
 def median_ms(fn, runs: int) -> float:
@@ -55,7 +43,7 @@ def main() -> None:
     ap.add_argument("--side", type=int, default=1024)
     ap.add_argument("--images", type=int, default=1)
     args = ap.parse_args()
-    uploads = [photo(args.side, i) for i in range(args.images)]
+    uploads = [photo(args.side) for _ in range(args.images)]
     preset = build_registry({"tiny": {"resolution": 1024}})["tiny"]
     with tempfile.TemporaryDirectory() as tmp:
         engine = EditEngine(tmp)
