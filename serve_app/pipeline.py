@@ -143,6 +143,9 @@ class EditEngine:
         self._lora: LoraSpec | None = None  # the LoRA applied now (fused or as an adapter)
         self._originals: dict = {}  # layer name -> its base weight, for an exact restore
         self._lora_cache: dict[LoraSpec, dict] = {}
+        # One side stream for ``prepare``, for the engine's life: the caching allocator keeps freed
+        # blocks per stream, so a new stream per job would strand a text encoder's activations each.
+        self._side_stream = None
         self.on_load = None  # called with (preset name, seconds) after a load or switch (metrics)
 
     # --- the profile ------------------------------------------------------------------------------
@@ -372,7 +375,9 @@ class EditEngine:
         prompts = {"prompt": prompt}
         if preset.cfg_scale > 1 and preset.negative_prompt is not None:
             prompts["negative_prompt"] = preset.negative_prompt
-        stream = torch.cuda.Stream() if self.device == "cuda" else None
+        if self.device == "cuda" and self._side_stream is None:
+            self._side_stream = torch.cuda.Stream()
+        stream = self._side_stream
         embeds = {}
         with torch.inference_mode(), (torch.cuda.stream(stream) if stream else contextlib.nullcontext()):
             for key, text in prompts.items():
