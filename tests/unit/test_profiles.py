@@ -128,6 +128,7 @@ def test_plan_of_the_other_configs_and_a_card_too_small(capsys, tmp_path):
     ({"worker": {"gpu_memory_gib": 0}}, "gpu_memory_gib"),
     ({"presets": {"qwen-4step": {"profile": "auto"}}}, "auto is for worker.profile"),
     ({"presets": {"qwen-4step": {"profile": "int4"}}}, "unknown profile 'int4'"),
+    ({"worker": {"prepare_ahead": "sometimes"}}, "worker.prepare_ahead"),
 ])
 def test_profile_keys_are_validated(args, says):
     from serve_app.deployments import app_settings
