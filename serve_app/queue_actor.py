@@ -53,7 +53,6 @@ WORKER_SILENCE_S = 10.0
 CLEANUP_PERIOD_S = 1.0
 LOST = "worker lost: the model worker stopped while running this job; submit it again"
 MAX_ATTEMPTS = 2  # a job interrupted by a lost worker runs once more, then fails with LOST
-ADMIN = Caller("admin", admin=True)  # internal calls
 
 
 def signature(view: dict) -> tuple:
@@ -278,7 +277,7 @@ class QueueActor:
         return None if job is None else self.core.view(job)
 
     async def submit(self, job_id: str, images: list[bytes], instruction: str, seed: int,
-                     preset: str | None, system_prompt: str | None, caller: Caller = ADMIN,
+                     preset: str | None, system_prompt: str | None, caller: Caller,
                      idempotency_key: str | None = None, fingerprint: str | None = None,
                      webhook_url: str | None = None) -> tuple[dict, bool]:
         """(the job's view, whether it was created now): False when an idempotent retry got the
@@ -316,11 +315,11 @@ class QueueActor:
                  job.id[:8], self.core.occupancy, chosen.name, caller.station)
         return self.core.view(job), True
 
-    async def status(self, job_id: str, caller: Caller = ADMIN) -> dict:
+    async def status(self, job_id: str, caller: Caller) -> dict:
         self._expire()
         return self.core.view(self.core.get_for(job_id, caller.station, caller.admin))
 
-    async def cancel(self, job_id: str, caller: Caller = ADMIN) -> dict:
+    async def cancel(self, job_id: str, caller: Caller) -> dict:
         """Cancel a job (see ``JobQueue.cancel``); a running job's worker hears it on ``cancel_signal``."""
         self._expire()
         job = self.core.get_for(job_id, caller.station, caller.admin)
@@ -347,7 +346,7 @@ class QueueActor:
                 return None
             await self._wait_change(deadline - time.monotonic())
 
-    async def result(self, job_id: str, caller: Caller = ADMIN) -> tuple[str, bytes, dict]:
+    async def result(self, job_id: str, caller: Caller) -> tuple[str, bytes, dict]:
         self._expire()
         job = self.core.get_for(job_id, caller.station, caller.admin)
         if job.status is not JobStatus.COMPLETED or not job.result_name:
@@ -359,7 +358,7 @@ class QueueActor:
             raise ResultNotReady(f"The result of job {job_id} is no longer on this server.") from None
         return job.result_name, data, self.core.view(job)
 
-    async def wait(self, job_id: str, timeout: float, caller: Caller = ADMIN) -> dict:
+    async def wait(self, job_id: str, timeout: float, caller: Caller) -> dict:
         """The job's status once it is finished, or when ``timeout`` passes, whichever is first."""
         deadline = time.monotonic() + timeout
         while True:
@@ -377,7 +376,7 @@ class QueueActor:
         self._expire()
         return self.core.stats()
 
-    async def check_room(self, caller: Caller = ADMIN) -> None:
+    async def check_room(self, caller: Caller) -> None:
         """Raise ``QueueFull`` / ``StationLimit`` now if a submit would be refused, so the ingress can
         skip decoding the upload (the expensive part of a refusal). ``submit`` still decides, atomically."""
         self._expire()

@@ -91,3 +91,16 @@ def test_webhook_secret_from_env_or_a_private_file(tmp_path):
     made = load_secret(tmp_path / "s", environ={})
     assert len(made) >= 32 and (tmp_path / "s").stat().st_mode & 0o777 == 0o600
     assert load_secret(tmp_path / "s", environ={}) == made
+
+
+def test_every_queue_method_for_jobs_takes_the_caller_explicitly():
+    """No method defaults the caller to the admin: a call that forgets it fails, never sees all jobs."""
+    import inspect
+
+    from serve_app.queue_actor import QueueActor
+
+    cls = QueueActor.func_or_class
+    for name in ("submit", "status", "cancel", "watch", "result", "wait", "station_jobs", "check_room",
+                 "find_idempotent"):
+        caller = inspect.signature(getattr(cls, name)).parameters["caller"]
+        assert caller.default is inspect.Parameter.empty, name
