@@ -68,6 +68,8 @@ class AppArgs(BaseModel):
     webhooks: WebhookArgs = Field(default_factory=WebhookArgs)
     max_queue_size: int = Field(10, ge=1, le=10_000, description="queued + processing jobs")
     cleanup_age_seconds: float = Field(3600, gt=0, description="finished jobs are removed after this age")
+    min_free_disk_mb: float = Field(256, ge=0, description="health warns when the results folder's disk has "
+                                                          "less free space than this")
     max_upload_mb: float = Field(10, gt=0, le=200, description="per image")
     max_images: int = Field(3, ge=1, le=3, description="input images per job (Plus pipelines take up to 3)")
     max_body_mb: float = Field(32, gt=0, le=1000, description="whole request; larger bodies get 413 unread")
@@ -116,6 +118,7 @@ class QueueSettings(BaseModel):
     webhook_retry_seconds: float = 60
     webhook_timeout_seconds: float = 5
     graceful_stop_seconds: float = 30
+    min_free_disk_mb: float = 256
 
 
 class WorkerSettings(BaseModel):

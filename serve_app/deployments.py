@@ -664,6 +664,7 @@ def app_settings(args: AppArgs) -> tuple[QueueSettings, WorkerSettings, IngressS
         scheduling=args.scheduling, max_jobs_per_station=args.max_jobs_per_station,
         webhook_secret=secret, webhook_retry_seconds=hooks.retry_seconds,
         webhook_timeout_seconds=hooks.timeout_seconds, graceful_stop_seconds=args.graceful_stop_seconds,
+        min_free_disk_mb=args.min_free_disk_mb,
     )
     ingress = IngressSettings(
         upload_limits=args.upload_limits, max_images=args.max_images,

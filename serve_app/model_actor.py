@@ -35,6 +35,7 @@ from .queue_actor import HEARTBEAT_S, JobTask, LoadTask
 
 log = logging.getLogger("ray.serve")
 POLL_S = 5.0
+REPORT_BACKOFF_MAX_S = 10.0
 
 
 @serve.deployment(max_ongoing_requests=8)
@@ -253,15 +254,24 @@ class ModelWorker:
         self.jobs_done += 1
         await self._call_queue("job_done", self.id, task.job_id, png, time.perf_counter() - start)
 
-    async def _call_queue(self, method: str, *args, attempts: int = 5) -> None:
-        """Report an outcome, retrying briefly so a queue hiccup does not strand a finished job."""
-        for attempt in range(attempts):
+    async def _call_queue(self, method: str, *args):
+        """Report an outcome (or a load) until the queue answers: any answer is an acknowledgement,
+        ``not yours`` included (the job was cancelled or declared lost meanwhile). While the queue is
+        away (a restart, a network fault) the report waits with backoff up to REPORT_BACKOFF_MAX_S;
+        it is never dropped. The queue's lease on the job bounds how long that can matter."""
+        attempt = 0
+        while True:
             try:
-                await getattr(self.queue, method).remote(*args)
-                return
-            except Exception:
-                log.warning("[ModelWorker] %s failed (attempt %d/%d)", method, attempt + 1, attempts)
-                await asyncio.sleep(0.5 * (attempt + 1))
+                answer = await getattr(self.queue, method).remote(*args)
+                if attempt:
+                    log.info("[ModelWorker] %s delivered after %d retries: %s", method, attempt, answer)
+                return answer
+            except Exception as exc:
+                attempt += 1
+                delay = min(REPORT_BACKOFF_MAX_S, 0.5 * 2 ** min(attempt, 6))
+                log.warning("[ModelWorker] %s not delivered (attempt %d: %s); again in %.1fs", method, attempt,
+                            type(exc).__name__, delay)
+                await asyncio.sleep(delay)
 
     def check_health(self) -> None:
         if (self._loop_task is not None and self._loop_task.done()) or self._heartbeat_task.done():

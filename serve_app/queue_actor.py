@@ -42,7 +42,7 @@ from .jobstore import JobStore
 from .metrics import QueueMetrics
 from .presets import Preset, require_available, resolve
 from .queue_core import Job, JobQueue, JobStatus
-from .storage import ResultStore, result_name
+from .storage import ResultStore, result_name, storage_reason
 from .webhooks import Notifier
 
 log = logging.getLogger("ray.serve")
@@ -53,6 +53,7 @@ WORKER_SILENCE_S = 10.0
 CLEANUP_PERIOD_S = 1.0
 LOST = "worker lost: the model worker stopped while running this job; submit it again"
 MAX_ATTEMPTS = 2  # a job interrupted by a lost worker runs once more, then fails with LOST
+NOT_YOURS = "not yours"  # a worker's report on a job it no longer holds (cancelled, declared lost)
 
 
 def signature(view: dict) -> tuple:
@@ -121,6 +122,10 @@ class QueueActor:
         self.workers: dict[str, WorkerInfo] = {}
         self.load: LoadRequest | None = None
         self.stopping = False  # set by drain(): no new job is handed out
+        # Why results cannot be stored now (for health), refreshed by every cleanup pass; and the last
+        # failed write (its warning, its size), kept until a result of that size fits again.
+        self.storage_problem: str | None = None
+        self.store_failure: tuple[str, int] | None = None
         self.metrics = QueueMetrics()
         self._changed = asyncio.Event()
         self._sched_checked, self._sched_reason = -1e9, None
@@ -173,8 +178,15 @@ class QueueActor:
                 # sees a value at most a second old; progress steps do not pay for it).
                 running = len(self.core.running())
                 self.metrics.occupancy(self.core.occupancy - running, running)
+                await self._check_storage()
             except Exception:  # keep cleaning whatever one pass hit
                 log.exception("[JobQueue] cleanup pass failed")
+
+    async def _check_storage(self) -> None:
+        min_free = int(self.settings.min_free_disk_mb * 2**20)
+        self.storage_problem = await asyncio.to_thread(self.store.problem, min_free)
+        if self.store_failure and await asyncio.to_thread(self.store.problem, self.store_failure[1]) is None:
+            self.store_failure = None  # writable again, with room for a result that size
 
     def _alive_workers(self) -> list[WorkerInfo]:
         now = time.monotonic()
@@ -353,7 +365,7 @@ class QueueActor:
             raise ResultNotReady(f"Job {job_id} has no result yet: its status is {job.status.value}."
                                  + (f" Error: {job.error}" if job.error else ""))
         try:
-            data = self.store.read(job.result_name)
+            data = await asyncio.to_thread(self.store.read, job.result_name)
         except FileNotFoundError:
             raise ResultNotReady(f"The result of job {job_id} is no longer on this server.") from None
         return job.result_name, data, self.core.view(job)
@@ -391,6 +403,7 @@ class QueueActor:
         states = [w.state for w in workers]
         reason = self.unschedulable()
         warnings = [reason] if reason else []
+        warnings += [w for w in (self.storage_problem, self.store_failure and self.store_failure[0]) if w]
         warnings += [f"Worker {w.id[-12:]} takes no jobs: {w.detail}" for w in workers
                      if w.state == "unusable" and not reason]
         if self.stopping:
@@ -561,28 +574,45 @@ class QueueActor:
                 return False
             await self._wait_change(deadline - time.monotonic())
 
-    async def job_done(self, worker_id: str, job_id: str, png: bytes, run_seconds: float) -> None:
+    async def job_done(self, worker_id: str, job_id: str, png: bytes, run_seconds: float) -> str:
+        """A finished job's PNG: stored, then the job completed. Answers what became of the report:
+        ``completed``; ``failed`` (the result could not be stored: the job failed at once with a
+        sentence saying why, and frees its slot); ``not yours`` (cancelled or declared lost
+        meanwhile). Any answer means the report arrived: the worker stops retrying it."""
         job = self._held_job(worker_id, job_id)
         if job is None:
-            return
+            return NOT_YOURS
         name = result_name(job.preset, time.time(), job.seed, job.id)
-        self.store.write(name, png)
+        try:  # off the event loop: a large result on a slow disk must not stall every status poll
+            await asyncio.to_thread(self.store.write, name, png)
+        except OSError as exc:
+            reason = storage_reason(exc)
+            self.store_failure = (f"The last result could not be stored: {reason}.", len(png))
+            return await self.job_failed(worker_id, job_id, f"The server could not store the result: {reason}. "
+                                         "Submit the job again once the operator has fixed it.", run_seconds)
+        if self._held_job(worker_id, job_id, quiet=True) is None:  # cancelled while the file was written
+            await asyncio.to_thread(self.store.delete, name)
+            return NOT_YOURS
+        self.store_failure = None
         self.core.complete(job_id, name, run_seconds)
         self.jobs.update(job)
         info = self._worker(worker_id)
         info.state, info.preset = self._idle_or_busy(worker_id), job.preset
         log.info("[JobQueue] Job %s completed in %.2fs - Path: %s", job_id[:8], run_seconds, name)
         self._finished(job)
+        return "completed"
 
-    async def job_failed(self, worker_id: str, job_id: str, error: str, run_seconds: float) -> None:
+    async def job_failed(self, worker_id: str, job_id: str, error: str, run_seconds: float) -> str:
+        """A job that raised (or whose result could not be stored): ``failed``, or ``not yours``."""
         job = self._held_job(worker_id, job_id)
         if job is None:
-            return
+            return NOT_YOURS
         self.core.fail(job_id, error, run_seconds)
         self.jobs.update(job)
         self._worker(worker_id).state = self._idle_or_busy(worker_id)
         log.warning("[JobQueue] Job %s failed after %.2fs - %s", job_id[:8], run_seconds, error)
         self._finished(job)
+        return "failed"
 
     def _worker_freed(self, worker_id: str | None) -> None:
         if worker_id in self.workers:

@@ -4,8 +4,10 @@ Only names that match ``RESULT_NAME`` are ever read, written or deleted, so no c
 string can reach outside the results folder. Writes are atomic (temporary file, then rename).
 """
 
+import errno
 import os
 import re
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -18,6 +20,17 @@ def result_name(preset: str, finished_at: float, seed: int, job_id: str) -> str:
     """``<preset>_<UTC yyyymmdd_hhmmss>_s<seed>_<8 hex of job id>.png``."""
     stamp = time.strftime("%Y%m%d_%H%M%S", time.gmtime(finished_at))
     return f"{preset}_{stamp}_s{seed}_{job_id.replace('-', '')[:8]}.png"
+
+
+def storage_reason(exc: OSError) -> str:
+    """Why a result could not be written, in words an operator acts on (no paths)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "the disk holding the results folder is full"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "the results folder is not writable"
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        return "the results folder is missing"
+    return (exc.strerror or type(exc).__name__).lower()
 
 
 class ResultStore:
@@ -53,6 +66,20 @@ class ResultStore:
         """Delete half-written files a crash left behind (call when no write is in progress)."""
         for path in self.folder.glob(PARTIAL + "*"):
             path.unlink(missing_ok=True)
+
+    def problem(self, min_free_bytes: int) -> str | None:
+        """None when results can be stored; else a sentence for health: the folder missing or not
+        writable, or less free space than ``min_free_bytes``."""
+        if not self.folder.is_dir():
+            return "The results folder is missing: results cannot be stored until it is back."
+        if not os.access(self.folder, os.W_OK | os.X_OK):
+            return "The results folder is not writable: results cannot be stored until that is fixed."
+        free = shutil.disk_usage(self.folder).free
+        if free < min_free_bytes:
+            return (f"The disk holding the results folder has {free / 2**20:.1f} MB free, less than "
+                    f"min_free_disk_mb ({min_free_bytes / 2**20:.10g}): jobs fail when their result cannot be "
+                    "stored. Free some space.")
+        return None
 
     def names(self) -> list[str]:
         return sorted(p.name for p in self.folder.iterdir() if RESULT_NAME.match(p.name))

@@ -82,3 +82,19 @@ def test_worker_block_of_the_yaml_reaches_the_worker_settings(tmp_path):
         "flash", True, True, 3, 6, "cpu")
     assert s.preload.name == "tiny" and s.models_dir == str((tmp_path / "models").resolve())
     assert worker_settings(args, build_registry({}), "qwen-4step").preload is None  # weights absent
+
+
+def test_storage_faults_are_named_in_words_an_operator_acts_on(tmp_path):
+    import errno
+
+    from serve_app.storage import ResultStore, storage_reason
+
+    assert storage_reason(OSError(errno.ENOSPC, "No space left on device")) == \
+        "the disk holding the results folder is full"
+    assert storage_reason(OSError(errno.EROFS, "Read-only file system")) == "the results folder is not writable"
+    assert storage_reason(FileNotFoundError(errno.ENOENT, "x")) == "the results folder is missing"
+    store = ResultStore(tmp_path / "results")
+    assert store.problem(0) is None
+    assert "MB free, less than min_free_disk_mb (1048576): jobs fail" in store.problem(2**40)  # 1 TiB: more than free
+    (tmp_path / "results").rmdir()
+    assert store.problem(0) == "The results folder is missing: results cannot be stored until it is back."
