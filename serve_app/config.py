@@ -27,6 +27,8 @@ class WorkerArgs(BaseModel):
     attention_backend: str = Field("auto", description="auto: fastest available on the GPU (FlashAttention 3, ...)")
     compile: bool = Field(False, description="torch.compile the repeated transformer blocks (GPU)")
     warmup: bool = Field(False, description="run one edit at start so the first job pays no warm-up")
+    engine: str = Field("serve_app.pipeline:EditEngine", pattern=r"^[\w.]+:[\w]+$",
+                        description="the engine class (module:Class): EditEngine, or a subclass for tests")
     prepare_ahead: bool | None = Field(None, description="claim the next job on the current one's last step and "
                                                          "prepare it meanwhile (keeps a GPU busy); default: on GPUs")
     profile: str = Field("auto", description="memory/precision profile (README, Profiles); auto: the fastest "
@@ -70,6 +72,9 @@ class AppArgs(BaseModel):
     cleanup_age_seconds: float = Field(3600, gt=0, description="finished jobs are removed after this age")
     min_free_disk_mb: float = Field(256, ge=0, description="health warns when the results folder's disk has "
                                                           "less free space than this")
+    job_lease_seconds: float = Field(300, ge=1, le=86_400,
+                                     description="a running job whose worker shows no progress on it this long "
+                                                 "runs once more, then fails; its worker is replaced")
     max_upload_mb: float = Field(10, gt=0, le=200, description="per image")
     max_images: int = Field(3, ge=1, le=3, description="input images per job (Plus pipelines take up to 3)")
     max_body_mb: float = Field(32, gt=0, le=1000, description="whole request; larger bodies get 413 unread")
@@ -119,6 +124,7 @@ class QueueSettings(BaseModel):
     webhook_timeout_seconds: float = 5
     graceful_stop_seconds: float = 30
     min_free_disk_mb: float = 256
+    job_lease_seconds: float = 300
 
 
 class WorkerSettings(BaseModel):
@@ -136,6 +142,8 @@ class WorkerSettings(BaseModel):
     gpu_memory_gib: float | None
     plan_presets: tuple[Preset, ...]  # what `auto` plans for: the presets sharing the preload's base
     prepare_ahead: bool | None
+    engine: str
+    job_lease_seconds: float
     max_images: int
 
 

@@ -627,7 +627,7 @@ def worker_settings(args: AppArgs, presets: dict, default: str | None) -> Worker
                           attention_backend=w.attention_backend, compile=w.compile, warmup=w.warmup,
                           preload=preload, profile=w.profile, gpu_memory_gib=w.gpu_memory_gib,
                           plan_presets=planned_presets(presets, default), max_images=args.max_images,
-                          prepare_ahead=w.prepare_ahead)
+                          prepare_ahead=w.prepare_ahead, engine=w.engine, job_lease_seconds=args.job_lease_seconds)
 
 
 def planned_presets(presets: dict, default: str | None) -> tuple:
@@ -664,7 +664,7 @@ def app_settings(args: AppArgs) -> tuple[QueueSettings, WorkerSettings, IngressS
         scheduling=args.scheduling, max_jobs_per_station=args.max_jobs_per_station,
         webhook_secret=secret, webhook_retry_seconds=hooks.retry_seconds,
         webhook_timeout_seconds=hooks.timeout_seconds, graceful_stop_seconds=args.graceful_stop_seconds,
-        min_free_disk_mb=args.min_free_disk_mb,
+        min_free_disk_mb=args.min_free_disk_mb, job_lease_seconds=args.job_lease_seconds,
     )
     ingress = IngressSettings(
         upload_limits=args.upload_limits, max_images=args.max_images,

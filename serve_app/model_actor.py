@@ -21,6 +21,7 @@ machine). Scaling out needs nothing else: more replicas simply pull more jobs.
 
 import asyncio
 import logging
+import pkgutil
 import threading
 import time
 import uuid
@@ -30,7 +31,7 @@ from ray.serve.handle import DeploymentHandle
 
 from .config import WorkerSettings
 from .metrics import WorkerMetrics
-from .pipeline import EditEngine, JobCancelled, ProfileUnavailable, public_error
+from .pipeline import JobCancelled, ProfileUnavailable, public_error
 from .queue_actor import HEARTBEAT_S, JobTask, LoadTask
 
 log = logging.getLogger("ray.serve")
@@ -46,9 +47,14 @@ class ModelWorker:
             self.id = serve.get_replica_context().replica_id.unique_id
         except Exception:
             self.id = uuid.uuid4().hex[:12]
-        self.engine = EditEngine(settings.models_dir, settings.device, settings.torch_threads,
-                                 settings.png_compress_level, settings.attention_backend, settings.compile,
-                                 settings.profile, settings.gpu_memory_gib)
+        engine = pkgutil.resolve_name(settings.engine)  # EditEngine, or a named fake in fault tests
+        self.engine = engine(settings.models_dir, settings.device, settings.torch_threads,
+                             settings.png_compress_level, settings.attention_backend, settings.compile,
+                             settings.profile, settings.gpu_memory_gib)
+        # Job id -> when this replica last made progress on it (claimed, a step, finished, a report
+        # tried). Heartbeats name the jobs with progress within the lease; a job without is stuck.
+        self.lease_s = settings.job_lease_seconds
+        self._active: dict[str, float] = {}
         self._background: set[asyncio.Task] = set()
         # The next job, claimed and being prepared while the current one finishes (prepare_ahead).
         self._ahead: asyncio.Task | None = None
@@ -94,6 +100,17 @@ class ModelWorker:
         except Exception:
             log.warning("[ModelWorker] could not report state %s to the queue", state)
 
+    def _touch(self, job_id: str) -> None:
+        self._active[job_id] = time.monotonic()
+
+    def _working_on(self) -> list[str]:
+        """The jobs this replica has made progress on within the lease (a load in progress counts)."""
+        now = time.monotonic()
+        return [j for j, t in list(self._active.items()) if now - t < self.lease_s or self.engine.loading]
+
+    def _stuck(self) -> list[str]:
+        return [j for j in list(self._active) if j not in self._working_on()]
+
     @property
     def _preset_name(self) -> str | None:
         return self.engine.preset.name if self.engine.preset else None
@@ -102,7 +119,7 @@ class ModelWorker:
         """Tell the queue this replica is alive, also while a job runs (inference is in a thread)."""
         while True:
             try:
-                await self.queue.heartbeat.remote(self.id)
+                await self.queue.heartbeat.remote(self.id, self._working_on())
             except Exception:
                 log.warning("[ModelWorker] heartbeat to the queue failed")
             try:
@@ -145,6 +162,7 @@ class ModelWorker:
             return None, None
         if not isinstance(task, JobTask):
             return None, None
+        self._touch(task.job_id)
         self.jobs_prepared_ahead += 1
         try:
             prepared = await asyncio.to_thread(self.engine.prepare, task.preset, task.images, task.instruction,
@@ -181,6 +199,7 @@ class ModelWorker:
         last = [None]
 
         def on_step(step: int, total: int) -> None:
+            self._touch(task.job_id)
             now = time.perf_counter()
             # The first step's time would include text and image encoding: measured from step 2.
             took = None if last[0] is None else now - last[0]
@@ -220,6 +239,7 @@ class ModelWorker:
         """Generate on the device; on a GPU, hand PNG encoding and the report to a background task so
         the next job's generation starts at once (encoding is CPU work, off the GPU's path)."""
         start = time.perf_counter()
+        self._touch(task.job_id)
         cancelled = threading.Event()
         listener = asyncio.get_running_loop().create_task(self._listen_for_cancel(task.job_id, cancelled))
         try:
@@ -229,14 +249,15 @@ class ModelWorker:
         except JobCancelled:
             log.info("[ModelWorker] job %s stopped: cancelled after %.2fs", task.job_id[:8],
                      time.perf_counter() - start)
+            self._active.pop(task.job_id, None)
             return
         except Exception as exc:
             log.exception("[ModelWorker] job %s raised", task.job_id[:8])
-            await self._call_queue("job_failed", self.id, task.job_id, public_error(exc),
-                                   time.perf_counter() - start)
+            await self._report_outcome("job_failed", task.job_id, public_error(exc), time.perf_counter() - start)
             return
         finally:
             listener.cancel()
+        self._touch(task.job_id)
         if self.engine.device == "cpu":  # no accelerator to keep busy: overlapping only adds contention
             await self._finish(task, image, start)
             return
@@ -248,13 +269,22 @@ class ModelWorker:
         try:
             png = await asyncio.to_thread(self.engine.encode, image)
         except Exception as exc:
-            await self._call_queue("job_failed", self.id, task.job_id, public_error(exc),
-                                   time.perf_counter() - start)
+            await self._report_outcome("job_failed", task.job_id, public_error(exc), time.perf_counter() - start)
             return
         self.jobs_done += 1
-        await self._call_queue("job_done", self.id, task.job_id, png, time.perf_counter() - start)
+        await self._report_outcome("job_done", task.job_id, png, time.perf_counter() - start)
 
-    async def _call_queue(self, method: str, *args):
+    async def _report_outcome(self, method: str, job_id: str, *args) -> None:
+        """A job's outcome, delivered (``_call_queue``); the job is no longer this replica's after."""
+        self._touch(job_id)
+        try:
+            answer = await self._call_queue(method, self.id, job_id, *args, touch=job_id)
+            if answer == "not yours":
+                log.info("[ModelWorker] job %s was no longer ours (cancelled or run elsewhere)", job_id[:8])
+        finally:
+            self._active.pop(job_id, None)
+
+    async def _call_queue(self, method: str, *args, touch: str | None = None):
         """Report an outcome (or a load) until the queue answers: any answer is an acknowledgement,
         ``not yours`` included (the job was cancelled or declared lost meanwhile). While the queue is
         away (a restart, a network fault) the report waits with backoff up to REPORT_BACKOFF_MAX_S;
@@ -268,14 +298,22 @@ class ModelWorker:
                 return answer
             except Exception as exc:
                 attempt += 1
+                if touch:  # trying to deliver is progress: the job's lease holds meanwhile
+                    self._touch(touch)
                 delay = min(REPORT_BACKOFF_MAX_S, 0.5 * 2 ** min(attempt, 6))
                 log.warning("[ModelWorker] %s not delivered (attempt %d: %s); again in %.1fs", method, attempt,
                             type(exc).__name__, delay)
                 await asyncio.sleep(delay)
 
     def check_health(self) -> None:
+        """Raising asks Serve to replace this replica: its loop stopped, or a job made no progress for
+        longer than the lease (a pipeline hung inside a CUDA call or a report that never returns:
+        the thread cannot be interrupted, the process can)."""
         if (self._loop_task is not None and self._loop_task.done()) or self._heartbeat_task.done():
             raise RuntimeError("the worker's job loop stopped")
+        stuck = self._stuck()
+        if stuck:
+            raise RuntimeError(f"no progress on job {stuck[0][:8]} for more than {self.lease_s:g}s")
 
     def info(self) -> dict:
         """Which device and preset this replica has (used by tests and operators)."""

@@ -146,6 +146,7 @@ class EditEngine:
         # One side stream for ``prepare``, for the engine's life: the caching allocator keeps freed
         # blocks per stream, so a new stream per job would strand a text encoder's activations each.
         self._side_stream = None
+        self.loading = False  # inside a load or switch (slow, but progress: the worker's lease holds)
         self.on_load = None  # called with (preset name, seconds) after a load or switch (metrics)
 
     # --- the profile ------------------------------------------------------------------------------
@@ -201,11 +202,15 @@ class EditEngine:
             return 0.0
         start = time.perf_counter()
         profile = self.profile_for(preset)
-        if (self.base != preset.base or self.pipe is None or type(self.pipe).__name__ != preset.pipeline
-                or self.held != profile):
-            self._load_base(preset, profile)
-        self._apply_lora(preset.lora)
-        self._configure_scheduler(preset)
+        self.loading = True
+        try:
+            if (self.base != preset.base or self.pipe is None or type(self.pipe).__name__ != preset.pipeline
+                    or self.held != profile):
+                self._load_base(preset, profile)
+            self._apply_lora(preset.lora)
+            self._configure_scheduler(preset)
+        finally:
+            self.loading = False
         self.preset = preset
         seconds = time.perf_counter() - start
         log.info("[ModelWorker] Preset %s ready on %s (profile %s) in %.2fs", preset.name, self.device,

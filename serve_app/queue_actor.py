@@ -22,8 +22,10 @@ Durability: every job and its inputs are committed to SQLite (``jobstore.JobStor
 folder) before the station's submit is answered, and every state change is recorded. A new replica
 (after a crash, a ``ray.kill``, or a restart of the whole server on the same state folder) rebuilds
 the queue from it: queued jobs in their order, finished jobs with their result files. A job that was
-processing keeps its worker for ``WORKER_SILENCE_S``; if that worker does not report, the job runs
+processing keeps its worker for ``workers.WORKER_SILENCE_S``; if that worker does not report, the job runs
 again once (``attempts`` counts starts), and fails with ``worker lost`` if it is interrupted again.
+The same holds for a job whose lease ran out (``workers.WorkerRegistry``: its worker, alive or not,
+made no progress on it for ``job_lease_seconds``): run once more, then failed with a sentence.
 """
 
 import asyncio
@@ -44,16 +46,15 @@ from .presets import Preset, require_available, resolve
 from .queue_core import Job, JobQueue, JobStatus
 from .storage import ResultStore, result_name, storage_reason
 from .webhooks import Notifier
+from .workers import HEARTBEAT_S, WorkerInfo, WorkerRegistry  # noqa: F401  (HEARTBEAT_S: the worker's)
 
 log = logging.getLogger("ray.serve")
-# Workers heartbeat every HEARTBEAT_S, busy or idle; one silent for WORKER_SILENCE_S is gone (its
-# replica died or was replaced), and the job it was running is failed so it cannot hold a slot forever.
-HEARTBEAT_S = 2.0
-WORKER_SILENCE_S = 10.0
 CLEANUP_PERIOD_S = 1.0
 LOST = "worker lost: the model worker stopped while running this job; submit it again"
 MAX_ATTEMPTS = 2  # a job interrupted by a lost worker runs once more, then fails with LOST
 NOT_YOURS = "not yours"  # a worker's report on a job it no longer holds (cancelled, declared lost)
+LEASE_EXPIRED = ("the model worker made no progress on this job for {seconds:g} seconds (its lease ran out) "
+                 "twice; submit it again")
 
 
 def signature(view: dict) -> tuple:
@@ -75,18 +76,6 @@ class JobTask:
 @dataclass(frozen=True)
 class LoadTask:
     preset: Preset
-
-
-@dataclass
-class WorkerInfo:
-    id: str
-    # starting | loading | idle (nothing loaded) | ready | busy | failed (a load failed; it still takes
-    # jobs) | unusable (its device cannot run its profile: it takes nothing, detail says why)
-    state: str = "starting"
-    preset: str | None = None
-    last_seen: float = field(default_factory=time.monotonic)
-    detail: str | None = None
-    placement: dict = field(default_factory=dict)  # gpu_ids, node, device: reported by the worker
 
 
 @dataclass
@@ -117,9 +106,8 @@ class QueueActor:
         self.store = ResultStore(settings.results_dir)
         self.jobs = JobStore(Path(settings.jobs_db))
         self.core.restore(self.jobs.load())
-        self._started = time.monotonic()
         self._sweep_orphans()
-        self.workers: dict[str, WorkerInfo] = {}
+        self.registry = WorkerRegistry(settings.job_lease_seconds)
         self.load: LoadRequest | None = None
         self.stopping = False  # set by drain(): no new job is handed out
         # Why results cannot be stored now (for health), refreshed by every cleanup pass; and the last
@@ -189,36 +177,42 @@ class QueueActor:
             self.store_failure = None  # writable again, with room for a result that size
 
     def _alive_workers(self) -> list[WorkerInfo]:
-        now = time.monotonic()
-        return [w for w in self.workers.values() if now - w.last_seen < WORKER_SILENCE_S]
+        return self.registry.alive()
 
     def _usable_workers(self) -> list[WorkerInfo]:
-        return [w for w in self._alive_workers() if w.state != "unusable"]
+        return self.registry.usable()
 
     def _prune_workers(self) -> None:
+        for wid in self.registry.forget_silent():
+            log.warning("[JobQueue] Worker %s went silent; forgetting it", wid)
         alive = {w.id for w in self._alive_workers()}
-        for wid in list(self.workers):
-            if wid not in alive:
-                log.warning("[JobQueue] Worker %s went silent; forgetting it", wid)
-                del self.workers[wid]
-        # After a restart, workers announce themselves within a heartbeat: wait before judging.
-        settled = time.monotonic() - self._started >= WORKER_SILENCE_S
-        for job in self.core.running():
-            if job.worker_id not in alive and settled:
-                if job.attempts < MAX_ATTEMPTS:
-                    self.core.requeue(job.id)
-                    self.jobs.update(job)
-                    log.warning("[JobQueue] Job %s: its worker was lost; queued again (attempt %d of %d next)",
-                                job.id[:8], job.attempts + 1, MAX_ATTEMPTS)
-                    self._notify()
-                    continue
-                self.core.fail(job.id, LOST)
-                self.jobs.update(job)
-                log.warning("[JobQueue] Job %s failed - %s", job.id[:8], LOST)
-                self._finished(job)
+        running = self.core.running()
+        expired = set(self.registry.expired([job.id for job in running]))
+        if self.registry.settled():
+            for job in running:
+                if job.worker_id not in alive:
+                    self._interrupted(job, "its worker was lost", LOST)
+                elif job.id in expired:
+                    self._interrupted(job, f"no progress for {self.registry.lease_s:g}s (lease expired)",
+                                      LEASE_EXPIRED.format(seconds=self.registry.lease_s))
         self.core.worker_slots = max(1, len(self._usable_workers()))
         if self.load:
             self.load.pending &= alive
+
+    def _interrupted(self, job: Job, why: str, error: str) -> None:
+        """A running job its worker will not finish: queued again once (``attempts`` counts the
+        starts), failed with ``error`` after that."""
+        if job.attempts < MAX_ATTEMPTS:
+            self.core.requeue(job.id)
+            self.jobs.update(job)
+            log.warning("[JobQueue] Job %s: %s; queued again (attempt %d of %d next)", job.id[:8], why,
+                        job.attempts + 1, MAX_ATTEMPTS)
+            self._notify()
+            return
+        self.core.fail(job.id, error)
+        self.jobs.update(job)
+        log.warning("[JobQueue] Job %s failed - %s", job.id[:8], error)
+        self._finished(job)
 
     def unschedulable(self) -> str | None:
         """Why no model worker can run: every live worker is unusable (its profile cannot run on its
@@ -488,16 +482,19 @@ class QueueActor:
     # --- worker API ----------------------------------------------------------------------------
 
     def _worker(self, worker_id: str) -> WorkerInfo:
-        info = self.workers.get(worker_id)
-        if info is None:
-            info = self.workers[worker_id] = WorkerInfo(worker_id)
+        info, new = self.registry.seen(worker_id)
+        if new:
             self.core.worker_slots = max(1, len(self._usable_workers()))
             log.info("[JobQueue] Worker %s joined", worker_id)
-        info.last_seen = time.monotonic()
         return info
 
-    async def heartbeat(self, worker_id: str) -> None:
+    async def heartbeat(self, worker_id: str, working_on: list[str] | tuple = ()) -> None:
+        """The worker is alive; ``working_on``: the jobs it made progress on within the lease (their
+        leases are renewed; a job it no longer names runs out of lease)."""
         self._worker(worker_id)
+        for job_id in working_on:
+            if self._held_job(worker_id, job_id, quiet=True) is not None:
+                self.registry.renew(job_id)
 
     async def worker_state(self, worker_id: str, state: str, preset: str | None = None,
                      detail: str | None = None, placement: dict | None = None) -> None:
@@ -538,7 +535,8 @@ class QueueActor:
             await self._wait_change(deadline - time.monotonic())
 
     def _hand_out(self, job: Job) -> JobTask:
-        """A job just claimed by its worker: recorded, announced, and sent."""
+        """A job just claimed by its worker: leased, recorded, announced, and sent."""
+        self.registry.grant(job.id)
         self.jobs.update(job)
         self._worker(job.worker_id).state = "busy"
         self._notify()
@@ -560,7 +558,10 @@ class QueueActor:
     async def progress(self, worker_id: str, job_id: str, step: int, total: int, step_seconds: float | None) -> None:
         """A denoising step finished (sent without waiting for the answer: never slows the worker)."""
         job = self._held_job(worker_id, job_id, quiet=True)
-        if job is not None and self.core.progress(job_id, step, total, step_seconds) is not None:
+        if job is None:
+            return
+        self.registry.renew(job_id)
+        if self.core.progress(job_id, step, total, step_seconds) is not None:
             self._notify()
 
     async def cancel_signal(self, worker_id: str, job_id: str, timeout: float) -> bool:
@@ -615,8 +616,8 @@ class QueueActor:
         return "failed"
 
     def _worker_freed(self, worker_id: str | None) -> None:
-        if worker_id in self.workers:
-            self.workers[worker_id].state = self._idle_or_busy(worker_id)
+        if worker_id in self.registry.workers:
+            self.registry.workers[worker_id].state = self._idle_or_busy(worker_id)
 
     def _idle_or_busy(self, worker_id: str) -> str:
         """Workers encode a finished job's PNG while running the next job: still busy then."""

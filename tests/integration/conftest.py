@@ -95,6 +95,8 @@ class _Placeholder:
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory):
     os.environ.update(ENV)
+    # Replicas import the named fake engines of fault tests (tests/fakes.py) from the repository.
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     import ray
     from ray import serve
 
