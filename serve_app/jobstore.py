@@ -9,8 +9,10 @@ Contract with the queue actor:
 - ``compact()`` gives freed pages back to the file system (incremental auto-vacuum, and the WAL
   truncated after a checkpoint), so the files shrink back to their empty size once every job expired.
 
-One connection, used from the actor's event loop only (no threads), so no locking is needed beyond
-SQLite's own. No Ray import: unit-tested on a temporary folder.
+One connection, used from one thread at a time (the queue's I/O thread; its event loop never waits
+on a commit), so no locking is needed beyond SQLite's own. ``snapshot`` reads a job where it changes
+(on the event loop) and ``write`` commits that snapshot elsewhere, so a commit never sees a job
+half-way through a change. No Ray import: unit-tested on a temporary folder.
 """
 
 import sqlite3
@@ -79,15 +81,23 @@ class JobStore:
             self.db.executemany("INSERT INTO inputs (job_id, idx, data) VALUES (?, ?, ?)",
                                 [(job.id, i, data) for i, data in enumerate(images)])
 
-    def update(self, job: Job) -> None:
-        """The job's current state; a finished job's inputs are dropped in the same transaction."""
+    def snapshot(self, job: Job) -> tuple:
+        """The job's state as it is now, for ``write`` (cheap: no I/O)."""
+        return job.id, [v for c, v in zip(COLUMNS, self._row(job)) if c != "id"], job.status.terminal
+
+    def write(self, snapshot: tuple) -> None:
+        """Commit a ``snapshot``; a finished job's inputs are dropped in the same transaction."""
+        job_id, values, terminal = snapshot
         cols = [c for c in COLUMNS if c != "id"]
-        values = [v for c, v in zip(COLUMNS, self._row(job)) if c != "id"]
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
-            self.db.execute(f"UPDATE jobs SET {', '.join(c + ' = ?' for c in cols)} WHERE id = ?", [*values, job.id])
-            if job.status.terminal:
-                self.db.execute("DELETE FROM inputs WHERE job_id = ?", (job.id,))
+            self.db.execute(f"UPDATE jobs SET {', '.join(c + ' = ?' for c in cols)} WHERE id = ?", [*values, job_id])
+            if terminal:
+                self.db.execute("DELETE FROM inputs WHERE job_id = ?", (job_id,))
+
+    def update(self, job: Job) -> None:
+        """The job's current state (``write`` of a ``snapshot`` taken now)."""
+        self.write(self.snapshot(job))
 
     def delete(self, job_ids: list[str]) -> None:
         if not job_ids:

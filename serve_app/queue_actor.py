@@ -29,8 +29,10 @@ made no progress on it for ``job_lease_seconds``): run once more, then failed wi
 """
 
 import asyncio
+import functools
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,6 +107,10 @@ class QueueActor:
                                   settings.webhook_timeout_seconds) if settings.webhook_secret else None)
         self.store = ResultStore(settings.results_dir)
         self.jobs = JobStore(Path(settings.jobs_db))
+        # File and database work runs here, one task at a time in the order asked, never on the event
+        # loop (a commit of a 30 MB input or an fsync on a slow disk would stall every station's poll).
+        self._io_pool = ThreadPoolExecutor(1, thread_name_prefix="queue-io")
+        self.db_problem: str | None = None  # the last failed commit, for health, until one succeeds
         self.core.restore(self.jobs.load())
         self._sweep_orphans()
         self.registry = WorkerRegistry(settings.job_lease_seconds)
@@ -145,23 +151,28 @@ class QueueActor:
                 self.store.delete(name)
         self.store.remove_partials()
 
-    def _expire(self) -> None:
+    async def _expire(self) -> None:
         gone = self.core.expire()
         for job in gone:
-            if job.result_name:
-                self.store.delete(job.result_name)
             log.info("[JobQueue] Job %s expired and was removed", job.id[:8])
         if gone:
-            self.jobs.delete([job.id for job in gone])
-            self.jobs.compact()  # disk use goes back down with the jobs
+            await self._io(self._forget, [job.result_name for job in gone if job.result_name],
+                           [job.id for job in gone])
+
+    def _forget(self, names: list[str], job_ids: list[str]) -> None:
+        """(I/O thread.) Expired jobs' result files and records; disk use goes back down with them."""
+        for name in names:
+            self.store.delete(name)
+        self.jobs.delete(job_ids)
+        self.jobs.compact()
 
     async def _cleanup_loop(self) -> None:
         period = min(CLEANUP_PERIOD_S, self.settings.cleanup_age_seconds / 4)
         while True:
             await asyncio.sleep(period)
             try:
-                self._expire()
-                self._prune_workers()
+                await self._expire()
+                await self._prune_workers()
                 # The gauges' one writer: every pass (a gauge is exported when set, so each scrape
                 # sees a value at most a second old; progress steps do not pay for it).
                 running = len(self.core.running())
@@ -169,6 +180,23 @@ class QueueActor:
                 await self._check_storage()
             except Exception:  # keep cleaning whatever one pass hit
                 log.exception("[JobQueue] cleanup pass failed")
+
+    async def _io(self, fn, *args):
+        """Run ``fn(*args)`` on the queue's I/O thread and return its result."""
+        return await asyncio.get_running_loop().run_in_executor(self._io_pool, functools.partial(fn, *args))
+
+    async def _persist(self, job: Job) -> None:
+        """Record ``job``'s state as it is now: the one path after every change of the core. A commit
+        that fails (the state folder's disk full or read-only) is logged and shown in health; the
+        queue carries on from memory, so no job is stuck on it."""
+        snapshot = self.jobs.snapshot(job)
+        try:
+            await self._io(self.jobs.write, snapshot)
+            self.db_problem = None
+        except Exception as exc:
+            log.error("[JobQueue] Job %s: could not record its state: %s", job.id[:8], exc)
+            self.db_problem = (f"The job database could not be written ({type(exc).__name__}: {exc}); jobs "
+                               "changed since then would not survive a restart. Check the state folder's disk.")
 
     async def _check_storage(self) -> None:
         min_free = int(self.settings.min_free_disk_mb * 2**20)
@@ -182,7 +210,7 @@ class QueueActor:
     def _usable_workers(self) -> list[WorkerInfo]:
         return self.registry.usable()
 
-    def _prune_workers(self) -> None:
+    async def _prune_workers(self) -> None:
         for wid in self.registry.forget_silent():
             log.warning("[JobQueue] Worker %s went silent; forgetting it", wid)
         alive = {w.id for w in self._alive_workers()}
@@ -191,26 +219,26 @@ class QueueActor:
         if self.registry.settled():
             for job in running:
                 if job.worker_id not in alive:
-                    self._interrupted(job, "its worker was lost", LOST)
+                    await self._interrupted(job, "its worker was lost", LOST)
                 elif job.id in expired:
-                    self._interrupted(job, f"no progress for {self.registry.lease_s:g}s (lease expired)",
+                    await self._interrupted(job, f"no progress for {self.registry.lease_s:g}s (lease expired)",
                                       LEASE_EXPIRED.format(seconds=self.registry.lease_s))
         self.core.worker_slots = max(1, len(self._usable_workers()))
         if self.load:
             self.load.pending &= alive
 
-    def _interrupted(self, job: Job, why: str, error: str) -> None:
+    async def _interrupted(self, job: Job, why: str, error: str) -> None:
         """A running job its worker will not finish: queued again once (``attempts`` counts the
         starts), failed with ``error`` after that."""
         if job.attempts < MAX_ATTEMPTS:
             self.core.requeue(job.id)
-            self.jobs.update(job)
+            await self._persist(job)
             log.warning("[JobQueue] Job %s: %s; queued again (attempt %d of %d next)", job.id[:8], why,
                         job.attempts + 1, MAX_ATTEMPTS)
             self._notify()
             return
         self.core.fail(job.id, error)
-        self.jobs.update(job)
+        await self._persist(job)
         log.warning("[JobQueue] Job %s failed - %s", job.id[:8], error)
         self._finished(job)
 
@@ -278,7 +306,7 @@ class QueueActor:
     async def find_idempotent(self, caller: Caller, key: str, fingerprint: str) -> dict | None:
         """The view of the job an earlier identical request with this key created (422 if that
         request was a different one), or None: lets a retry skip the queue-full check and decoding."""
-        self._expire()
+        await self._expire()
         job = self.core.find_idempotent(caller.station, key, fingerprint)
         return None if job is None else self.core.view(job)
 
@@ -288,7 +316,7 @@ class QueueActor:
                      webhook_url: str | None = None) -> tuple[dict, bool]:
         """(the job's view, whether it was created now): False when an idempotent retry got the
         job an identical earlier request created."""
-        self._expire()
+        await self._expire()
         earlier = self.core.find_idempotent(caller.station, idempotency_key, fingerprint)
         if earlier is not None:
             return self.core.view(earlier), False
@@ -309,7 +337,7 @@ class QueueActor:
         if job.id != job_id:
             return self.core.view(job), False
         try:  # committed before the station hears "queued"
-            self.jobs.save(job, images)
+            await self._io(self.jobs.save, job, images)
         except Exception:
             self.core.discard(job.id)
             log.exception("[JobQueue] Could not store job %s", job.id[:8])
@@ -322,17 +350,17 @@ class QueueActor:
         return self.core.view(job), True
 
     async def status(self, job_id: str, caller: Caller) -> dict:
-        self._expire()
+        await self._expire()
         return self.core.view(self.core.get_for(job_id, caller.station, caller.admin))
 
     async def cancel(self, job_id: str, caller: Caller) -> dict:
         """Cancel a job (see ``JobQueue.cancel``); a running job's worker hears it on ``cancel_signal``."""
-        self._expire()
+        await self._expire()
         job = self.core.get_for(job_id, caller.station, caller.admin)
         already = job.status.value == "cancelled"
         job, was_running = self.core.cancel(job.id)
         if not already:
-            self.jobs.update(job)
+            await self._persist(job)
             log.info("[JobQueue] Job %s cancelled by station %s%s", job.id[:8], caller.station,
                      " while processing" if was_running else "")
             if was_running:
@@ -353,7 +381,7 @@ class QueueActor:
             await self._wait_change(deadline - time.monotonic())
 
     async def result(self, job_id: str, caller: Caller) -> tuple[str, bytes, dict]:
-        self._expire()
+        await self._expire()
         job = self.core.get_for(job_id, caller.station, caller.admin)
         if job.status is not JobStatus.COMPLETED or not job.result_name:
             raise ResultNotReady(f"Job {job_id} has no result yet: its status is {job.status.value}."
@@ -375,17 +403,17 @@ class QueueActor:
 
     async def station_jobs(self, caller: Caller, limit: int = 20) -> list[dict]:
         """The caller's recent jobs, newest first (an admin's: every station's)."""
-        self._expire()
+        await self._expire()
         return [self.core.view(job) for job in self.core.jobs_for(caller.station, caller.admin, limit)]
 
     async def queue_stats(self) -> dict:
-        self._expire()
+        await self._expire()
         return self.core.stats()
 
     async def check_room(self, caller: Caller) -> None:
         """Raise ``QueueFull`` / ``StationLimit`` now if a submit would be refused, so the ingress can
         skip decoding the upload (the expensive part of a refusal). ``submit`` still decides, atomically."""
-        self._expire()
+        await self._expire()
         try:
             self.core.check_room(caller.station)
         except (QueueFull, StationLimit):
@@ -397,7 +425,8 @@ class QueueActor:
         states = [w.state for w in workers]
         reason = self.unschedulable()
         warnings = [reason] if reason else []
-        warnings += [w for w in (self.storage_problem, self.store_failure and self.store_failure[0]) if w]
+        warnings += [w for w in (self.storage_problem, self.store_failure and self.store_failure[0],
+                                 self.db_problem) if w]
         warnings += [f"Worker {w.id[-12:]} takes no jobs: {w.detail}" for w in workers
                      if w.state == "unusable" and not reason]
         if self.stopping:
@@ -434,7 +463,7 @@ class QueueActor:
         deadline = time.monotonic() + self.settings.load_timeout_seconds
         try:
             while request.pending and time.monotonic() < deadline:
-                self._prune_workers()
+                await self._prune_workers()
                 await self._wait_change(1.0)
         finally:
             self.load = None
@@ -471,7 +500,7 @@ class QueueActor:
         left = self.core.running()
         for job in left:
             self.core.requeue(job.id, charge=False)
-            self.jobs.update(job)
+            await self._persist(job)
             self._worker_freed(job.worker_id)
             log.warning("[JobQueue] Job %s did not finish within the grace period; queued again for "
                         "the next start", job.id[:8])
@@ -517,7 +546,7 @@ class QueueActor:
             if self.stopping or self.load is not None:
                 return None
             job = self.core.claim(worker_id)
-            return None if job is None else self._hand_out(job)
+            return None if job is None else await self._hand_out(job)
         while True:
             info = self._worker(worker_id)
             if preset is not None:
@@ -529,15 +558,15 @@ class QueueActor:
                 return LoadTask(self.load.preset)
             job = None if self.stopping else self.core.claim(worker_id)
             if job is not None:
-                return self._hand_out(job)
+                return await self._hand_out(job)
             if time.monotonic() >= deadline:
                 return None
             await self._wait_change(deadline - time.monotonic())
 
-    def _hand_out(self, job: Job) -> JobTask:
+    async def _hand_out(self, job: Job) -> JobTask:
         """A job just claimed by its worker: leased, recorded, announced, and sent."""
         self.registry.grant(job.id)
-        self.jobs.update(job)
+        await self._persist(job)
         self._worker(job.worker_id).state = "busy"
         self._notify()
         self.metrics.started(job.preset, (job.started_at or job.created_at) - job.created_at)
@@ -596,7 +625,7 @@ class QueueActor:
             return NOT_YOURS
         self.store_failure = None
         self.core.complete(job_id, name, run_seconds)
-        self.jobs.update(job)
+        await self._persist(job)
         info = self._worker(worker_id)
         info.state, info.preset = self._idle_or_busy(worker_id), job.preset
         log.info("[JobQueue] Job %s completed in %.2fs - Path: %s", job_id[:8], run_seconds, name)
@@ -609,7 +638,7 @@ class QueueActor:
         if job is None:
             return NOT_YOURS
         self.core.fail(job_id, error, run_seconds)
-        self.jobs.update(job)
+        await self._persist(job)
         self._worker(worker_id).state = self._idle_or_busy(worker_id)
         log.warning("[JobQueue] Job %s failed after %.2fs - %s", job_id[:8], run_seconds, error)
         self._finished(job)

@@ -99,3 +99,22 @@ def test_an_older_database_without_auto_vacuum_is_converted_and_keeps_its_jobs(t
     store.save(job, job.payload)
     assert store.db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
     assert [j.id for j in JobStore(path).load()] == ["j0"]
+
+
+def test_a_snapshot_writes_the_state_it_was_taken_in(tmp_path):
+    """The queue snapshots a job on its event loop and commits on its I/O thread: a change made in
+    between is not half-written by the earlier commit, and the later snapshot wins."""
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    q = make(tmp_path)
+    job = q.submit("j0", instruction="edit", preset="fast", seed=1, payload=[b"img"], station="A",
+                   idempotency_key=None, fingerprint=None, webhook_url=None, total_steps=4)
+    store.save(job, job.payload)
+    claimed = store.snapshot(q.claim("w"))
+    q.complete("j0", "r.png", 1.0)  # changes the same object before the first commit ran
+    done = store.snapshot(job)
+    store.write(claimed)
+    first = JobStore(tmp_path / "jobs.sqlite3").load()[0]
+    assert first.status is JobStatus.PROCESSING and first.result_name is None and first.payload == [b"img"]
+    store.write(done)
+    last = JobStore(tmp_path / "jobs.sqlite3").load()[0]
+    assert last.status is JobStatus.COMPLETED and last.result_name == "r.png" and last.payload is None
