@@ -593,19 +593,33 @@ class Ingress:
         return self._png(name, data, view)
 
     async def _cancel_abandoned(self, job_id: str, caller: Caller) -> None:
-        """Cancel the job of an /edit whose client went away; if its submit has not reached the
-        queue yet (404), try again for a few seconds."""
-        for attempt in range(10):
+        """Cancel the job of an /edit whose client went away, until the queue answers: cancelled,
+        finished meanwhile (409), or still unknown after a few seconds (its submit never reached the
+        queue). While the queue is away (a restart) the cancel waits with backoff, for up to
+        ``edit_timeout_seconds``, rather than letting an abandoned job run."""
+        loop = asyncio.get_running_loop()
+        deadline, unknown, delay = loop.time() + self.s.edit_timeout_seconds, 0, 0.5
+        while True:
             try:
                 await self._call("cancel", job_id, caller)
                 log.info("[Ingress] /edit client went away: job %s cancelled", job_id[:8])
                 return
             except JobNotFound:
+                unknown += 1
+                if unknown >= 10:
+                    log.info("[Ingress] /edit client went away before its job %s was queued", job_id[:8])
+                    return
                 await asyncio.sleep(0.5)
-            except Exception as exc:  # finished meanwhile (409), or the queue is away
-                log.info("[Ingress] /edit client went away; job %s not cancelled: %s", job_id[:8], exc)
-                return
-        log.info("[Ingress] /edit client went away before its job %s was queued", job_id[:8])
+            except Exception as exc:
+                if isinstance(exc, ApiError) and exc.status_code != 503:  # finished meanwhile (409)
+                    log.info("[Ingress] /edit client went away; job %s not cancelled: %s", job_id[:8], exc)
+                    return
+                if loop.time() > deadline:  # 503 or a Ray error: the queue replica is away (restarting)
+                    log.warning("[Ingress] /edit client went away; job %s could not be cancelled: the queue "
+                                "stayed away", job_id[:8])
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     @staticmethod
     def _png(name: str, data: bytes, view: dict) -> Response:
