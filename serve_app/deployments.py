@@ -42,6 +42,7 @@ from .http_limits import BodySizeLimit
 from .images import check_size, check_upload
 from .model_actor import ModelWorker
 from .presets import build_registry, missing_weights, resolve
+from .protocol import JobRequest
 from .queue_actor import QueueActor, api_error_of, signature
 from .schemas import (ErrorBody, HealthResponse, JobListResponse, JobStatusResponse, LoadModelResponse,
                       ModelsResponse, QueueResponse, SubmitResponse)
@@ -415,9 +416,9 @@ class Ingress:
         if "existing" in job:
             return job["existing"], False
         job_id = job_id or str(uuid.uuid4())
-        return await self._call("submit", job_id, job["images"], job["instruction"], job["seed"],
-                                job["preset"], job["system_prompt"], caller, idempotency_key,
-                                job["fingerprint"], job["webhook_url"])
+        request = JobRequest(job_id, job["images"], job["instruction"], job["seed"], job["preset"],
+                             job["system_prompt"], idempotency_key, job["fingerprint"], job["webhook_url"])
+        return await self._call("submit", request, caller)
 
     # --- public routes ---
 

@@ -32,7 +32,8 @@ from ray.serve.handle import DeploymentHandle
 from .config import WorkerSettings
 from .metrics import WorkerMetrics
 from .pipeline import JobCancelled, ProfileUnavailable, public_error
-from .queue_actor import HEARTBEAT_S, JobTask, LoadTask
+from .protocol import (HEARTBEAT_S, JobDone, JobFailed, JobTask, LoadDone, LoadTask, Outcome, StepReport,
+                       WorkerState)
 
 log = logging.getLogger("ray.serve")
 POLL_S = 5.0
@@ -67,27 +68,27 @@ class ModelWorker:
         loop = asyncio.get_running_loop()
         self._heartbeat_task = loop.create_task(self._heartbeat())  # also during a long preload
         self._loop_task: asyncio.Task | None = None
-        await self._report("starting")
+        await self._report(WorkerState.STARTING)
         try:
             await asyncio.to_thread(self.engine.choose_profile, list(settings.plan_presets), settings.max_images)
         except ProfileUnavailable as exc:
             # Stay up (a replica that raised would be restarted into the same error, for ever), say
             # why in /health, and take no job: the queue hands jobs only to workers that ask.
             log.error("[ModelWorker] cannot run: %s", exc)
-            await self._report("unusable", None, str(exc))
+            await self._report(WorkerState.UNUSABLE, None, str(exc))
             return
         if settings.preload is not None:
-            await self._report("loading", settings.preload.name)
+            await self._report(WorkerState.LOADING, settings.preload.name)
             try:
                 await asyncio.to_thread(self.engine.ensure, settings.preload)
                 if settings.warmup:  # compile / autotune now, not on a station's first job
                     await asyncio.to_thread(self._warm_up, settings.preload)
             except Exception as exc:
                 log.exception("[ModelWorker] preloading %s failed", settings.preload.name)
-                await self._report("failed", None, public_error(exc))
+                await self._report(WorkerState.FAILED, None, public_error(exc))
         self._loop_task = loop.create_task(self._loop())
 
-    async def _report(self, state: str, preset: str | None = None, detail: str | None = None) -> None:
+    async def _report(self, state: WorkerState, preset: str | None = None, detail: str | None = None) -> None:
         import ray
 
         placement = {"device": self.engine.device, "profile": self.engine.profile and self.engine.profile.name,
@@ -96,7 +97,7 @@ class ModelWorker:
             placement.update(gpu_ids=[int(g) for g in ray.get_gpu_ids()],
                              node=ray.get_runtime_context().get_node_id()[:12])
         try:
-            await self.queue.worker_state.remote(self.id, state, preset, detail, placement)
+            await self.queue.worker_state.remote(self.id, state.value, preset, detail, placement)
         except Exception:
             log.warning("[ModelWorker] could not report state %s to the queue", state)
 
@@ -130,7 +131,7 @@ class ModelWorker:
 
     async def _loop(self) -> None:
         if self.engine.preset is not None:
-            await self._report("ready", self._preset_name)
+            await self._report(WorkerState.READY, self._preset_name)
         while True:
             if self._ahead is not None:
                 task, prepared = await self._ahead
@@ -179,7 +180,7 @@ class ModelWorker:
         except Exception as exc:
             log.exception("[ModelWorker] loading %s failed", task.preset.name)
             seconds, error = None, public_error(exc)
-        await self._call_queue("load_done", self.id, task.preset.name, seconds, error)
+        await self._call_queue("load_done", self.id, LoadDone(task.preset.name, seconds, error))
 
     def _warm_up(self, preset) -> None:
         import io
@@ -217,7 +218,7 @@ class ModelWorker:
     def _send_progress(self, job_id: str, step: int, total: int, took: float | None) -> None:
         async def send():
             try:
-                await self.queue.progress.remote(self.id, job_id, step, total, took)
+                await self.queue.progress.remote(self.id, StepReport(job_id, step, total, took))
             except Exception:
                 log.debug("[ModelWorker] progress report for %s lost", job_id[:8])
 
@@ -253,7 +254,7 @@ class ModelWorker:
             return
         except Exception as exc:
             log.exception("[ModelWorker] job %s raised", task.job_id[:8])
-            await self._report_outcome("job_failed", task.job_id, public_error(exc), time.perf_counter() - start)
+            await self._report_outcome(JobFailed(task.job_id, public_error(exc), time.perf_counter() - start))
             return
         finally:
             listener.cancel()
@@ -269,17 +270,19 @@ class ModelWorker:
         try:
             png = await asyncio.to_thread(self.engine.encode, image)
         except Exception as exc:
-            await self._report_outcome("job_failed", task.job_id, public_error(exc), time.perf_counter() - start)
+            await self._report_outcome(JobFailed(task.job_id, public_error(exc), time.perf_counter() - start))
             return
         self.jobs_done += 1
-        await self._report_outcome("job_done", task.job_id, png, time.perf_counter() - start)
+        await self._report_outcome(JobDone(task.job_id, png, time.perf_counter() - start))
 
-    async def _report_outcome(self, method: str, job_id: str, *args) -> None:
+    async def _report_outcome(self, report: JobDone | JobFailed) -> None:
         """A job's outcome, delivered (``_call_queue``); the job is no longer this replica's after."""
+        job_id = report.job_id
         self._touch(job_id)
+        method = "job_done" if isinstance(report, JobDone) else "job_failed"
         try:
-            answer = await self._call_queue(method, self.id, job_id, *args, touch=job_id)
-            if answer == "not yours":
+            answer = await self._call_queue(method, self.id, report, touch=job_id)
+            if answer == Outcome.NOT_YOURS:
                 log.info("[ModelWorker] job %s was no longer ours (cancelled or run elsewhere)", job_id[:8])
         finally:
             self._active.pop(job_id, None)

@@ -47,14 +47,15 @@ from .metrics import QueueMetrics
 from .presets import Preset, require_available, resolve
 from .queue_core import Job, JobQueue, JobStatus
 from .storage import ResultStore, result_name, storage_reason
+from .protocol import (JobDone, JobFailed, JobRequest, JobTask, LoadDone, LoadTask, Outcome, StepReport,
+                       WorkerState)
 from .webhooks import Notifier
-from .workers import HEARTBEAT_S, WorkerInfo, WorkerRegistry  # noqa: F401  (HEARTBEAT_S: the worker's)
+from .workers import WorkerInfo, WorkerRegistry
 
 log = logging.getLogger("ray.serve")
 CLEANUP_PERIOD_S = 1.0
 LOST = "worker lost: the model worker stopped while running this job; submit it again"
 MAX_ATTEMPTS = 2  # a job interrupted by a lost worker runs once more, then fails with LOST
-NOT_YOURS = "not yours"  # a worker's report on a job it no longer holds (cancelled, declared lost)
 LEASE_EXPIRED = ("the model worker made no progress on this job for {seconds:g} seconds (its lease ran out) "
                  "twice; submit it again")
 
@@ -63,21 +64,6 @@ def signature(view: dict) -> tuple:
     """What a station watching a job is told about when it changes (ETAs tick with time: left out)."""
     return (view["status"], view["position"], view["step"], view["total_steps"], view["error"],
             view["result_path"], view["worker"])
-
-
-@dataclass(frozen=True)
-class JobTask:
-    job_id: str
-    preset: Preset
-    images: list[bytes]
-    instruction: str
-    seed: int
-    system_prompt: str | None
-
-
-@dataclass(frozen=True)
-class LoadTask:
-    preset: Preset
 
 
 @dataclass
@@ -310,34 +296,32 @@ class QueueActor:
         job = self.core.find_idempotent(caller.station, key, fingerprint)
         return None if job is None else self.core.view(job)
 
-    async def submit(self, job_id: str, images: list[bytes], instruction: str, seed: int,
-                     preset: str | None, system_prompt: str | None, caller: Caller,
-                     idempotency_key: str | None = None, fingerprint: str | None = None,
-                     webhook_url: str | None = None) -> tuple[dict, bool]:
+    async def submit(self, request: JobRequest, caller: Caller) -> tuple[dict, bool]:
         """(the job's view, whether it was created now): False when an idempotent retry got the
         job an identical earlier request created."""
         await self._expire()
-        earlier = self.core.find_idempotent(caller.station, idempotency_key, fingerprint)
+        r = request
+        earlier = self.core.find_idempotent(caller.station, r.idempotency_key, r.fingerprint)
         if earlier is not None:
             return self.core.view(earlier), False
-        chosen = self.resolve_preset(preset)
+        chosen = self.resolve_preset(r.preset)
         reason = self.unschedulable()
         if reason:  # refuse rather than accept a job that can never run
             raise ServiceUnavailable(reason)
         # No await between the check and the insert below: admission (and the idempotency check,
         # for concurrent duplicates) is atomic.
         try:
-            job = self.core.submit(job_id, instruction=instruction, preset=chosen.name, seed=seed,
-                                   system_prompt=system_prompt, payload=images, station=caller.station,
-                                   idempotency_key=idempotency_key, fingerprint=fingerprint,
-                                   webhook_url=webhook_url, total_steps=chosen.steps)
+            job = self.core.submit(r.job_id, instruction=r.instruction, preset=chosen.name, seed=r.seed,
+                                   system_prompt=r.system_prompt, payload=r.images, station=caller.station,
+                                   idempotency_key=r.idempotency_key, fingerprint=r.fingerprint,
+                                   webhook_url=r.webhook_url, total_steps=chosen.steps)
         except (QueueFull, StationLimit):
             self.metrics.outcome("refused")
             raise
-        if job.id != job_id:
+        if job.id != r.job_id:
             return self.core.view(job), False
         try:  # committed before the station hears "queued"
-            await self._io(self.jobs.save, job, images)
+            await self._io(self.jobs.save, job, r.images)
         except Exception:
             self.core.discard(job.id)
             log.exception("[JobQueue] Could not store job %s", job.id[:8])
@@ -428,19 +412,20 @@ class QueueActor:
         warnings += [w for w in (self.storage_problem, self.store_failure and self.store_failure[0],
                                  self.db_problem) if w]
         warnings += [f"Worker {w.id[-12:]} takes no jobs: {w.detail}" for w in workers
-                     if w.state == "unusable" and not reason]
+                     if w.state == WorkerState.UNUSABLE and not reason]
         if self.stopping:
             warnings.append("The server is stopping: running jobs finish, queued and new jobs wait "
                             "for the next start.")
         return {
             "warnings": warnings,
             "current_model": self.default_preset,
-            "model_loaded": any(s in ("ready", "busy") for s in states),
-            "is_loading": self.load is not None or any(s in ("starting", "loading") for s in states),
+            "model_loaded": any(s in (WorkerState.READY, WorkerState.BUSY) for s in states),
+            "is_loading": self.load is not None or any(s in (WorkerState.STARTING, WorkerState.LOADING)
+                                                       for s in states),
             "is_generating": bool(self.core.running()),
             "queue_max_size": self.core.max_size,
             "queue_cleanup_age_seconds": self.core.cleanup_age_s,
-            "workers": [{"id": w.id[-12:], "state": w.state, "preset": w.preset, "detail": w.detail,
+            "workers": [{"id": w.id[-12:], "state": w.state.value, "preset": w.preset, "detail": w.detail,
                          **w.placement} for w in workers],
         }
 
@@ -528,7 +513,7 @@ class QueueActor:
     async def worker_state(self, worker_id: str, state: str, preset: str | None = None,
                      detail: str | None = None, placement: dict | None = None) -> None:
         info = self._worker(worker_id)
-        info.state, info.preset, info.detail = state, preset, detail
+        info.state, info.preset, info.detail = WorkerState(state), preset, detail
         if placement:
             info.placement = placement
 
@@ -550,11 +535,11 @@ class QueueActor:
         while True:
             info = self._worker(worker_id)
             if preset is not None:
-                info.state, info.preset = "ready", preset
-            elif info.state != "failed":
-                info.state = "idle"  # up, but no preset loaded yet
+                info.state, info.preset = WorkerState.READY, preset
+            elif info.state != WorkerState.FAILED:
+                info.state = WorkerState.IDLE  # up, but no preset loaded yet
             if self.load and worker_id in self.load.pending:
-                info.state = "loading"
+                info.state = WorkerState.LOADING
                 return LoadTask(self.load.preset)
             job = None if self.stopping else self.core.claim(worker_id)
             if job is not None:
@@ -567,7 +552,7 @@ class QueueActor:
         """A job just claimed by its worker: leased, recorded, announced, and sent."""
         self.registry.grant(job.id)
         await self._persist(job)
-        self._worker(job.worker_id).state = "busy"
+        self._worker(job.worker_id).state = WorkerState.BUSY
         self._notify()
         self.metrics.started(job.preset, (job.started_at or job.created_at) - job.created_at)
         log.info("[JobQueue] Processing job %s - %s", job.id[:8], job.instruction[:50])
@@ -584,13 +569,13 @@ class QueueActor:
                      job_id[:8], worker_id)
         return None
 
-    async def progress(self, worker_id: str, job_id: str, step: int, total: int, step_seconds: float | None) -> None:
+    async def progress(self, worker_id: str, report: StepReport) -> None:
         """A denoising step finished (sent without waiting for the answer: never slows the worker)."""
-        job = self._held_job(worker_id, job_id, quiet=True)
+        job = self._held_job(worker_id, report.job_id, quiet=True)
         if job is None:
             return
-        self.registry.renew(job_id)
-        if self.core.progress(job_id, step, total, step_seconds) is not None:
+        self.registry.renew(report.job_id)
+        if self.core.progress(report.job_id, report.step, report.total, report.step_seconds) is not None:
             self._notify()
 
     async def cancel_signal(self, worker_id: str, job_id: str, timeout: float) -> bool:
@@ -604,25 +589,27 @@ class QueueActor:
                 return False
             await self._wait_change(deadline - time.monotonic())
 
-    async def job_done(self, worker_id: str, job_id: str, png: bytes, run_seconds: float) -> str:
+    async def job_done(self, worker_id: str, report: JobDone) -> Outcome:
         """A finished job's PNG: stored, then the job completed. Answers what became of the report:
         ``completed``; ``failed`` (the result could not be stored: the job failed at once with a
         sentence saying why, and frees its slot); ``not yours`` (cancelled or declared lost
         meanwhile). Any answer means the report arrived: the worker stops retrying it."""
+        job_id, run_seconds = report.job_id, report.run_seconds
         job = self._held_job(worker_id, job_id)
         if job is None:
-            return NOT_YOURS
+            return Outcome.NOT_YOURS
         name = result_name(job.preset, time.time(), job.seed, job.id)
         try:  # off the event loop: a large result on a slow disk must not stall every status poll
-            await asyncio.to_thread(self.store.write, name, png)
+            await asyncio.to_thread(self.store.write, name, report.png)
         except OSError as exc:
             reason = storage_reason(exc)
-            self.store_failure = (f"The last result could not be stored: {reason}.", len(png))
-            return await self.job_failed(worker_id, job_id, f"The server could not store the result: {reason}. "
-                                         "Submit the job again once the operator has fixed it.", run_seconds)
+            self.store_failure = (f"The last result could not be stored: {reason}.", len(report.png))
+            return await self.job_failed(worker_id, JobFailed(
+                job_id, f"The server could not store the result: {reason}. Submit the job again once the "
+                "operator has fixed it.", run_seconds))
         if self._held_job(worker_id, job_id, quiet=True) is None:  # cancelled while the file was written
             await asyncio.to_thread(self.store.delete, name)
-            return NOT_YOURS
+            return Outcome.NOT_YOURS
         self.store_failure = None
         self.core.complete(job_id, name, run_seconds)
         await self._persist(job)
@@ -630,37 +617,40 @@ class QueueActor:
         info.state, info.preset = self._idle_or_busy(worker_id), job.preset
         log.info("[JobQueue] Job %s completed in %.2fs - Path: %s", job_id[:8], run_seconds, name)
         self._finished(job)
-        return "completed"
+        return Outcome.COMPLETED
 
-    async def job_failed(self, worker_id: str, job_id: str, error: str, run_seconds: float) -> str:
+    async def job_failed(self, worker_id: str, report: JobFailed) -> Outcome:
         """A job that raised (or whose result could not be stored): ``failed``, or ``not yours``."""
-        job = self._held_job(worker_id, job_id)
+        job = self._held_job(worker_id, report.job_id)
         if job is None:
-            return NOT_YOURS
-        self.core.fail(job_id, error, run_seconds)
+            return Outcome.NOT_YOURS
+        self.core.fail(report.job_id, report.error, report.run_seconds)
         await self._persist(job)
         self._worker(worker_id).state = self._idle_or_busy(worker_id)
-        log.warning("[JobQueue] Job %s failed after %.2fs - %s", job_id[:8], run_seconds, error)
+        log.warning("[JobQueue] Job %s failed after %.2fs - %s", report.job_id[:8], report.run_seconds, report.error)
         self._finished(job)
-        return "failed"
+        return Outcome.FAILED
 
     def _worker_freed(self, worker_id: str | None) -> None:
         if worker_id in self.registry.workers:
             self.registry.workers[worker_id].state = self._idle_or_busy(worker_id)
 
-    def _idle_or_busy(self, worker_id: str) -> str:
+    def _idle_or_busy(self, worker_id: str) -> WorkerState:
         """Workers encode a finished job's PNG while running the next job: still busy then."""
-        return "busy" if any(j.worker_id == worker_id for j in self.core.running()) else "ready"
+        busy = any(j.worker_id == worker_id for j in self.core.running())
+        return WorkerState.BUSY if busy else WorkerState.READY
 
-    async def load_done(self, worker_id: str, preset: str, seconds: float | None, error: str | None) -> None:
+    async def load_done(self, worker_id: str, report: LoadDone) -> None:
         info = self._worker(worker_id)
-        if self.load and self.load.preset.name == preset:
+        if self.load and self.load.preset.name == report.preset:
             self.load.pending.discard(worker_id)
-            if error is None:
-                self.load.seconds[worker_id] = seconds or 0.0
+            if report.error is None:
+                self.load.seconds[worker_id] = report.seconds or 0.0
             else:
-                self.load.errors[worker_id] = error
-        info.state, info.preset = ("ready", preset) if error is None else ("ready", info.preset)
+                self.load.errors[worker_id] = report.error
+        info.state = WorkerState.READY
+        if report.error is None:
+            info.preset = report.preset
         self._notify()
 
 

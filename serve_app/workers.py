@@ -15,16 +15,16 @@ job holds a slot for longer than its lease after its last sign of progress.
 import time
 from dataclasses import dataclass, field
 
-HEARTBEAT_S = 2.0
-WORKER_SILENCE_S = 10.0
+from .protocol import HEARTBEAT_S, WorkerState
+
+# A worker silent this long (several heartbeats) is gone.
+WORKER_SILENCE_S = 5 * HEARTBEAT_S
 
 
 @dataclass
 class WorkerInfo:
     id: str
-    # starting | loading | idle (nothing loaded) | ready | busy | failed (a load failed; it still takes
-    # jobs) | unusable (its device cannot run its profile: it takes nothing, detail says why)
-    state: str = "starting"
+    state: WorkerState = WorkerState.STARTING
     preset: str | None = None
     last_seen: float = 0.0
     detail: str | None = None
@@ -55,7 +55,7 @@ class WorkerRegistry:
         return [w for w in self.workers.values() if now - w.last_seen < WORKER_SILENCE_S]
 
     def usable(self) -> list[WorkerInfo]:
-        return [w for w in self.alive() if w.state != "unusable"]
+        return [w for w in self.alive() if w.state != WorkerState.UNUSABLE]
 
     def forget_silent(self) -> list[str]:
         """Drop the workers that stopped heartbeating; their ids."""

@@ -1,5 +1,6 @@
 """The queue's worker registry: liveness by heartbeats and leases on running jobs, with a fake clock."""
 
+from serve_app.protocol import WorkerState
 from serve_app.workers import WORKER_SILENCE_S, WorkerRegistry
 
 
@@ -17,7 +18,7 @@ def test_workers_are_alive_while_they_heartbeat_and_forgotten_when_silent():
     info, new = reg.seen("a")
     assert new and info.state == "starting"
     assert reg.seen("a")[1] is False
-    reg.seen("b")[0].state = "unusable"
+    reg.seen("b")[0].state = WorkerState.UNUSABLE
     assert [w.id for w in reg.alive()] == ["a", "b"] and [w.id for w in reg.usable()] == ["a"]
     clock.now += WORKER_SILENCE_S - 1
     reg.seen("b")
