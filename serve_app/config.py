@@ -80,6 +80,7 @@ class AppArgs(BaseModel):
     max_body_mb: float = Field(32, gt=0, le=1000, description="whole request; larger bodies get 413 unread")
     max_image_side: int = Field(2048, ge=64, le=16384)
     max_instruction_chars: int = Field(500, ge=1, le=10_000)
+    max_system_prompt_chars: int = Field(2000, ge=1, le=20_000, description="the optional system_prompt field")
     default_preset: str | None = Field("tiny", description="preset for jobs that name none; null: load-model first")
     edit_timeout_seconds: float = Field(600, gt=0, description="how long a blocking /edit waits")
     load_timeout_seconds: float = Field(1800, gt=0)
@@ -154,6 +155,7 @@ class IngressSettings(BaseModel):
     max_images: int
     max_body_bytes: int
     max_instruction_chars: int
+    max_system_prompt_chars: int
     edit_timeout_seconds: float
     load_timeout_seconds: float
     keys: tuple[tuple[bytes, str, bool], ...]  # (sha256 of a key, station, admin)

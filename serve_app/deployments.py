@@ -380,8 +380,9 @@ class Ingress:
         if len(instruction) > self.s.max_instruction_chars:
             raise BadRequest(f"Instruction too long ({len(instruction)} chars). "
                              f"Maximum {self.s.max_instruction_chars} characters.")
-        if form.system_prompt is not None and len(form.system_prompt) > 2000:
-            raise BadRequest(f"System prompt too long ({len(form.system_prompt)} chars). Maximum 2000 characters.")
+        limit = self.s.max_system_prompt_chars
+        if form.system_prompt is not None and len(form.system_prompt) > limit:
+            raise BadRequest(f"System prompt too long ({len(form.system_prompt)} chars). Maximum {limit} characters.")
         preset = None
         if form.preset or form.model:
             chosen = [resolve(self.s.presets, n).name for n in (form.preset, form.model) if n]
@@ -684,7 +685,8 @@ def app_settings(args: AppArgs) -> tuple[QueueSettings, WorkerSettings, IngressS
     ingress = IngressSettings(
         upload_limits=args.upload_limits, max_images=args.max_images,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
-        max_instruction_chars=args.max_instruction_chars, edit_timeout_seconds=args.edit_timeout_seconds,
+        max_instruction_chars=args.max_instruction_chars, max_system_prompt_chars=args.max_system_prompt_chars,
+        edit_timeout_seconds=args.edit_timeout_seconds,
         load_timeout_seconds=args.load_timeout_seconds,
         keys=keyring.entries, webhook_allowed_hosts=tuple(hooks.allowed_hosts), presets=presets,
         cleanup_age_seconds=args.cleanup_age_seconds, max_queue_size=args.max_queue_size,

@@ -205,7 +205,7 @@ def _post(api, files=None, data=None):
 
 
 @pytest.mark.parametrize("case", ["too_big_bytes", "too_big_pixels", "gif", "html", "empty", "truncated",
-                                  "bomb", "long_instruction", "empty_instruction", "missing_image",
+                                  "bomb", "long_instruction", "empty_instruction", "long_system_prompt", "missing_image",
                                   "missing_instruction", "bad_seed", "negative_seed", "image_as_text"])
 def test_bad_input_gets_a_clear_4xx(api, case):
     from tests.unit.test_images import bomb_png
@@ -227,6 +227,8 @@ def test_bad_input_gets_a_clear_4xx(api, case):
         "long_instruction": (400, {"image": ("a.png", IMAGE)}, {"instruction": "a" * 501},
                              "Instruction too long (501 chars). Maximum 500 characters."),
         "empty_instruction": (400, {"image": ("a.png", IMAGE)}, {"instruction": "   "}, "Instruction is empty"),
+        "long_system_prompt": (400, {"image": ("a.png", IMAGE)}, {**good, "system_prompt": "s" * 2001},
+                               "System prompt too long (2001 chars). Maximum 2000 characters."),
         "missing_image": (422, None, good, "'image' is required"),
         "missing_instruction": (422, {"image": ("a.png", IMAGE)}, {}, "'instruction' is required"),
         "bad_seed": (422, {"image": ("a.png", IMAGE)}, {**good, "seed": "forty-two"}, "Invalid seed 'forty-two'"),

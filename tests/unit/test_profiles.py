@@ -129,8 +129,12 @@ def test_plan_of_the_other_configs_and_a_card_too_small(capsys, tmp_path):
     ({"presets": {"qwen-4step": {"profile": "auto"}}}, "auto is for worker.profile"),
     ({"presets": {"qwen-4step": {"profile": "int4"}}}, "unknown profile 'int4'"),
     ({"worker": {"prepare_ahead": "sometimes"}}, "worker.prepare_ahead"),
+    ({"max_system_prompt_chars": 0}, "max_system_prompt_chars"),
+    ({"job_lease_seconds": 0}, "job_lease_seconds"),
+    ({"min_free_disk_mb": -1}, "min_free_disk_mb"),
+    ({"worker": {"engine": "not an import path"}}, "worker.engine"),
 ])
-def test_profile_keys_are_validated(args, says):
+def test_new_config_keys_are_validated(args, says):
     from serve_app.deployments import app_settings
 
     with pytest.raises(ValidationError, match=re.escape(says)):
