@@ -121,6 +121,22 @@ class QueueActor:
         self._changed.set()
         self._changed = asyncio.Event()
 
+    async def _until(self, check, timeout: float, poll: float | None = None):
+        """The first truthy value of ``check()`` (a function or a coroutine function), re-checked at
+        every change of the queue and at least every ``poll`` seconds; None once ``timeout`` seconds
+        have passed (checked once even with a timeout of 0). The one wait loop of this replica."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = check()
+            if asyncio.iscoroutine(value):
+                value = await value
+            if value:
+                return value
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            await self._wait_change(min(left, poll) if poll else left)
+
     async def _wait_change(self, timeout: float) -> None:
         event = self._changed
         try:
@@ -355,14 +371,11 @@ class QueueActor:
     async def watch(self, job_id: str, caller: Caller, last: tuple | None, timeout: float) -> dict | None:
         """Long poll for the events stream: the job's view as soon as it differs from ``last`` (a
         ``signature``), or None after ``timeout`` seconds (the stream sends a heartbeat then)."""
-        deadline = time.monotonic() + timeout
-        while True:
+        def changed():
             view = self.core.view(self.core.get_for(job_id, caller.station, caller.admin))
-            if last is None or signature(view) != tuple(last):
-                return view
-            if time.monotonic() >= deadline:
-                return None
-            await self._wait_change(deadline - time.monotonic())
+            return view if last is None or signature(view) != tuple(last) else None
+
+        return await self._until(changed, timeout)
 
     async def result(self, job_id: str, caller: Caller) -> tuple[str, bytes, dict]:
         await self._expire()
@@ -378,12 +391,12 @@ class QueueActor:
 
     async def wait(self, job_id: str, timeout: float, caller: Caller) -> dict:
         """The job's status once it is finished, or when ``timeout`` passes, whichever is first."""
-        deadline = time.monotonic() + timeout
-        while True:
+        def finished():
             job = self.core.get_for(job_id, caller.station, caller.admin)
-            if job.status.terminal or time.monotonic() >= deadline:
-                return self.core.view(job)
-            await self._wait_change(min(deadline - time.monotonic(), 5.0))
+            return self.core.view(job) if job.status.terminal else None
+
+        return (await self._until(finished, timeout, poll=5.0)
+                or self.core.view(self.core.get_for(job_id, caller.station, caller.admin)))
 
     async def station_jobs(self, caller: Caller, limit: int = 20) -> list[dict]:
         """The caller's recent jobs, newest first (an admin's: every station's)."""
@@ -445,11 +458,12 @@ class QueueActor:
         self.load = request
         self._notify()
         log.info("[JobQueue] Loading preset %s on %d worker(s)", preset.name, len(workers))
-        deadline = time.monotonic() + self.settings.load_timeout_seconds
+        async def loaded():
+            await self._prune_workers()  # a worker that died while loading is not waited for
+            return not request.pending
+
         try:
-            while request.pending and time.monotonic() < deadline:
-                await self._prune_workers()
-                await self._wait_change(1.0)
+            await self._until(loaded, self.settings.load_timeout_seconds, poll=1.0)
         finally:
             self.load = None
             self._notify()
@@ -479,9 +493,7 @@ class QueueActor:
         running = {job.id for job in self.core.running()}
         log.info("[JobQueue] Stopping: waiting up to %.0fs for %d running job(s)",
                  self.settings.graceful_stop_seconds, len(running))
-        deadline = time.monotonic() + self.settings.graceful_stop_seconds
-        while self.core.running() and time.monotonic() < deadline:
-            await self._wait_change(min(deadline - time.monotonic(), 1.0))
+        await self._until(lambda: not self.core.running(), self.settings.graceful_stop_seconds, poll=1.0)
         left = self.core.running()
         for job in left:
             self.core.requeue(job.id, charge=False)
@@ -525,14 +537,14 @@ class QueueActor:
         ``ahead``: a busy worker on its current job's last step asks for its next job now, to prepare
         it while the GPU finishes (the job is ``processing`` from then on); answered at once, a job
         or None, never a load."""
-        deadline = time.monotonic() + timeout
         if ahead:
             self._worker(worker_id)
             if self.stopping or self.load is not None:
                 return None
             job = self.core.claim(worker_id)
             return None if job is None else await self._hand_out(job)
-        while True:
+
+        async def work():
             info = self._worker(worker_id)
             if preset is not None:
                 info.state, info.preset = WorkerState.READY, preset
@@ -542,11 +554,9 @@ class QueueActor:
                 info.state = WorkerState.LOADING
                 return LoadTask(self.load.preset)
             job = None if self.stopping else self.core.claim(worker_id)
-            if job is not None:
-                return await self._hand_out(job)
-            if time.monotonic() >= deadline:
-                return None
-            await self._wait_change(deadline - time.monotonic())
+            return None if job is None else await self._hand_out(job)
+
+        return await self._until(work, timeout)
 
     async def _hand_out(self, job: Job) -> JobTask:
         """A job just claimed by its worker: leased, recorded, announced, and sent."""
@@ -581,13 +591,7 @@ class QueueActor:
     async def cancel_signal(self, worker_id: str, job_id: str, timeout: float) -> bool:
         """Long poll a worker keeps open while it runs a job: True as soon as the job is no longer
         this worker's to run (cancelled by its station, or declared lost), False after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self._held_job(worker_id, job_id, quiet=True) is None:
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            await self._wait_change(deadline - time.monotonic())
+        return bool(await self._until(lambda: self._held_job(worker_id, job_id, quiet=True) is None, timeout))
 
     async def job_done(self, worker_id: str, report: JobDone) -> Outcome:
         """A finished job's PNG: stored, then the job completed. Answers what became of the report:
