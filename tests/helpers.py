@@ -1,9 +1,18 @@
-"""Test support: a tiny LoRA in the Lightning LoRAs' key format, made for the tiny transformer."""
+"""Test support shared by the test modules (none of them imports another): uploads and other
+inputs, a tiny LoRA in the Lightning LoRAs' key format, and helpers that find, wait for and kill
+Serve replicas (Ray is imported inside those, so unit tests stay light)."""
 
+import io
+import struct
+import time
+import zlib
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from safetensors.torch import save_file
+
 
 
 def make_lightning_lora(transformer, path: Path, rank: int = 4, seed: int = 0, scale: float = 0.5,
@@ -30,3 +39,88 @@ def make_lightning_lora(transformer, path: Path, rank: int = 4, seed: int = 0, s
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(path))
     return path
+
+
+# --- inputs ---------------------------------------------------------------------------------
+
+def photo(w=512, h=384, seed=0, fmt="PNG", exif_orientation=None):
+    buf = io.BytesIO()
+    im = Image.fromarray((np.random.RandomState(seed).rand(h, w, 3) * 255).astype("uint8"))
+    kwargs = {}
+    if exif_orientation:
+        exif = Image.Exif()
+        exif[0x0112] = exif_orientation
+        kwargs["exif"] = exif
+    im.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+IMAGE = photo()
+
+
+def plain_png(w, h):
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (90, 120, 200)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def bomb_png(w, h):
+    """A tiny PNG whose header declares a w x h canvas."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+# --- waiting and replicas -----------------------------------------------------------------
+
+def wait_for(predicate, timeout=30.0, every=0.05, show=None):
+    """The first truthy value of ``predicate()``, polled every ``every`` seconds; AssertionError
+    (with ``show()`` when given) after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("condition not met in time" + (f": {show()}" if show else ""))
+
+
+def worker_info(app_name: str, timeout: float = 120.0) -> dict:
+    """``ModelWorker.info()`` of the app's worker, retried while the replica starts."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle("ModelWorker", app_name=app_name)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return handle.info.remote().result(timeout_s=10)
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def kill_replica(app_name: str, deployment: str = "ModelWorker", restart: bool = False) -> None:
+    """Kill the one replica of ``deployment`` in ``app_name`` (Serve starts a replacement)."""
+    import ray
+
+    names = [a for a in ray.util.list_named_actors(all_namespaces=True)
+             if a["name"].startswith(f"SERVE_REPLICA::{app_name}#{deployment}#")]
+    assert len(names) == 1, names
+    ray.kill(ray.get_actor(names[0]["name"], namespace=names[0]["namespace"]), no_restart=not restart)
+
+
+def replica_process(app: str, deployment: str = "QueueActor"):
+    """The app's (one) replica of a deployment, found by its process title (a psutil.Process)."""
+    import psutil
+
+    found = [p for p in psutil.process_iter(["cmdline"])
+             if any(f"ServeReplica:{app}:{deployment}" in part for part in (p.info["cmdline"] or []))]
+    assert len(found) == 1, [p.info["cmdline"] for p in found]
+    return found[0]
+
+
+def replica_rss(app: str, deployment: str = "QueueActor") -> int:
+    """Resident memory of the app's (one) replica of a deployment."""
+    return replica_process(app, deployment).memory_info().rss

@@ -19,7 +19,7 @@ from ray.cluster_utils import Cluster
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.integration.conftest import KEY, config_args, merged  # noqa: E402
-from tests.integration.test_api import photo  # noqa: E402
+from tests.helpers import photo  # noqa: E402
 
 
 def main() -> int:

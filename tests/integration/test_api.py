@@ -9,23 +9,11 @@ import pytest
 from PIL import Image
 
 from serve_app.deployments import PUBLIC_PATHS
+from tests.helpers import IMAGE, bomb_png, photo, plain_png
 
 pytestmark = pytest.mark.integration
 
 
-def photo(w=512, h=384, seed=0, fmt="PNG", exif_orientation=None):
-    buf = io.BytesIO()
-    im = Image.fromarray((np.random.RandomState(seed).rand(h, w, 3) * 255).astype("uint8"))
-    kwargs = {}
-    if exif_orientation:
-        exif = Image.Exif()
-        exif[0x0112] = exif_orientation
-        kwargs["exif"] = exif
-    im.save(buf, fmt, **kwargs)
-    return buf.getvalue()
-
-
-IMAGE = photo()
 NOT_FOUND_TAIL = "It may have been cleaned up (jobs are kept for 1 hour after completion)."
 
 
@@ -208,14 +196,13 @@ def _post(api, files=None, data=None):
                                   "bomb", "long_instruction", "empty_instruction", "long_system_prompt", "missing_image",
                                   "missing_instruction", "bad_seed", "negative_seed", "image_as_text"])
 def test_bad_input_gets_a_clear_4xx(api, case):
-    from tests.unit.test_images import bomb_png
 
     good = {"instruction": "x"}
     jpeg = photo(fmt="JPEG")
     cases = {
         "too_big_bytes": (400, {"image": ("a.png", b"\x89PNG" + b"\0" * int(15.2 * 1024 * 1024))}, good,
                           "Image too large (15.2MB). Maximum 10MB allowed."),
-        "too_big_pixels": (400, {"image": ("a.png", _plain_png(3000, 3000))}, good,
+        "too_big_pixels": (400, {"image": ("a.png", plain_png(3000, 3000))}, good,
                            "Image dimensions too large (3000x3000). Maximum 2048x2048 pixels."),
         "gif": (400, {"image": ("a.gif", _gif())}, good, "Invalid image format: GIF. Must be JPEG or PNG"),
         "html": (400, {"image": ("a.png", b"<!DOCTYPE html><html><script>alert(1)</script></html>")}, good,
@@ -242,10 +229,7 @@ def test_bad_input_gets_a_clear_4xx(api, case):
     assert "Traceback" not in r.text and "/tmp" not in r.text and "site-packages" not in r.text
 
 
-def _plain_png(w, h):
-    buf = io.BytesIO()
-    Image.new("RGB", (w, h), (90, 120, 200)).save(buf, "PNG")
-    return buf.getvalue()
+
 
 
 def _gif():

@@ -3,32 +3,19 @@
 import time
 
 import pytest
-import ray
 from pydantic import ValidationError
 from ray import serve
 
 from serve_app.deployments import build_app
-from tests.integration.test_api import IMAGE
+from tests.helpers import IMAGE, kill_replica, worker_info
 
 pytestmark = pytest.mark.integration
 
 
-def _worker_info(app_name: str, timeout: float = 120.0) -> dict:
-    handle = serve.get_deployment_handle("ModelWorker", app_name=app_name)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return handle.info.remote().result(timeout_s=10)
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-
-
 def test_gpu_config_pins_the_worker_to_a_gpu(gpu_api, api):
-    info = _worker_info("gpu")
+    info = worker_info("gpu")
     assert info["gpu_ids"] == [0]  # num_gpus: 1 from config/serve.gpu.yaml reached the replica
-    main_info = _worker_info("main")
+    main_info = worker_info("main")
     assert main_info["gpu_ids"] == [] and main_info["device"] == "cpu"
     # no default preset: the contract's answer, never a hang
     r = gpu_api.submit(IMAGE)
@@ -69,14 +56,6 @@ def test_config_is_validated_with_a_clear_message():
         build_app({"max_queue_size": 0})
     with pytest.raises(Exception, match="Unknown preset 'nope'"):
         build_app({"default_preset": "nope"})
-
-
-def kill_replica(app_name: str, deployment: str = "ModelWorker", restart: bool = False) -> None:
-    """Kill the one replica of ``deployment`` in ``app_name`` (Serve starts a replacement)."""
-    names = [a for a in ray.util.list_named_actors(all_namespaces=True)
-             if a["name"].startswith(f"SERVE_REPLICA::{app_name}#{deployment}#")]
-    assert len(names) == 1, names
-    ray.kill(ray.get_actor(names[0]["name"], namespace=names[0]["namespace"]), no_restart=not restart)
 
 
 def test_worker_killed_mid_job_runs_it_once_more_then_fails_it_and_service_recovers(api):

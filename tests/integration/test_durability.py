@@ -8,9 +8,7 @@ import time
 
 import pytest
 
-from tests.integration.test_api import IMAGE
-from tests.integration.test_config_and_faults import kill_replica
-from tests.integration.test_live import wait_for
+from tests.helpers import IMAGE, kill_replica, replica_rss, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -42,21 +40,6 @@ def test_queue_actor_killed_comes_back_with_every_job(api):
     assert [f["status"] for f in finals] == ["completed"] * 3
     assert finals[1]["started_at"] <= finals[2]["started_at"]  # the queued ones ran in their order
     assert finals[0]["attempts"] in (1, 2)  # its worker reported it, or it ran once more
-
-
-def replica_process(app: str, deployment: str = "QueueActor"):
-    """The app's (one) replica of a deployment, found by its process title (a psutil.Process)."""
-    import psutil
-
-    found = [p for p in psutil.process_iter(["cmdline"])
-             if any(f"ServeReplica:{app}:{deployment}" in part for part in (p.info["cmdline"] or []))]
-    assert len(found) == 1, [p.info["cmdline"] for p in found]
-    return found[0]
-
-
-def replica_rss(app: str, deployment: str = "QueueActor") -> int:
-    """Resident memory of the app's (one) replica of a deployment."""
-    return replica_process(app, deployment).memory_info().rss
 
 
 @pytest.mark.timeout(900)  # about 5 minutes of jobs on a 2-core machine

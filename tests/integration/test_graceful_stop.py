@@ -11,8 +11,7 @@ import time
 import pytest
 
 from tests.integration.conftest import _deploy
-from tests.integration.test_api import IMAGE
-from tests.integration.test_live import wait_for
+from tests.helpers import IMAGE, wait_for
 
 pytestmark = pytest.mark.integration
 

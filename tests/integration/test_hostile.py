@@ -8,7 +8,7 @@ import uuid
 import pytest
 from PIL import Image
 
-from tests.integration.test_api import IMAGE
+from tests.helpers import IMAGE, bomb_png, plain_png, replica_process, replica_rss
 
 pytestmark = pytest.mark.integration
 
@@ -151,9 +151,6 @@ def test_memory_stays_bounded_under_repeated_hostile_uploads(api):
     Measured here: the ingress levels off about 150-330 MB above its start after 10-15 rounds; the
     growth is in passing the big bodies from Serve's proxy to the replica (it happens even when the
     upload is refused by its size, unread), not in the service's own handling."""
-    from tests.integration.test_api import _plain_png
-    from tests.integration.test_durability import replica_rss
-    from tests.unit.test_images import bomb_png
 
     bomb, big = bomb_png(30000, 30000), b"\x89PNG" + b"\0" * (15 * 1024 * 1024)
     fields = {f"f{i}": "x" * 100 for i in range(1000)}
@@ -171,7 +168,7 @@ def test_memory_stays_bounded_under_repeated_hostile_uploads(api):
         r = api.http.post("/api/v1/submit", content=chunked(),
                           headers={"Content-Type": "multipart/form-data; boundary=b"})
         assert r.status_code == 413, r.text
-        clean(api.http.post("/api/v1/submit", files={"image": ("a.png", _plain_png(3000, 3000))},
+        clean(api.http.post("/api/v1/submit", files={"image": ("a.png", plain_png(3000, 3000))},
                             data={"instruction": "x", **fields}))
 
     api.drain()
@@ -194,7 +191,6 @@ def test_uploads_are_spooled_inside_the_state_folder(api):
     import os
     import time
 
-    from tests.integration.test_durability import replica_process
 
     ingress = replica_process("main", "Ingress")
     open_files = []

@@ -9,7 +9,7 @@ from ray import serve
 
 from serve_app.queue_actor import LEASE_EXPIRED
 from tests.integration.conftest import _deploy
-from tests.integration.test_api import IMAGE
+from tests.helpers import IMAGE
 
 pytestmark = pytest.mark.integration
 LEASE = 3

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from tests.integration.test_api import IMAGE
+from tests.helpers import IMAGE, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -31,16 +31,6 @@ def read_events(api, job_id, timeout=60.0) -> list[tuple[str, dict | None]]:
                 events.append((name, json.loads("\n".join(data))))
                 name, data = None, []
     return events
-
-
-def wait_for(predicate, timeout=30.0, every=0.05, show=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("condition not met in time" + (f": {show()}" if show else ""))
 
 
 def test_events_stream_states_progress_and_ends_with_completed(api):

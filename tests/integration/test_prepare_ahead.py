@@ -1,14 +1,12 @@
 """A worker that claims its next job on the current job's last step and prepares it meanwhile (what
 GPU workers do by default), forced on here on the CPU: FIFO, exact counts and pixels unchanged."""
 
-import time
 
 import pytest
 from ray import serve
 
 from tests.integration.conftest import _deploy
-from tests.integration.test_api import IMAGE
-from tests.integration.test_config_and_faults import _worker_info
+from tests.helpers import IMAGE, worker_info
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +23,7 @@ def test_jobs_prepared_ahead_run_in_order_with_the_same_pixels(cluster, api):
         # started in submission order, one worker: each claimed on the previous job's last step
         starts = [d["started_at"] for d in done]
         assert starts == sorted(starts)
-        info = _worker_info("ahead")
+        info = worker_info("ahead")
         assert info["jobs_done"] == 6 and info["jobs_prepared_ahead"] == 5
         q = ahead.http.get("/api/v1/queue").json()
         assert q["processing_count"] == 0 and q["queued_count"] == 0

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.integration.test_api import IMAGE, photo
+from tests.helpers import IMAGE, photo
 
 pytestmark = pytest.mark.integration
 

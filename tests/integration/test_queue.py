@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from tests.integration.conftest import KEY
-from tests.integration.test_api import IMAGE
+from tests.helpers import IMAGE
 
 pytestmark = pytest.mark.integration
 FULL = "Queue is full (maximum 10 jobs). Please try again later."

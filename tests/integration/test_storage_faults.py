@@ -7,7 +7,7 @@ import pytest
 from ray import serve
 
 from tests.integration.conftest import _deploy
-from tests.integration.test_api import IMAGE
+from tests.helpers import IMAGE
 
 pytestmark = pytest.mark.integration
 FULL = ("The server could not store the result: the disk holding the results folder is full. Submit the job "

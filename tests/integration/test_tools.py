@@ -16,8 +16,7 @@ from PIL import Image
 
 from serve_app.client import Client, Conflict, NotFound, QueueFull
 from tests.integration.conftest import KEY
-from tests.integration.test_api import IMAGE
-from tests.integration.test_live import wait_for
+from tests.helpers import IMAGE, wait_for
 
 pytestmark = pytest.mark.integration
 QWEN_EDIT = str(Path(sys.executable).with_name("qwen-edit"))

@@ -12,7 +12,7 @@ import shutil
 import pytest
 
 from tests.integration.conftest import KEY
-from tests.integration.test_api import IMAGE
+from tests.helpers import IMAGE
 
 pytestmark = pytest.mark.integration
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -1,12 +1,11 @@
 import io
-import struct
-import zlib
 
 import pytest
 from PIL import Image
 
 from serve_app.errors import InvalidImage
 from serve_app.images import MB, UploadLimits, check_upload, decode
+from tests.helpers import bomb_png
 
 LIMITS = UploadLimits(max_bytes=10 * MB, max_side=2048)
 
@@ -27,14 +26,6 @@ def jpeg(w=64, h=48, exif_orientation=None):
     else:
         im.save(buf, "JPEG")
     return buf.getvalue()
-
-
-def bomb_png(w, h):
-    """A tiny PNG whose header declares a w x h canvas."""
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def refused(data) -> str:
