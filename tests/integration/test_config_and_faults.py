@@ -7,7 +7,7 @@ from pydantic import ValidationError
 from ray import serve
 
 from serve_app.deployments import build_app
-from tests.helpers import IMAGE, kill_replica, worker_info
+from tests.helpers import IMAGE, kill_replica, wait_for, worker_info
 
 pytestmark = pytest.mark.integration
 
@@ -88,13 +88,9 @@ def test_a_worker_whose_profile_cannot_run_stays_up_and_says_why(cluster, api):
     assert h["workers"][0]["profile"] == "bf16" and "CPU" in h["workers"][0]["profile_reason"]
     fp8 = _deploy(cluster, "fp8", "/fp8", wait_workers=False, worker={"num_cpus": 0, "profile": "fp8"})
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            h = fp8.http.get("/api/v1/health").json()
-            if any(w["state"] == "unusable" for w in h["workers"]):
-                break
-            assert time.monotonic() < deadline, h
-            time.sleep(0.5)
+        h = wait_for(lambda: (h := fp8.http.get("/api/v1/health").json())
+                     and any(w["state"] == "unusable" for w in h["workers"]) and h, 120, every=0.5,
+                     show=lambda: fp8.http.get("/api/v1/health").json())
         worker = h["workers"][0]
         sentence = worker["detail"]
         assert sentence.startswith("Profile fp8 needs FP8 tensor cores") and "this worker has no GPU" in sentence

@@ -1,13 +1,12 @@
 """Faults of the results folder through the real Serve app: a disk that fills up mid-queue."""
 
 import subprocess
-import time
 
 import pytest
 from ray import serve
 
 from tests.integration.conftest import _deploy
-from tests.helpers import IMAGE
+from tests.helpers import IMAGE, wait_for
 
 pytestmark = pytest.mark.integration
 FULL = ("The server could not store the result: the disk holding the results folder is full. Submit the job "
@@ -37,21 +36,14 @@ def test_a_full_results_disk_fails_jobs_at_once_and_the_queue_recovers(cluster, 
         assert [d["error"] for d in done[stored:]] == [FULL] * (6 - stored)
         q = api.http.get("/api/v1/queue").json()
         assert q["processing_count"] == 0 and q["queued_count"] == 0  # no slot held by a failed write
-        deadline = time.monotonic() + 10
-        while True:
-            warnings = _storage_warnings(api)
-            if any("Free some space" in w for w in warnings):
-                break
-            assert time.monotonic() < deadline, f"health never warned about the full disk: {warnings}"
-            time.sleep(0.3)
+        warnings = wait_for(lambda: (w := _storage_warnings(api)) and any("Free some space" in x for x in w) and w,
+                            10, every=0.3, show=lambda: f"health never warned about the full disk: {_storage_warnings(api)}")
         assert "The last result could not be stored: the disk holding the results folder is full." in warnings
         assert api.http.get(f"/api/v1/status/{ids[0]}/result").content.startswith(b"\x89PNG")  # kept
         for path in results.iterdir():  # the operator makes room
             path.unlink()
-        deadline = time.monotonic() + 10
-        while _storage_warnings(api):
-            assert time.monotonic() < deadline, "health kept warning after space came back"
-            time.sleep(0.3)
+        wait_for(lambda: not _storage_warnings(api), 10, every=0.3,
+                 show=lambda: "health kept warning after space came back")
         again = [api.submit(IMAGE, preset="slow", seed=10 + i).json()["job_id"] for i in range(2)]
         assert [api.wait(job_id, timeout=120)["status"] for job_id in again] == ["completed", "completed"]
     finally:
