@@ -173,13 +173,13 @@ def measure(pipe, device: str, size: int, jobs: int, lora_rank: int, attention: 
     """Preset switches, exact restore and a full queue through ``EditEngine`` on ``pipe``, held as
     ``profile`` says (default bf16: LoRAs fused; quantized profiles: LoRAs as adapters)."""
     from serve_app.pipeline import EditEngine
-    from tests.helpers import make_lightning_lora
+    from serve_app.tiny_model import random_lightning_lora
 
     dtype = pipe.vae.dtype  # the compute dtype (a quantized transformer's parameters are not)
     t = time.perf_counter()
-    lora4 = make_lightning_lora(pipe.transformer, workdir / "lightning-4step.safetensors", rank=lora_rank, seed=1,
+    lora4 = random_lightning_lora(pipe.transformer, workdir / "lightning-4step.safetensors", rank=lora_rank, seed=1,
                                 scale=0.02, dtype=dtype, device=device)
-    lora8 = make_lightning_lora(pipe.transformer, workdir / "lightning-8step.safetensors", rank=lora_rank, seed=2,
+    lora8 = random_lightning_lora(pipe.transformer, workdir / "lightning-8step.safetensors", rank=lora_rank, seed=2,
                                 scale=0.02, dtype=dtype, device=device)
     out = {"lora_rank": lora_rank, "lora_file_mb": round(lora4.stat().st_size / 2**20, 1),
            "lora_files_made_seconds": round(time.perf_counter() - t, 1)}

@@ -178,18 +178,17 @@ class LocalHandle:
 
 
 async def plain_serve(config: Path, port: int) -> None:
-    """The service's own classes in this process, served by uvicorn (the same FastAPI app)."""
-    import types
-
+    """The service's own classes in this process, served by uvicorn: the queue and a worker as plain
+    objects, and the HTTP app from the same factory each ingress replica calls (``api.make_app``)."""
     import uvicorn
-    from ray import serve
 
-    from serve_app import deployments
+    from serve_app.api import make_app
+    from serve_app.config import build_settings
     from serve_app.model_actor import ModelWorker
     from serve_app.queue_actor import QueueActor
+    from serve_app.service import EditService
 
-    args = yaml.safe_load(config.read_text())["applications"][0]["args"]
-    queue_settings, worker_settings, ingress_settings, _ = deployments.app_settings(args)
+    settings = build_settings(yaml.safe_load(config.read_text())["applications"][0]["args"])
 
     async def make(deployment, *init_args):
         cls = deployment.func_or_class
@@ -199,18 +198,10 @@ async def plain_serve(config: Path, port: int) -> None:
             await result
         return obj
 
-    queue = await make(QueueActor, queue_settings)
-    worker = await make(ModelWorker, LocalHandle(queue), worker_settings)
-    ingress_cls = deployments.Ingress.func_or_class.__mro__[1]  # the class under Serve's ASGI wrapper
-    ingress = ingress_cls.__new__(ingress_cls)
-    ingress_cls.__init__(ingress, LocalHandle(queue), None, ingress_settings)
-    # serve.ingress routes each request to the replica's instance via get_replica_context(): here, ours.
-    context = types.SimpleNamespace(servable_object=ingress, replica_id=types.SimpleNamespace(unique_id="plain"))
-    serve.get_replica_context = lambda: context
+    queue = await make(QueueActor, settings)
+    worker = await make(ModelWorker, LocalHandle(queue), settings)
+    app = make_app(EditService(LocalHandle(queue), settings), settings)
     print(f"plain: serving on http://127.0.0.1:{port} (worker {worker.id})", flush=True)
-    # serve.ingress keeps its own copy of the FastAPI app (pickled with the class): that copy is the one
-    # Serve serves and the one the ingress configures in __init__, so it is the one to serve here.
-    app = ingress_cls.__init__.__globals__["app"]
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     await server.serve()
 

@@ -39,7 +39,6 @@ def quantiles(samples: list[float]) -> dict:
 
 
 async def run(args) -> dict:
-    from serve_app import deployments
     from serve_app.auth import Caller
     from serve_app.queue_actor import QueueActor
 
@@ -60,10 +59,17 @@ async def run(args) -> dict:
             return queue.job_done(worker, job_id, png, 0.1)
 
     with tempfile.TemporaryDirectory() as tmp:
-        queue_settings, *_ = deployments.app_settings({"state_dir": tmp, "max_queue_size": 10})
+        args_ = {"state_dir": tmp, "max_queue_size": 10}
+        try:
+            from serve_app.config import build_settings
+            queue_settings = build_settings(args_)
+        except ImportError:  # the code before settings were built in config.py
+            from serve_app import deployments
+            queue_settings, *_ = deployments.app_settings(args_)
         queue = await make(QueueActor, queue_settings)
         inputs, result = os.urandom(args.input_mb << 20), os.urandom(args.result_mb << 20)  # before timing
         first, _ = await submit(str(uuid.uuid4()), [b"x"], "probe", 1)
+        first_id = first["job_id"] if isinstance(first, dict) else first.job_id
         latencies, stop = [], asyncio.Event()
 
         async def poll():
@@ -73,7 +79,7 @@ async def run(args) -> dict:
             while not stop.is_set():
                 due += 0.002
                 await asyncio.sleep(max(0.0, due - time.perf_counter()))
-                await queue.status(first["job_id"], admin)
+                await queue.status(first_id, admin)
                 now = time.perf_counter()
                 latencies.append(now - due)
                 due = max(due, now - 0.002)  # a late answer does not queue up asks behind it

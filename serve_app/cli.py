@@ -18,6 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .client import ApiError, Client, JobFailed
+from .protocol import JobStatus
 from .schemas import JobStatusResponse
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
@@ -34,16 +35,16 @@ class Progress:
         self.bar = tqdm(total=1, desc=f"{job_id[:8]} queued", unit="step", leave=True, file=sys.stderr)
 
     def __call__(self, view: JobStatusResponse) -> None:
-        if view.status == "queued":
+        if view.status is JobStatus.QUEUED:
             self.bar.set_description(f"{view.job_id[:8]} queued, position {view.position}")
-        elif view.status == "processing":
+        elif view.status is JobStatus.PROCESSING:
             if view.total_steps and self.bar.total != view.total_steps:
                 self.bar.reset(total=view.total_steps)
             self.bar.set_description(f"{view.job_id[:8]} editing")
             self.bar.n = view.step
             self.bar.refresh()
         else:
-            if view.status == "completed" and view.total_steps:
+            if view.status is JobStatus.COMPLETED and view.total_steps:
                 self.bar.n = self.bar.total
             self.bar.set_description(f"{view.job_id[:8]} {view.status}")
             self.bar.close()
@@ -56,7 +57,7 @@ def cmd_submit(client: Client, args) -> int:
         _print(job)
         return 0
     view = client.wait(job.job_id, timeout=args.timeout, on_update=Progress(job.job_id))
-    if view.status != "completed":
+    if view.status is not JobStatus.COMPLETED:
         print(f"Job {view.job_id} {view.status}" + (f": {view.error}" if view.error else ""), file=sys.stderr)
         return 1
     out = Path(args.out or f"{view.result_path or view.job_id + '.png'}")
@@ -96,7 +97,7 @@ def cmd_batch(client: Client, args) -> int:
             view = client.submit(path, args.instruction, preset=args.preset, seed=args.seed,
                                  wait_for_room=float("inf"))
             final = client.wait(view.job_id, timeout=args.timeout)
-            if final.status == "completed":
+            if final.status is JobStatus.COMPLETED:
                 client.download(final.job_id, out / f"{path.stem}.png")
             else:
                 with lock:

@@ -27,11 +27,11 @@ from pathlib import Path
 import httpx
 from httpx_sse import connect_sse
 
+from .protocol import TERMINAL, JobStatus
 from .schemas import (HealthResponse, JobListResponse, JobStatusResponse, ModelsResponse, QueueResponse,
                       SubmitResponse)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-TERMINAL = ("completed", "failed", "cancelled")
 API = "/api/v1"
 
 
@@ -252,7 +252,7 @@ class Client:
             view = new
             if view.status not in TERMINAL:
                 time.sleep(poll)
-        if raise_on_failure and view.status != "completed":
+        if raise_on_failure and view.status is not JobStatus.COMPLETED:
             raise JobFailed(view)
         return view
 

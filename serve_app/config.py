@@ -1,7 +1,8 @@
 """The operator's settings: ``args:`` of config/serve.yaml, validated by the typed app builder.
 
-``AppArgs`` is the only place settings are read from; the builder turns it into small frozen
-settings objects for each deployment, with every path made absolute on the machine that builds the app.
+``AppArgs`` is the only place settings are read from; ``build_settings`` turns it, once, into the
+frozen ``Settings`` every deployment is built with, each value in one place and every path made
+absolute on the machine that builds the app.
 """
 
 from pathlib import Path
@@ -9,8 +10,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .auth import load_keyring
 from .images import MB, UploadLimits
-from .presets import Preset
+from .presets import Preset, build_registry, missing_weights, resolve
+from .webhooks import load_secret
 from .profiles import known, unknown_profile_message
 
 
@@ -108,27 +111,22 @@ class AppArgs(BaseModel):
 
 
 class QueueSettings(BaseModel):
+    """What only the queue reads."""
     model_config = ConfigDict(frozen=True)
 
-    max_queue_size: int
-    cleanup_age_seconds: float
     results_dir: str
     jobs_db: str  # SQLite file with the job records and inputs
-    presets: dict[str, Preset]
-    default_preset: str | None
-    load_timeout_seconds: float
-    worker_resources: dict[str, float] = {}
-    scheduling: str = "fifo"
-    max_jobs_per_station: int | None = None
-    webhook_secret: bytes | None = None
-    webhook_retry_seconds: float = 60
-    webhook_timeout_seconds: float = 5
-    graceful_stop_seconds: float = 30
-    min_free_disk_mb: float = 256
-    job_lease_seconds: float = 300
+    scheduling: str
+    max_jobs_per_station: int | None
+    webhook_secret: bytes | None
+    webhook_retry_seconds: float
+    webhook_timeout_seconds: float
+    graceful_stop_seconds: float
+    min_free_disk_mb: float
 
 
 class WorkerSettings(BaseModel):
+    """What only the model workers read."""
     model_config = ConfigDict(frozen=True)
 
     models_dir: str
@@ -138,29 +136,99 @@ class WorkerSettings(BaseModel):
     attention_backend: str  # no defaults here: a field the builder forgets must fail, not go quiet
     compile: bool
     warmup: bool
-    preload: Preset | None
+    preload: str | None  # the default preset, when its weights are here
     profile: str
     gpu_memory_gib: float | None
-    plan_presets: tuple[Preset, ...]  # what `auto` plans for: the presets sharing the preload's base
+    plan_presets: tuple[str, ...]  # what `auto` plans for: the presets sharing the preload's base
     prepare_ahead: bool | None
     engine: str
-    job_lease_seconds: float
-    max_images: int
+    num_replicas: int
+    actor_options: dict  # Ray actor options of each worker (GPUs, CPUs, custom resources)
 
 
 class IngressSettings(BaseModel):
+    """What only the ingress reads."""
     model_config = ConfigDict(frozen=True)
 
+    replicas: int
     upload_limits: UploadLimits
-    max_images: int
     max_body_bytes: int
     max_instruction_chars: int
     max_system_prompt_chars: int
     edit_timeout_seconds: float
-    load_timeout_seconds: float
     keys: tuple[tuple[bytes, str, bool], ...]  # (sha256 of a key, station, admin)
-    webhook_allowed_hosts: tuple[str, ...] = ()
+    webhook_allowed_hosts: tuple[str, ...]
+    upload_dir: str | None  # where uploads over 1 MB are spooled while a request is read
+
+
+class Settings(BaseModel):
+    """Everything the deployments are built with, each value once: what more than one of them reads
+    at the top, the rest in the part of the one that reads it. Every deployment gets the whole object."""
+    model_config = ConfigDict(frozen=True)
+
     presets: dict[str, Preset]
-    cleanup_age_seconds: float
+    default_preset: str | None
     max_queue_size: int
-    upload_dir: str | None = None  # where uploads over 1 MB are spooled while a request is read
+    cleanup_age_seconds: float
+    load_timeout_seconds: float
+    job_lease_seconds: float
+    max_images: int
+    queue: QueueSettings
+    worker: WorkerSettings
+    ingress: IngressSettings
+
+    @property
+    def worker_resources(self) -> dict[str, float]:
+        """What one worker holds, in Ray's resource names (the queue checks the cluster has room)."""
+        options = self.worker.actor_options
+        return {"CPU": options["num_cpus"], "GPU": options["num_gpus"], **options.get("resources", {})}
+
+
+def planned_presets(presets: dict[str, Preset], default: str | None) -> tuple[str, ...]:
+    """The presets a worker's ``auto`` profile must fit: those in the worker's profile that share the
+    default preset's base (all of them when there is no default); LoRA and working area vary among them."""
+    own = [p for p in presets.values() if p.profile is None]
+    if default is not None and presets[default].profile is None:
+        own = [p for p in own if p.base == presets[default].base]
+    return tuple(p.name for p in own)
+
+
+def build_settings(args: AppArgs | dict | None) -> Settings:
+    """config/serve.yaml's ``args:``, validated, as the deployments' settings. Reads the key and
+    webhook-secret files (creating them on first start) and prints where the keys come from."""
+    if not isinstance(args, AppArgs):
+        args = AppArgs.model_validate(args or {})
+    presets = build_registry(args.presets)
+    default = resolve(presets, args.default_preset).name if args.default_preset else None
+    keyring, key_message = load_keyring(args.path(args.api_key_file, "api_key"),
+                                        keys_file=args.api_keys_file and args.path(args.api_keys_file, ""))
+    print(key_message, flush=True)
+    hooks, w = args.webhooks, args.worker
+    secret = load_secret(args.path(hooks.secret_file, "webhook_secret")) if hooks.allowed_hosts else None
+    actor_options = {"num_gpus": w.num_gpus, "num_cpus": w.num_cpus}
+    if w.resources:
+        actor_options["resources"] = dict(w.resources)
+    preload = default if default and missing_weights(presets[default]) is None else None
+    return Settings(
+        presets=presets, default_preset=default, max_queue_size=args.max_queue_size,
+        cleanup_age_seconds=args.cleanup_age_seconds, load_timeout_seconds=args.load_timeout_seconds,
+        job_lease_seconds=args.job_lease_seconds, max_images=args.max_images,
+        queue=QueueSettings(
+            results_dir=str(args.path(args.results_dir, "results")), jobs_db=str(args.path(None, "jobs.sqlite3")),
+            scheduling=args.scheduling, max_jobs_per_station=args.max_jobs_per_station,
+            webhook_secret=secret, webhook_retry_seconds=hooks.retry_seconds,
+            webhook_timeout_seconds=hooks.timeout_seconds, graceful_stop_seconds=args.graceful_stop_seconds,
+            min_free_disk_mb=args.min_free_disk_mb),
+        worker=WorkerSettings(
+            models_dir=str(args.path(args.models_dir, "models")), device=w.device, torch_threads=w.torch_threads,
+            png_compress_level=w.png_compress_level, attention_backend=w.attention_backend, compile=w.compile,
+            warmup=w.warmup, preload=preload, profile=w.profile, gpu_memory_gib=w.gpu_memory_gib,
+            plan_presets=planned_presets(presets, default), prepare_ahead=w.prepare_ahead, engine=w.engine,
+            num_replicas=w.num_replicas, actor_options=actor_options),
+        ingress=IngressSettings(
+            replicas=args.ingress_replicas, upload_limits=args.upload_limits,
+            max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_instruction_chars=args.max_instruction_chars,
+            max_system_prompt_chars=args.max_system_prompt_chars, edit_timeout_seconds=args.edit_timeout_seconds,
+            keys=keyring.entries, webhook_allowed_hosts=tuple(hooks.allowed_hosts),
+            upload_dir=str(args.path(None, "uploads"))),
+    )

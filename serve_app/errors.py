@@ -123,3 +123,12 @@ class ServiceUnavailable(ApiError):
 
 class EditTimeout(ApiError):
     status_code = 504
+
+
+def api_error_of(exc: BaseException) -> ApiError | None:
+    """The ApiError behind an exception that crossed a Ray call (Ray wraps it; ``cause`` is the
+    original), if that is what it is."""
+    if isinstance(exc, ApiError):
+        return exc
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, ApiError) else None

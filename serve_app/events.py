@@ -14,16 +14,15 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
-TERMINAL = ("completed", "failed", "cancelled")
+from .protocol import JobView
 
 # watch(job_id, last_signature, timeout) -> the new view, or None after timeout; raises when gone
-Watch = Callable[[str, tuple | None, float], Awaitable[dict | None]]
-Signature = Callable[[dict], tuple]
+Watch = Callable[[str, tuple | None, float], Awaitable[JobView | None]]
 
 
 @dataclass
 class _Feed:
-    view: dict
+    view: JobView
     version: int = 0
     listeners: int = 0
     error: BaseException | None = None
@@ -37,8 +36,8 @@ class _Feed:
 
 
 class JobEvents:
-    def __init__(self, watch: Watch, signature: Signature, heartbeat_s: float = 10.0):
-        self._watch, self._signature, self.heartbeat_s = watch, signature, heartbeat_s
+    def __init__(self, watch: Watch, heartbeat_s: float = 10.0):
+        self._watch, self.heartbeat_s = watch, heartbeat_s
         self._feeds: dict[str, _Feed] = {}
 
     @property
@@ -46,9 +45,9 @@ class JobEvents:
         return len(self._feeds)
 
     async def _pump(self, job_id: str, feed: _Feed) -> None:
-        while feed.view["status"] not in TERMINAL:
+        while not feed.view.terminal:
             try:
-                view = await self._watch(job_id, self._signature(feed.view), self.heartbeat_s)
+                view = await self._watch(job_id, feed.view.signature(), self.heartbeat_s)
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:  # the job expired, or the queue is unreachable: tell listeners
@@ -59,7 +58,7 @@ class JobEvents:
                 feed.view = view
                 feed.publish()
 
-    async def subscribe(self, job_id: str, first_view: dict) -> AsyncIterator[dict | None]:
+    async def subscribe(self, job_id: str, first_view: JobView) -> AsyncIterator[JobView | None]:
         """Views of the job as it changes (``None``: a heartbeat is due); ends after a final view.
         Raises what the queue raised if the job vanishes while followed."""
         feed = self._feeds.get(job_id)
@@ -75,7 +74,7 @@ class JobEvents:
                     if feed.error is not None:
                         raise feed.error
                     yield feed.view
-                    if feed.view["status"] in TERMINAL:
+                    if feed.view.terminal:
                         return
                     continue
                 changed = feed.changed

@@ -19,7 +19,8 @@ import sqlite3
 from dataclasses import fields
 from pathlib import Path
 
-from .queue_core import Job, JobStatus
+from .protocol import JobStatus
+from .queue_core import Job
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (

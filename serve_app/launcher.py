@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-log = logging.getLogger("qwen-serve")
+log = logging.getLogger(__name__)
 OUR_BUILDER = "serve_app.deployments:build_app"
 DRAIN_MARGIN_S = 15.0  # beyond the grace period: the queue's own bookkeeping and the Ray round trip
 

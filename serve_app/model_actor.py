@@ -29,21 +29,24 @@ import uuid
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from .config import WorkerSettings
+from .config import Settings
+from .logs import for_job, use_serve_handlers
 from .metrics import WorkerMetrics
 from .pipeline import JobCancelled, ProfileUnavailable, public_error
 from .protocol import (HEARTBEAT_S, JobDone, JobFailed, JobTask, LoadDone, LoadTask, Outcome, StepReport,
                        WorkerState)
 
-log = logging.getLogger("ray.serve")
+log = logging.getLogger(__name__)
 POLL_S = 5.0
 REPORT_BACKOFF_MAX_S = 10.0
 
 
 @serve.deployment(max_ongoing_requests=8)
 class ModelWorker:
-    async def __init__(self, queue: DeploymentHandle, settings: WorkerSettings):
+    async def __init__(self, queue: DeploymentHandle, app_settings: Settings):
+        use_serve_handlers()
         self.queue = queue
+        settings = app_settings.worker
         try:
             self.id = serve.get_replica_context().replica_id.unique_id
         except Exception:
@@ -54,7 +57,7 @@ class ModelWorker:
                              settings.profile, settings.gpu_memory_gib)
         # Job id -> when this replica last made progress on it (claimed, a step, finished, a report
         # tried). Heartbeats name the jobs with progress within the lease; a job without is stuck.
-        self.lease_s = settings.job_lease_seconds
+        self.lease_s = app_settings.job_lease_seconds
         self._active: dict[str, float] = {}
         self._background: set[asyncio.Task] = set()
         # The next job, claimed and being prepared while the current one finishes (prepare_ahead).
@@ -70,7 +73,8 @@ class ModelWorker:
         self._loop_task: asyncio.Task | None = None
         await self._report(WorkerState.STARTING)
         try:
-            await asyncio.to_thread(self.engine.choose_profile, list(settings.plan_presets), settings.max_images)
+            plan = [app_settings.presets[name] for name in settings.plan_presets]
+            await asyncio.to_thread(self.engine.choose_profile, plan, app_settings.max_images)
         except ProfileUnavailable as exc:
             # Stay up (a replica that raised would be restarted into the same error, for ever), say
             # why in /health, and take no job: the queue hands jobs only to workers that ask.
@@ -78,13 +82,14 @@ class ModelWorker:
             await self._report(WorkerState.UNUSABLE, None, str(exc))
             return
         if settings.preload is not None:
-            await self._report(WorkerState.LOADING, settings.preload.name)
+            preload = app_settings.presets[settings.preload]
+            await self._report(WorkerState.LOADING, preload.name)
             try:
-                await asyncio.to_thread(self.engine.ensure, settings.preload)
+                await asyncio.to_thread(self.engine.ensure, preload)
                 if settings.warmup:  # compile / autotune now, not on a station's first job
-                    await asyncio.to_thread(self._warm_up, settings.preload)
+                    await asyncio.to_thread(self._warm_up, preload)
             except Exception as exc:
-                log.exception("[ModelWorker] preloading %s failed", settings.preload.name)
+                log.exception("[ModelWorker] preloading %s failed", preload.name)
                 await self._report(WorkerState.FAILED, None, public_error(exc))
         self._loop_task = loop.create_task(self._loop())
 
@@ -169,7 +174,8 @@ class ModelWorker:
             prepared = await asyncio.to_thread(self.engine.prepare, task.preset, task.images, task.instruction,
                                                task.system_prompt)
         except Exception:  # generate does the work again and reports what is wrong with the job
-            log.warning("[ModelWorker] preparing job %s ahead failed", task.job_id[:8], exc_info=True)
+            log.warning("[ModelWorker] preparing job %s ahead failed", task.job_id[:8], exc_info=True,
+                        extra=for_job(task.job_id))
             prepared = None
         return task, prepared
 
@@ -249,11 +255,11 @@ class ModelWorker:
                                             prepared)
         except JobCancelled:
             log.info("[ModelWorker] job %s stopped: cancelled after %.2fs", task.job_id[:8],
-                     time.perf_counter() - start)
+                     time.perf_counter() - start, extra=for_job(task.job_id))
             self._active.pop(task.job_id, None)
             return
         except Exception as exc:
-            log.exception("[ModelWorker] job %s raised", task.job_id[:8])
+            log.exception("[ModelWorker] job %s raised", task.job_id[:8], extra=for_job(task.job_id))
             await self._report_outcome(JobFailed(task.job_id, public_error(exc), time.perf_counter() - start))
             return
         finally:
@@ -283,7 +289,8 @@ class ModelWorker:
         try:
             answer = await self._call_queue(method, self.id, report, touch=job_id)
             if answer == Outcome.NOT_YOURS:
-                log.info("[ModelWorker] job %s was no longer ours (cancelled or run elsewhere)", job_id[:8])
+                log.info("[ModelWorker] job %s was no longer ours (cancelled or run elsewhere)", job_id[:8],
+                         extra=for_job(job_id))
         finally:
             self._active.pop(job_id, None)
 

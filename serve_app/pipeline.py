@@ -43,7 +43,7 @@ from .profiles import PROFILES, Profile
 from .schedulers import LIGHTNING_SCHEDULER
 from .tiny_model import ensure_tiny_model
 
-log = logging.getLogger("ray.serve")
+log = logging.getLogger(__name__)
 _PATHS = re.compile(r"(/[\w.\-]+)+/?")
 
 

@@ -5,7 +5,7 @@ benchmark. Imports only diffusers (lazily): the benchmark runs where pydantic an
 import contextlib
 import logging
 
-log = logging.getLogger("ray.serve")
+log = logging.getLogger(__name__)
 # Fastest first; each is tried only on CUDA and kept if the transformer accepts it.
 ATTENTION_BACKENDS = ("_flash_3_hub", "_flash_3", "flash", "_native_cudnn", "native")
 

@@ -12,7 +12,7 @@ import logging
 
 from .profiles import Profile
 
-log = logging.getLogger("ray.serve")
+log = logging.getLogger(__name__)
 
 
 def _torchao_config(fmt: str):

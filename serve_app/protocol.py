@@ -1,18 +1,80 @@
 """The messages between the ingress, the queue and the model workers, typed once.
 
-Both sides of each call import this module, never each other: the ingress sends a ``JobRequest``;
-the queue hands a worker a ``JobTask`` or a ``LoadTask``; the worker reports ``StepReport``,
-``JobDone``, ``JobFailed`` and ``LoadDone``, and the queue answers each outcome with an ``Outcome``.
-Frozen dataclasses: they cross Ray by pickling, and nobody changes them on the way. No Ray, no torch.
+Both sides of each call import this module, never each other: the ingress sends a ``JobRequest``
+and gets ``JobView``s back; the queue hands a worker a ``JobTask`` or a ``LoadTask``; the worker
+reports ``StepReport``, ``JobDone``, ``JobFailed`` and ``LoadDone``, and the queue answers each
+outcome with an ``Outcome``. ``JobStatus`` and ``TERMINAL`` are the one place that names the job
+states. Frozen dataclasses: they cross Ray by pickling, and nobody changes them on the way. No Ray,
+no torch.
 """
 
+import dataclasses
 from dataclasses import dataclass
-from enum import Enum
+from enum import Enum, StrEnum
 
 from .presets import Preset
 
 # Workers heartbeat this often, busy or idle (the queue's registry judges them by it).
 HEARTBEAT_S = 2.0
+
+
+class JobStatus(StrEnum):
+    """A job's state, as stations see it (the value is the contract's string)."""
+
+    QUEUED = "queued"  # accepted, waiting for a worker; counts against the cap
+    PROCESSING = "processing"  # a worker is running it; counts against the cap
+    COMPLETED = "completed"  # final: the result file exists until the job expires
+    FAILED = "failed"  # final: ``error`` says why
+    CANCELLED = "cancelled"  # final: taken back by its station; it never ran, or stopped early
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+# The states a job never leaves (until it is cleaned up): the only definition in the project.
+TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+@dataclass(frozen=True)
+class JobView:
+    """The contract's status object for one job, as the queue answers it (``GET /status`` is this,
+    as JSON). Made only by ``JobQueue.view``."""
+
+    job_id: str
+    status: JobStatus
+    position: int | None  # 1-based among queued jobs, live; None unless queued
+    created_at: str | None
+    started_at: str | None
+    completed_at: str | None
+    result_path: str | None  # the result file's name
+    result_seed: int | None
+    error: str | None
+    instruction: str
+    model: str  # the preset
+    estimated_wait_seconds: int | None
+    worker: str | None
+    progress: float
+    step: int
+    total_steps: int | None
+    eta_seconds: float | None
+    station: str | None
+    run_seconds: float | None
+    attempts: int
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    def signature(self) -> tuple:
+        """What a station following the job is told about when it changes (ETAs, which tick with
+        time, are left out): two views with the same signature are the same news."""
+        return (self.status.value, self.position, self.step, self.total_steps, self.error, self.result_path,
+                self.worker)
+
+    def as_dict(self) -> dict:
+        """JSON-ready: the status as its string."""
+        return {**dataclasses.asdict(self), "status": self.status.value}
 
 
 class WorkerState(str, Enum):

@@ -39,31 +39,25 @@ from pathlib import Path
 from ray import serve
 
 from .auth import Caller
-from .config import QueueSettings
-from .errors import (ApiError, LoadInProgress, NoModelLoaded, QueueFull, ResultNotReady, ServiceUnavailable,
-                     StationLimit)
+from .config import Settings
+from .errors import LoadInProgress, NoModelLoaded, QueueFull, ResultNotReady, ServiceUnavailable, StationLimit
 from .jobstore import JobStore
+from .logs import for_job, use_serve_handlers
 from .metrics import QueueMetrics
 from .presets import Preset, require_available, resolve
-from .queue_core import Job, JobQueue, JobStatus
+from .protocol import (JobDone, JobFailed, JobRequest, JobStatus, JobTask, JobView, LoadDone, LoadTask, Outcome,
+                       StepReport, WorkerState)
+from .queue_core import Job, JobQueue
 from .storage import ResultStore, result_name, storage_reason
-from .protocol import (JobDone, JobFailed, JobRequest, JobTask, LoadDone, LoadTask, Outcome, StepReport,
-                       WorkerState)
 from .webhooks import Notifier
 from .workers import WorkerInfo, WorkerRegistry
 
-log = logging.getLogger("ray.serve")
+log = logging.getLogger(__name__)
 CLEANUP_PERIOD_S = 1.0
 LOST = "worker lost: the model worker stopped while running this job; submit it again"
 MAX_ATTEMPTS = 2  # a job interrupted by a lost worker runs once more, then fails with LOST
 LEASE_EXPIRED = ("the model worker made no progress on this job for {seconds:g} seconds (its lease ran out) "
                  "twice; submit it again")
-
-
-def signature(view: dict) -> tuple:
-    """What a station watching a job is told about when it changes (ETAs tick with time: left out)."""
-    return (view["status"], view["position"], view["step"], view["total_steps"], view["error"],
-            view["result_path"], view["worker"])
 
 
 @dataclass
@@ -74,25 +68,26 @@ class LoadRequest:
     errors: dict[str, str] = field(default_factory=dict)
 
 
-# Access logs off: workers long-poll this replica every few seconds, which would drown the job log.
-@serve.deployment(num_replicas=1, max_ongoing_requests=10_000, ray_actor_options={"num_cpus": 0},
-                  logging_config={"enable_access_log": False})
+@serve.deployment(num_replicas=1, max_ongoing_requests=10_000, ray_actor_options={"num_cpus": 0})
 class QueueActor:
-    async def __init__(self, settings: QueueSettings):
-        self.settings = settings
+    async def __init__(self, settings: Settings):
+        # No access log: workers long-poll this replica every few seconds, which would drown the job
+        # log. (Not the deployment's logging_config: that would override the YAML's for this replica.)
+        use_serve_handlers(access_log=False)
+        self.settings, own = settings, settings.queue
         self.presets = settings.presets
         self.default_preset = settings.default_preset
         self.core = JobQueue(
             max_size=settings.max_queue_size,
             cleanup_age_s=settings.cleanup_age_seconds,
             nominal_seconds={p.name: p.nominal_seconds for p in self.presets.values()},
-            scheduling=settings.scheduling,
-            max_per_station=settings.max_jobs_per_station,
+            scheduling=own.scheduling,
+            max_per_station=own.max_jobs_per_station,
         )
-        self.notifier = (Notifier(settings.webhook_secret, settings.webhook_retry_seconds,
-                                  settings.webhook_timeout_seconds) if settings.webhook_secret else None)
-        self.store = ResultStore(settings.results_dir)
-        self.jobs = JobStore(Path(settings.jobs_db))
+        self.notifier = (Notifier(own.webhook_secret, own.webhook_retry_seconds,
+                                  own.webhook_timeout_seconds) if own.webhook_secret else None)
+        self.store = ResultStore(own.results_dir)
+        self.jobs = JobStore(Path(own.jobs_db))
         # File and database work runs here, one task at a time in the order asked, never on the event
         # loop (a commit of a 30 MB input or an fsync on a slow disk would stall every station's poll).
         self._io_pool = ThreadPoolExecutor(1, thread_name_prefix="queue-io")
@@ -112,7 +107,7 @@ class QueueActor:
         self._cleanup_task = asyncio.get_running_loop().create_task(self._cleanup_loop())
         log.info("[JobQueue] Started - Max size: %d, Cleanup age: %ss - restored %d job(s) from %s",
                  settings.max_queue_size, int(settings.cleanup_age_seconds), self.core.stats()["total_jobs"],
-                 settings.jobs_db)
+                 own.jobs_db)
 
     # --- plumbing ------------------------------------------------------------------------------
 
@@ -156,7 +151,7 @@ class QueueActor:
     async def _expire(self) -> None:
         gone = self.core.expire()
         for job in gone:
-            log.info("[JobQueue] Job %s expired and was removed", job.id[:8])
+            log.info("[JobQueue] Job %s expired and was removed", job.id[:8], extra=for_job(job.id))
         if gone:
             await self._io(self._forget, [job.result_name for job in gone if job.result_name],
                            [job.id for job in gone])
@@ -196,12 +191,12 @@ class QueueActor:
             await self._io(self.jobs.write, snapshot)
             self.db_problem = None
         except Exception as exc:
-            log.error("[JobQueue] Job %s: could not record its state: %s", job.id[:8], exc)
+            log.error("[JobQueue] Job %s: could not record its state: %s", job.id[:8], exc, extra=for_job(job.id))
             self.db_problem = (f"The job database could not be written ({type(exc).__name__}: {exc}); jobs "
                                "changed since then would not survive a restart. Check the state folder's disk.")
 
     async def _check_storage(self) -> None:
-        min_free = int(self.settings.min_free_disk_mb * 2**20)
+        min_free = int(self.settings.queue.min_free_disk_mb * 2**20)
         self.storage_problem = await asyncio.to_thread(self.store.problem, min_free)
         if self.store_failure and await asyncio.to_thread(self.store.problem, self.store_failure[1]) is None:
             self.store_failure = None  # writable again, with room for a result that size
@@ -236,12 +231,12 @@ class QueueActor:
             self.core.requeue(job.id)
             await self._persist(job)
             log.warning("[JobQueue] Job %s: %s; queued again (attempt %d of %d next)", job.id[:8], why,
-                        job.attempts + 1, MAX_ATTEMPTS)
+                        job.attempts + 1, MAX_ATTEMPTS, extra=for_job(job.id))
             self._notify()
             return
         self.core.fail(job.id, error)
         await self._persist(job)
-        log.warning("[JobQueue] Job %s failed - %s", job.id[:8], error)
+        log.warning("[JobQueue] Job %s failed - %s", job.id[:8], error, extra=for_job(job.id))
         self._finished(job)
 
     def unschedulable(self) -> str | None:
@@ -288,7 +283,7 @@ class QueueActor:
         if job.status is JobStatus.COMPLETED:
             self.metrics.completed(job.preset, job.run_seconds)
         if job.webhook_url and self.notifier is not None:
-            self.notifier.send(job.webhook_url, self.core.view(job))
+            self.notifier.send(job.webhook_url, self.core.view(job).as_dict())
 
     def check_health(self) -> None:
         if self._cleanup_task.done():
@@ -305,14 +300,14 @@ class QueueActor:
         require_available(preset)
         return preset
 
-    async def find_idempotent(self, caller: Caller, key: str, fingerprint: str) -> dict | None:
+    async def find_idempotent(self, caller: Caller, key: str, fingerprint: str) -> JobView | None:
         """The view of the job an earlier identical request with this key created (422 if that
         request was a different one), or None: lets a retry skip the queue-full check and decoding."""
         await self._expire()
         job = self.core.find_idempotent(caller.station, key, fingerprint)
         return None if job is None else self.core.view(job)
 
-    async def submit(self, request: JobRequest, caller: Caller) -> tuple[dict, bool]:
+    async def submit(self, request: JobRequest, caller: Caller) -> tuple[JobView, bool]:
         """(the job's view, whether it was created now): False when an idempotent retry got the
         job an identical earlier request created."""
         await self._expire()
@@ -340,44 +335,44 @@ class QueueActor:
             await self._io(self.jobs.save, job, r.images)
         except Exception:
             self.core.discard(job.id)
-            log.exception("[JobQueue] Could not store job %s", job.id[:8])
+            log.exception("[JobQueue] Could not store job %s", job.id[:8], extra=for_job(job.id))
             raise ServiceUnavailable("The server could not store the job (its disk may be full or "
                                      "read-only); nothing was queued. Try again later.") from None
         self._notify()
         self.metrics.outcome("accepted")
         log.info("[JobQueue] Job %s submitted - Queue size: %d - preset %s - station %s",
-                 job.id[:8], self.core.occupancy, chosen.name, caller.station)
+                 job.id[:8], self.core.occupancy, chosen.name, caller.station, extra=for_job(job.id))
         return self.core.view(job), True
 
-    async def status(self, job_id: str, caller: Caller) -> dict:
+    async def status(self, job_id: str, caller: Caller) -> JobView:
         await self._expire()
         return self.core.view(self.core.get_for(job_id, caller.station, caller.admin))
 
-    async def cancel(self, job_id: str, caller: Caller) -> dict:
+    async def cancel(self, job_id: str, caller: Caller) -> JobView:
         """Cancel a job (see ``JobQueue.cancel``); a running job's worker hears it on ``cancel_signal``."""
         await self._expire()
         job = self.core.get_for(job_id, caller.station, caller.admin)
-        already = job.status.value == "cancelled"
+        already = job.status is JobStatus.CANCELLED
         job, was_running = self.core.cancel(job.id)
         if not already:
             await self._persist(job)
             log.info("[JobQueue] Job %s cancelled by station %s%s", job.id[:8], caller.station,
-                     " while processing" if was_running else "")
+                     " while processing" if was_running else "", extra=for_job(job.id))
             if was_running:
                 self._worker_freed(job.worker_id)
             self._finished(job)
         return self.core.view(job)
 
-    async def watch(self, job_id: str, caller: Caller, last: tuple | None, timeout: float) -> dict | None:
+    async def watch(self, job_id: str, caller: Caller, last: tuple | None, timeout: float) -> JobView | None:
         """Long poll for the events stream: the job's view as soon as it differs from ``last`` (a
-        ``signature``), or None after ``timeout`` seconds (the stream sends a heartbeat then)."""
+        ``JobView.signature``), or None after ``timeout`` seconds (the stream sends a heartbeat then)."""
         def changed():
             view = self.core.view(self.core.get_for(job_id, caller.station, caller.admin))
-            return view if last is None or signature(view) != tuple(last) else None
+            return view if last is None or view.signature() != tuple(last) else None
 
         return await self._until(changed, timeout)
 
-    async def result(self, job_id: str, caller: Caller) -> tuple[str, bytes, dict]:
+    async def result(self, job_id: str, caller: Caller) -> tuple[str, bytes, JobView]:
         await self._expire()
         job = self.core.get_for(job_id, caller.station, caller.admin)
         if job.status is not JobStatus.COMPLETED or not job.result_name:
@@ -389,7 +384,7 @@ class QueueActor:
             raise ResultNotReady(f"The result of job {job_id} is no longer on this server.") from None
         return job.result_name, data, self.core.view(job)
 
-    async def wait(self, job_id: str, timeout: float, caller: Caller) -> dict:
+    async def wait(self, job_id: str, timeout: float, caller: Caller) -> JobView:
         """The job's status once it is finished, or when ``timeout`` passes, whichever is first."""
         def finished():
             job = self.core.get_for(job_id, caller.station, caller.admin)
@@ -398,7 +393,7 @@ class QueueActor:
         return (await self._until(finished, timeout, poll=5.0)
                 or self.core.view(self.core.get_for(job_id, caller.station, caller.admin)))
 
-    async def station_jobs(self, caller: Caller, limit: int = 20) -> list[dict]:
+    async def station_jobs(self, caller: Caller, limit: int = 20) -> list[JobView]:
         """The caller's recent jobs, newest first (an admin's: every station's)."""
         await self._expire()
         return [self.core.view(job) for job in self.core.jobs_for(caller.station, caller.admin, limit)]
@@ -492,15 +487,15 @@ class QueueActor:
         self._notify()
         running = {job.id for job in self.core.running()}
         log.info("[JobQueue] Stopping: waiting up to %.0fs for %d running job(s)",
-                 self.settings.graceful_stop_seconds, len(running))
-        await self._until(lambda: not self.core.running(), self.settings.graceful_stop_seconds, poll=1.0)
+                 self.settings.queue.graceful_stop_seconds, len(running))
+        await self._until(lambda: not self.core.running(), self.settings.queue.graceful_stop_seconds, poll=1.0)
         left = self.core.running()
         for job in left:
             self.core.requeue(job.id, charge=False)
             await self._persist(job)
             self._worker_freed(job.worker_id)
             log.warning("[JobQueue] Job %s did not finish within the grace period; queued again for "
-                        "the next start", job.id[:8])
+                        "the next start", job.id[:8], extra=for_job(job.id))
         self._notify()
         return {"finished": len(running) - len(left), "requeued": [job.id for job in left],
                 "queued": self.core.stats()["queued_count"]}
@@ -565,7 +560,7 @@ class QueueActor:
         self._worker(job.worker_id).state = WorkerState.BUSY
         self._notify()
         self.metrics.started(job.preset, (job.started_at or job.created_at) - job.created_at)
-        log.info("[JobQueue] Processing job %s - %s", job.id[:8], job.instruction[:50])
+        log.info("[JobQueue] Processing job %s - %s", job.id[:8], job.instruction[:50], extra=for_job(job.id))
         return JobTask(job.id, self.presets[job.preset], job.payload, job.instruction, job.seed, job.system_prompt)
 
     def _held_job(self, worker_id: str, job_id: str, quiet: bool = False) -> Job | None:
@@ -576,7 +571,7 @@ class QueueActor:
             return job
         if not quiet:
             log.info("[JobQueue] Ignoring a late report on job %s from worker %s (cancelled or lost)",
-                     job_id[:8], worker_id)
+                     job_id[:8], worker_id, extra=for_job(job_id))
         return None
 
     async def progress(self, worker_id: str, report: StepReport) -> None:
@@ -619,7 +614,8 @@ class QueueActor:
         await self._persist(job)
         info = self._worker(worker_id)
         info.state, info.preset = self._idle_or_busy(worker_id), job.preset
-        log.info("[JobQueue] Job %s completed in %.2fs - Path: %s", job_id[:8], run_seconds, name)
+        log.info("[JobQueue] Job %s completed in %.2fs - Path: %s", job_id[:8], run_seconds, name,
+                 extra=for_job(job_id))
         self._finished(job)
         return Outcome.COMPLETED
 
@@ -631,7 +627,8 @@ class QueueActor:
         self.core.fail(report.job_id, report.error, report.run_seconds)
         await self._persist(job)
         self._worker(worker_id).state = self._idle_or_busy(worker_id)
-        log.warning("[JobQueue] Job %s failed after %.2fs - %s", report.job_id[:8], report.run_seconds, report.error)
+        log.warning("[JobQueue] Job %s failed after %.2fs - %s", report.job_id[:8], report.run_seconds, report.error,
+                    extra=for_job(report.job_id))
         self._finished(job)
         return Outcome.FAILED
 
@@ -657,10 +654,3 @@ class QueueActor:
             info.preset = report.preset
         self._notify()
 
-
-def api_error_of(exc: BaseException) -> ApiError | None:
-    """The ApiError behind an exception that crossed a Ray call, if that is what it is."""
-    if isinstance(exc, ApiError):
-        return exc
-    cause = getattr(exc, "cause", None)
-    return cause if isinstance(cause, ApiError) else None

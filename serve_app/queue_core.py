@@ -27,24 +27,12 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from enum import Enum
 from typing import Any
 
 from .errors import Conflict, JobNotFound, QueueFull, StationLimit, Unprocessable
+from .protocol import JobStatus, JobView
 
 EMA_WEIGHT = 0.3  # weight of the newest measurement in a preset's running average
-
-
-class JobStatus(str, Enum):
-    QUEUED = "queued"  # accepted, waiting for a worker; counts against the cap
-    PROCESSING = "processing"  # a worker is running it; counts against the cap
-    COMPLETED = "completed"  # terminal: the result file exists until the job expires
-    FAILED = "failed"  # terminal: ``error`` says why
-    CANCELLED = "cancelled"  # terminal: taken back by its station; it never ran, or stopped early
-
-    @property
-    def terminal(self) -> bool:
-        return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
 SCHEDULING = ("fifo", "fair")
@@ -466,27 +454,27 @@ class JobQueue:
             return round(job.step / job.total_steps, 4)
         return 0.0
 
-    def view(self, job: Job) -> dict:
-        """The contract's status object for one job."""
-        return {
-            "job_id": job.id,
-            "status": job.status.value,
-            "position": self.position(job),
-            "created_at": iso(job.created_at),
-            "started_at": iso(job.started_at),
-            "completed_at": iso(job.completed_at),
-            "result_path": job.result_name,
-            "result_seed": job.seed if job.status is JobStatus.COMPLETED else None,
-            "error": job.error,
-            "instruction": job.instruction,
-            "model": job.preset,
-            "estimated_wait_seconds": None if job.status.terminal else self.estimated_wait(job),
-            "worker": job.worker_id[-8:] if job.worker_id else None,
-            "progress": self.progress_of(job),
-            "step": job.step,
-            "total_steps": job.total_steps,
-            "eta_seconds": self.eta_seconds(job),
-            "station": job.station,
-            "run_seconds": job.run_seconds,
-            "attempts": job.attempts,
-        }
+    def view(self, job: Job) -> JobView:
+        """The contract's status object for one job, as of now."""
+        return JobView(
+            job_id=job.id,
+            status=job.status,
+            position=self.position(job),
+            created_at=iso(job.created_at),
+            started_at=iso(job.started_at),
+            completed_at=iso(job.completed_at),
+            result_path=job.result_name,
+            result_seed=job.seed if job.status is JobStatus.COMPLETED else None,
+            error=job.error,
+            instruction=job.instruction,
+            model=job.preset,
+            estimated_wait_seconds=None if job.status.terminal else self.estimated_wait(job),
+            worker=job.worker_id[-8:] if job.worker_id else None,
+            progress=self.progress_of(job),
+            step=job.step,
+            total_steps=job.total_steps,
+            eta_seconds=self.eta_seconds(job),
+            station=job.station,
+            run_seconds=job.run_seconds,
+            attempts=job.attempts,
+        )

@@ -2,6 +2,8 @@
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .protocol import JobStatus
+
 JOB = "3f0c2d8e-7d1a-4c55-9d4e-1b2a3c4d5e6f"
 
 
@@ -31,7 +33,7 @@ class JobStatusResponse(BaseModel):
         instruction="make the sky blue", model="qwen-4step", estimated_wait_seconds=1, worker="a1b2c3d4e5f6",
         progress=0.5, step=2, total_steps=4, eta_seconds=0.9, station="front-desk", run_seconds=None, attempts=1)
     job_id: str
-    status: str = Field(description="queued | processing | completed | failed | cancelled")
+    status: JobStatus = Field(description="queued | processing | completed | failed | cancelled")
     position: int | None = Field(description="1-based among queued jobs, live; null unless queued")
     created_at: str | None
     started_at: str | None

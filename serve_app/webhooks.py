@@ -29,8 +29,9 @@ import httpx
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from .errors import BadRequest
+from .logs import for_job
 
-log = logging.getLogger("ray.serve")
+log = logging.getLogger(__name__)
 ENV_SECRET = "QWEN_WEBHOOK_SECRET"
 MAX_URL_CHARS = 2000
 
@@ -130,8 +131,9 @@ class Notifier:
                         if not 200 <= r.status_code < 300:
                             raise DeliveryFailed(f"answered {r.status_code}")
             self.delivered += 1
-            log.info("[JobQueue] Webhook for job %s delivered (attempt %d)", job_id[:8], attempts)
+            log.info("[JobQueue] Webhook for job %s delivered (attempt %d)", job_id[:8], attempts,
+                     extra=for_job(job_id))
         except Exception as exc:
             self.given_up += 1
             log.warning("[JobQueue] Webhook for job %s given up after %d attempts: %s", job_id[:8], attempts,
-                        exc)
+                        exc, extra=for_job(job_id))

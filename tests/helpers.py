@@ -1,47 +1,17 @@
-"""Test support shared by the test modules (none of them imports another): uploads and other
-inputs, a tiny LoRA in the Lightning LoRAs' key format, and helpers that find, wait for and kill
-Serve replicas (Ray is imported inside those, so unit tests stay light)."""
+"""Test support shared by the test modules (none of them imports another): the test key, uploads
+and other inputs, and helpers that find, wait for and kill Serve replicas (Ray is imported inside
+those, so unit tests stay light). Fixtures are in the conftest files."""
 
 import io
 import struct
 import time
 import zlib
-from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
-from safetensors.torch import save_file
 
+KEY = "test-key-" + "x" * 24  # every test app's API key
 
-
-def make_lightning_lora(transformer, path: Path, rank: int = 4, seed: int = 0, scale: float = 0.5,
-                        prefix: str = "", only: str | None = None, dtype=torch.float32, device: str = "cpu") -> Path:
-    """Write ``<layer>.lora_down.weight``, ``<layer>.lora_up.weight`` and ``<layer>.alpha`` for every
-    linear layer of the transformer blocks (as the Lightning files do), with random values.
-
-    ``prefix`` renames the layers (e.g. ``single_transformer_blocks`` for a LoRA of another model).
-    ``dtype``/``device``: where the random values are drawn (the GPU benchmark makes a full-size bf16
-    one, about as large as the real Lightning files, on the GPU)."""
-    gen = torch.Generator(device=device).manual_seed(seed)
-    tensors = {}
-    for name, module in transformer.named_modules():
-        if not (name.startswith("transformer_blocks.") and isinstance(module, torch.nn.Linear)):
-            continue
-        if only and only not in name:
-            continue
-        key = (prefix + name[len("transformer_blocks"):]) if prefix else name
-        out_f, in_f = module.out_features, module.in_features  # (a quantized weight may be packed)
-        draw = dict(generator=gen, device=device, dtype=dtype)
-        tensors[f"{key}.lora_down.weight"] = torch.randn(rank, in_f, **draw) * scale
-        tensors[f"{key}.lora_up.weight"] = torch.randn(out_f, rank, **draw) * scale
-        tensors[f"{key}.alpha"] = torch.tensor(float(rank), dtype=dtype)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(path))
-    return path
-
-
-# --- inputs ---------------------------------------------------------------------------------
 
 def photo(w=512, h=384, seed=0, fmt="PNG", exif_orientation=None):
     buf = io.BytesIO()

@@ -22,8 +22,9 @@ import httpx
 import pytest
 import yaml
 
+from tests.helpers import KEY
+
 ROOT = Path(__file__).resolve().parents[2]
-KEY = "test-key-" + "x" * 24
 ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
        "HF_HUB_OFFLINE": "1"}
 SLOW = {"base": "builtin:tiny", "steps": 8, "cfg_scale": 1.0, "resolution": 384, "nominal_seconds": 2.0}
@@ -138,7 +139,8 @@ def _wait_http(url: str, timeout: float = 120.0) -> None:
     raise AssertionError(f"{url} did not answer within {timeout}s")
 
 
-def _deploy(cluster, name: str, prefix: str, wait_workers: bool, config_file: str = "serve.yaml", **over) -> Api:
+def _deploy(cluster, name: str, prefix: str, wait_workers: bool, config_file: str = "serve.yaml",
+            logging_config: dict | None = None, **over) -> Api:
     from ray import serve
 
     from serve_app.deployments import build_app
@@ -146,7 +148,8 @@ def _deploy(cluster, name: str, prefix: str, wait_workers: bool, config_file: st
     args = _args(cluster["root"], name, config_file, **over)
     app = build_app(args)
     # Not waiting for RUNNING when the workers can never be placed (the frozen app).
-    serve.run_many([serve.RunTarget(app, name=name, route_prefix=prefix)], wait_for_applications_running=wait_workers)
+    serve.run_many([serve.RunTarget(app, name=name, route_prefix=prefix, logging_config=logging_config)],
+                   wait_for_applications_running=wait_workers)
     base = f"http://127.0.0.1:{cluster['port']}{'' if prefix == '/' else prefix}"
     _wait_http(base + "/api/v1/health")
     api = Api(base, Path(args["state_dir"]))
@@ -162,15 +165,21 @@ def _make_loras(root: Path) -> dict[str, str]:
     """Tiny LoRAs in the Lightning key format for the tiny transformer (one for another model)."""
     from diffusers import QwenImageTransformer2DModel
 
-    from serve_app.tiny_model import ensure_tiny_model
-    from tests.helpers import make_lightning_lora
+    from serve_app.tiny_model import ensure_tiny_model, random_lightning_lora
 
     transformer = QwenImageTransformer2DModel.from_pretrained(ensure_tiny_model(root / "models" / "tiny") / "transformer")
     return {
-        "lora4": str(make_lightning_lora(transformer, root / "loras" / "tiny-lightning-4step.safetensors", seed=1)),
-        "alien": str(make_lightning_lora(transformer, root / "loras" / "alien.safetensors", seed=2,
+        "lora4": str(random_lightning_lora(transformer, root / "loras" / "tiny-lightning-4step.safetensors", seed=1)),
+        "alien": str(random_lightning_lora(transformer, root / "loras" / "alien.safetensors", seed=2,
                                          prefix="single_transformer_blocks")),
     }
+
+
+@pytest.fixture(scope="session")
+def deploy(cluster):
+    """``deploy(name, prefix, wait_workers, config_file="serve.yaml", **args) -> Api``: another app on
+    the session's cluster, built from the config file's args with ``args`` merged over them."""
+    return lambda *a, **kw: _deploy(cluster, *a, **kw)
 
 
 @pytest.fixture(scope="session")

@@ -10,17 +10,16 @@ import time
 
 import pytest
 
-from tests.integration.conftest import _deploy
 from tests.helpers import IMAGE, wait_for
 
 pytestmark = pytest.mark.integration
 
 
-def test_drain_requeues_a_job_that_outlives_the_grace_period(cluster):
+def test_drain_requeues_a_job_that_outlives_the_grace_period(deploy):
     from ray import serve
 
     # num_cpus 0: the session's other apps already reserve the cluster's two CPUs (bookkeeping only)
-    api = _deploy(cluster, "stopping", "/stopping", wait_workers=True, graceful_stop_seconds=1,
+    api = deploy("stopping", "/stopping", wait_workers=True, graceful_stop_seconds=1,
                   worker={"num_cpus": 0})
     try:
         running = api.submit(IMAGE, preset="long", seed=1).json()["job_id"]

@@ -7,7 +7,6 @@ import pytest
 from ray import serve
 
 from serve_app.queue_actor import LEASE_EXPIRED
-from tests.integration.conftest import _deploy
 from tests.helpers import IMAGE, wait_for
 
 pytestmark = pytest.mark.integration
@@ -18,8 +17,8 @@ def _worker_ids(api) -> set[str]:
     return {w["id"] for w in api.http.get("/api/v1/health").json()["workers"]}
 
 
-def test_a_hung_pipeline_loses_its_job_to_another_replica_and_is_replaced(cluster):
-    api = _deploy(cluster, "hang", "/hang", wait_workers=True, job_lease_seconds=LEASE,
+def test_a_hung_pipeline_loses_its_job_to_another_replica_and_is_replaced(deploy):
+    api = deploy("hang", "/hang", wait_workers=True, job_lease_seconds=LEASE,
                   worker={"num_cpus": 0, "num_replicas": 2, "engine": "tests.fakes:HangsOnceEngine"})
     try:
         wait_for(lambda: len(_worker_ids(api)) == 2, 60, every=0.5, show=lambda: "two workers")
@@ -40,8 +39,8 @@ def test_a_hung_pipeline_loses_its_job_to_another_replica_and_is_replaced(cluste
         serve.delete("hang")
 
 
-def test_an_outcome_that_never_comes_runs_once_more_then_fails_with_a_sentence(cluster):
-    api = _deploy(cluster, "silent", "/silent", wait_workers=True, job_lease_seconds=LEASE,
+def test_an_outcome_that_never_comes_runs_once_more_then_fails_with_a_sentence(deploy):
+    api = deploy("silent", "/silent", wait_workers=True, job_lease_seconds=LEASE,
                   worker={"num_cpus": 0, "engine": "tests.fakes:SilentEngine"})
     try:
         job_id = api.submit(IMAGE, instruction="silent, please", preset="speck").json()["job_id"]

@@ -5,14 +5,13 @@ GPU workers do by default), forced on here on the CPU: FIFO, exact counts and pi
 import pytest
 from ray import serve
 
-from tests.integration.conftest import _deploy
 from tests.helpers import IMAGE, worker_info
 
 pytestmark = pytest.mark.integration
 
 
-def test_jobs_prepared_ahead_run_in_order_with_the_same_pixels(cluster, api):
-    ahead = _deploy(cluster, "ahead", "/ahead", wait_workers=True, worker={"num_cpus": 0, "prepare_ahead": True})
+def test_jobs_prepared_ahead_run_in_order_with_the_same_pixels(deploy, api):
+    ahead = deploy("ahead", "/ahead", wait_workers=True, worker={"num_cpus": 0, "prepare_ahead": True})
     try:
         ahead.drain()
         ids = [ahead.submit(IMAGE, instruction=f"edit {i}", preset="slow", seed=100 + i).json()["job_id"]

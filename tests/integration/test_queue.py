@@ -7,8 +7,7 @@ import time
 import httpx
 import pytest
 
-from tests.integration.conftest import KEY
-from tests.helpers import IMAGE
+from tests.helpers import IMAGE, KEY
 
 pytestmark = pytest.mark.integration
 FULL = "Queue is full (maximum 10 jobs). Please try again later."

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import KEY, _deploy
+from tests.helpers import KEY
+
 
 pytestmark = pytest.mark.integration
 EXAMPLES = os.environ.get("FUZZ_EXAMPLES", "25")
@@ -27,11 +28,11 @@ SECONDS = int(os.environ.get("FUZZ_SECONDS", "150"))
 
 
 @pytest.mark.timeout(SECONDS + 180)
-def test_every_route_keeps_its_documented_contract(cluster, tmp_path):
+def test_every_route_keeps_its_documented_contract(deploy, tmp_path):
     from ray import serve
 
     # num_cpus 0: the session's other apps already reserve the cluster's two CPUs (bookkeeping only)
-    api = _deploy(cluster, "fuzz", "/fuzz", wait_workers=True, worker={"num_cpus": 0})
+    api = deploy("fuzz", "/fuzz", wait_workers=True, worker={"num_cpus": 0})
     command = [str(Path(sys.executable).with_name("schemathesis")), "run", f"{api.base}/openapi.json",
                "--url", api.base, "-H", f"X-API-Key: {KEY}", "--checks", "all",
                "--exclude-checks", "positive_data_acceptance", "--max-examples", EXAMPLES,

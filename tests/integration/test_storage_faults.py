@@ -5,7 +5,6 @@ import subprocess
 import pytest
 from ray import serve
 
-from tests.integration.conftest import _deploy
 from tests.helpers import IMAGE, wait_for
 
 pytestmark = pytest.mark.integration
@@ -17,14 +16,14 @@ def _storage_warnings(api) -> list[str]:
     return [w for w in api.http.get("/api/v1/health").json()["warnings"] if "result" in w]
 
 
-def test_a_full_results_disk_fails_jobs_at_once_and_the_queue_recovers(cluster, tmp_path):
+def test_a_full_results_disk_fails_jobs_at_once_and_the_queue_recovers(deploy, tmp_path):
     results = tmp_path / "tiny-results"
     results.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(results)], capture_output=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a 1 MB tmpfs here: {mounted.stderr.decode()[:200]}")
     try:
-        api = _deploy(cluster, "disk", "/disk", wait_workers=True, results_dir=str(results),
+        api = deploy("disk", "/disk", wait_workers=True, results_dir=str(results),
                       min_free_disk_mb=0.5, worker={"num_cpus": 0})
         api.drain()
         assert _storage_warnings(api) == []

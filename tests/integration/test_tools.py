@@ -15,8 +15,7 @@ import pytest
 from PIL import Image
 
 from serve_app.client import Client, Conflict, NotFound, QueueFull
-from tests.integration.conftest import KEY
-from tests.helpers import IMAGE, wait_for
+from tests.helpers import IMAGE, KEY, wait_for
 
 pytestmark = pytest.mark.integration
 QWEN_EDIT = str(Path(sys.executable).with_name("qwen-edit"))

@@ -11,8 +11,7 @@ import shutil
 
 import pytest
 
-from tests.integration.conftest import KEY
-from tests.helpers import IMAGE
+from tests.helpers import IMAGE, KEY
 
 pytestmark = pytest.mark.integration
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -6,14 +6,14 @@ import pytest
 
 from serve_app.errors import JobNotFound
 from serve_app.events import JobEvents
+from serve_app.protocol import JobStatus, JobView
 
 
 def view(status, step=0):
-    return {"status": status, "step": step}
-
-
-def sig(v):
-    return (v["status"], v["step"])
+    return JobView(job_id="j", status=JobStatus(status), position=None, created_at=None, started_at=None,
+                   completed_at=None, result_path=None, result_seed=None, error=None, instruction="x", model="tiny",
+                   estimated_wait_seconds=None, worker=None, progress=0.0, step=step, total_steps=4,
+                   eta_seconds=None, station="default", run_seconds=None, attempts=0)
 
 
 class FakeQueue:
@@ -41,7 +41,7 @@ async def collect(events, job_id, first):
 def test_many_listeners_share_one_watch_and_all_get_the_final_view():
     async def main():
         queue = FakeQueue([view("processing", 1), view("processing", 2), view("completed", 4)])
-        events = JobEvents(queue.watch, sig, heartbeat_s=5)
+        events = JobEvents(queue.watch, heartbeat_s=5)
         listeners = [asyncio.create_task(collect(events, "j", view("queued"))) for _ in range(50)]
         await asyncio.sleep(0.01)
         assert events.feeds == 1
@@ -50,7 +50,7 @@ def test_many_listeners_share_one_watch_and_all_get_the_final_view():
         assert queue.calls == 3  # one long poll per change, not one per listener
         for got in results:
             assert got[0] == view("queued") and got[-1] == view("completed", 4)
-            assert [v["step"] for v in got] == sorted(v["step"] for v in got)
+            assert [v.step for v in got] == sorted(v.step for v in got)
         assert events.feeds == 0  # the feed stops with the job
 
     asyncio.run(main())
@@ -59,7 +59,7 @@ def test_many_listeners_share_one_watch_and_all_get_the_final_view():
 def test_heartbeat_when_nothing_changes_and_feed_stops_with_its_last_listener():
     async def main():
         queue = FakeQueue([])
-        events = JobEvents(queue.watch, sig, heartbeat_s=0.05)
+        events = JobEvents(queue.watch, heartbeat_s=0.05)
         stream = events.subscribe("j", view("queued"))
         assert await stream.__anext__() == view("queued")
         assert await stream.__anext__() is None  # heartbeat
@@ -72,7 +72,7 @@ def test_heartbeat_when_nothing_changes_and_feed_stops_with_its_last_listener():
 def test_a_job_that_vanishes_while_followed_raises_to_its_listeners():
     async def main():
         queue = FakeQueue([JobNotFound("j", 3600)])
-        events = JobEvents(queue.watch, sig, heartbeat_s=5)
+        events = JobEvents(queue.watch, heartbeat_s=5)
         queue.release.set()
         with pytest.raises(JobNotFound):
             await collect(events, "j", view("queued"))

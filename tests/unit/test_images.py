@@ -1,3 +1,6 @@
+"""Upload checks (``serve_app.images``): the contract's sentences for bad files, bombs refused
+unread, EXIF orientation and colour modes normalised."""
+
 import io
 
 import pytest

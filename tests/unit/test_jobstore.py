@@ -3,7 +3,8 @@
 import sqlite3
 
 from serve_app.jobstore import JobStore
-from serve_app.queue_core import JobQueue, JobStatus
+from serve_app.protocol import JobStatus
+from serve_app.queue_core import JobQueue
 
 
 class Clock:

@@ -5,10 +5,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pydantic import ValidationError
 
 from serve_app import memplan
-from serve_app.config import AppArgs
 from serve_app.launcher import main
 from serve_app.presets import build_registry
 from serve_app.profiles import GiB, PROFILES, DeviceInfo, choose, missing, usable
@@ -121,32 +119,3 @@ def test_plan_of_the_other_configs_and_a_card_too_small(capsys, tmp_path):
     small.write_text(yaml.safe_dump(config))
     code, lines = _plan_output(capsys, small)
     assert code == 0 and any(line.startswith("qwen-4step: profile nf4 (auto)") for line in lines)
-
-
-@pytest.mark.parametrize("args, says", [
-    ({"worker": {"profile": "fp4"}}, "unknown profile 'fp4'"),
-    ({"worker": {"gpu_memory_gib": 0}}, "gpu_memory_gib"),
-    ({"presets": {"qwen-4step": {"profile": "auto"}}}, "auto is for worker.profile"),
-    ({"presets": {"qwen-4step": {"profile": "int4"}}}, "unknown profile 'int4'"),
-    ({"worker": {"prepare_ahead": "sometimes"}}, "worker.prepare_ahead"),
-    ({"max_system_prompt_chars": 0}, "max_system_prompt_chars"),
-    ({"job_lease_seconds": 0}, "job_lease_seconds"),
-    ({"min_free_disk_mb": -1}, "min_free_disk_mb"),
-    ({"worker": {"engine": "not an import path"}}, "worker.engine"),
-])
-def test_new_config_keys_are_validated(args, says):
-    from serve_app.deployments import app_settings
-
-    with pytest.raises(ValidationError, match=re.escape(says)):
-        app_settings(AppArgs.model_validate(args))
-
-
-def test_worker_settings_carry_the_profile_and_the_presets_to_plan_for():
-    from serve_app.deployments import app_settings
-
-    args = AppArgs.model_validate({"default_preset": "qwen-4step", "worker": {"profile": "nf4", "gpu_memory_gib": 24},
-                                   "presets": {"qwen-40step": {"profile": "bf16-stream"}}})
-    _, worker, _, _ = app_settings(args)
-    assert worker.profile == "nf4" and worker.gpu_memory_gib == 24 and worker.max_images == 3
-    # the presets sharing the default's base, minus the one with its own profile
-    assert {p.name for p in worker.plan_presets} == {"qwen-4step", "qwen-8step"}

@@ -3,7 +3,8 @@
 import pytest
 
 from serve_app.errors import JobNotFound, QueueFull
-from serve_app.queue_core import JobQueue, JobStatus, iso
+from serve_app.protocol import JobStatus
+from serve_app.queue_core import JobQueue, iso
 
 
 class Clock:
@@ -65,8 +66,8 @@ def test_states_and_payload_dropped_when_finished():
     q.fail(other.id, "CUDA out of memory")
     assert other.status is JobStatus.FAILED and other.payload is None and other.error == "CUDA out of memory"
     view = q.view(other)
-    assert view["result_seed"] is None and view["error"] == "CUDA out of memory"
-    assert q.view(job)["result_seed"] == 0 and q.view(job)["result_path"] == "res.png"
+    assert view.result_seed is None and view.error == "CUDA out of memory"
+    assert q.view(job).result_seed == 0 and q.view(job).result_path == "res.png"
 
 
 def test_eta_uses_measured_times_and_running_remaining():
@@ -156,7 +157,7 @@ def test_cancel_queued_never_runs_and_running_frees_its_slot():
     from serve_app.errors import Conflict
 
     q, clock = make(max_size=3)
-    a, b, c = submit(q, 0), submit(q, 1), submit(q, 2)
+    a, _, c = submit(q, 0), submit(q, 1), submit(q, 2)
     with pytest.raises(QueueFull):
         submit(q, 3)
     job, was_running = q.cancel("job-1")
@@ -175,22 +176,22 @@ def test_cancel_queued_never_runs_and_running_frees_its_slot():
     with pytest.raises(JobNotFound):
         q.cancel("nope")
     assert q.stats()["cancelled_count"] == 2 and q.stats()["queue_size"] == 0
-    assert q.view(job)["status"] == "cancelled" and q.view(job)["eta_seconds"] is None
+    assert q.view(job).status == "cancelled" and q.view(job).eta_seconds is None
 
 
 def test_progress_gives_step_fraction_and_eta_from_measured_step_time():
     q, clock = make()
     job = q.submit("j", instruction="x", preset="fast", seed=1, total_steps=4)
     v = q.view(job)
-    assert (v["progress"], v["step"], v["total_steps"], v["eta_seconds"]) == (0.0, 0, 4, 10.0)
+    assert (v.progress, v.step, v.total_steps, v.eta_seconds) == (0.0, 0, 4, 10.0)
     q.claim("w")
     assert q.progress("j", 1, 4, 0.5) is job
     v = q.view(job)
-    assert (v["progress"], v["step"], v["eta_seconds"]) == (0.25, 1, 1.5)  # 3 steps left x 0.5 s
+    assert (v.progress, v.step, v.eta_seconds) == (0.25, 1, 1.5)  # 3 steps left x 0.5 s
     q.progress("j", 3, 4, 0.25)
-    assert q.view(job)["eta_seconds"] == 0.2  # 1 x 0.25, rounded
+    assert q.view(job).eta_seconds == 0.2  # 1 x 0.25, rounded
     q.complete("j", "r.png", 1.0)
-    assert q.view(job)["progress"] == 1.0 and q.view(job)["step"] == 4
+    assert q.view(job).progress == 1.0 and q.view(job).step == 4
     assert q.progress("j", 4, 4, 0.1) is None  # not running any more
 
 

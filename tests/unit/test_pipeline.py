@@ -67,13 +67,13 @@ def test_public_error_hides_paths():
 
 @pytest.fixture(scope="module")
 def lora_presets(engine, tiny, tmp_path_factory):
-    from tests.helpers import make_lightning_lora
+    from serve_app.tiny_model import random_lightning_lora
 
     engine.ensure(tiny)
     folder = tmp_path_factory.mktemp("loras")
-    four = make_lightning_lora(engine.pipe.transformer, folder / "tiny-4step.safetensors", seed=1)
-    eight = make_lightning_lora(engine.pipe.transformer, folder / "tiny-8step.safetensors", seed=2)
-    alien = make_lightning_lora(engine.pipe.transformer, folder / "flux.safetensors", seed=3,
+    four = random_lightning_lora(engine.pipe.transformer, folder / "tiny-4step.safetensors", seed=1)
+    eight = random_lightning_lora(engine.pipe.transformer, folder / "tiny-8step.safetensors", seed=2)
+    alien = random_lightning_lora(engine.pipe.transformer, folder / "flux.safetensors", seed=3,
                                 prefix="single_transformer_blocks")
     common = {"base": "builtin:tiny", "resolution": 256, "nominal_seconds": 1.0, "cfg_scale": 1.0}
     reg = build_registry({

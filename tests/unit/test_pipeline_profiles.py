@@ -11,7 +11,7 @@ from PIL import Image
 
 from serve_app.pipeline import EditEngine, ProfileUnavailable
 from serve_app.presets import build_registry
-from tests.helpers import make_lightning_lora
+from serve_app.tiny_model import random_lightning_lora
 
 COMMON = {"base": "builtin:tiny", "resolution": 256, "nominal_seconds": 1.0, "cfg_scale": 1.0}
 
@@ -39,8 +39,8 @@ def registry(models, tmp_path_factory):
 
     transformer = QwenImageTransformer2DModel.from_pretrained(ensure_tiny_model(models / "tiny") / "transformer")
     loras = tmp_path_factory.mktemp("loras")
-    four = make_lightning_lora(transformer, loras / "four.safetensors", seed=1)
-    eight = make_lightning_lora(transformer, loras / "eight.safetensors", seed=2)
+    four = random_lightning_lora(transformer, loras / "four.safetensors", seed=1)
+    eight = random_lightning_lora(transformer, loras / "eight.safetensors", seed=2)
     return build_registry({
         "tiny": {"resolution": 256},
         "t4": {**COMMON, "steps": 4, "scheduler": "lightning", "lora": {"path": str(four)}},

@@ -11,7 +11,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from serve_app.errors import Conflict, QueueFull
 from serve_app.jobstore import JobStore
-from serve_app.queue_core import JobQueue, JobStatus
+from serve_app.protocol import JobStatus
+from serve_app.queue_core import JobQueue
 
 MAX, TTL = 4, 100.0
 

@@ -1,0 +1,147 @@
+"""The checks on what a station sends, in plain Python: no FastAPI, no Ray.
+
+``check_edit`` turns the text fields of a /submit or /edit form into a ``CheckedEdit`` or raises an
+``ApiError`` whose sentence says what to fix; the image bytes are checked separately (``images``),
+after the queue said it has room. Every refusal is a 4xx, never a 500.
+"""
+
+import hashlib
+import secrets
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .config import Settings
+from .errors import BadRequest, Unprocessable
+from .images import check_size
+from .presets import resolve
+from .webhooks import check_url
+
+MAX_SEED = 2**64 - 1
+MAX_IDEMPOTENCY_KEY = 255
+# How a text field is named in a sentence.
+FIELD_NAMES = {"instruction": "Instruction", "system_prompt": "System prompt"}
+
+
+class Upload(Protocol):
+    """An uploaded file as the HTTP layer hands it over (Starlette's ``UploadFile``)."""
+
+    size: int | None
+
+    async def read(self) -> bytes: ...
+
+
+@dataclass
+class EditFields:
+    """A /submit or /edit form as sent: every text field as the station typed it (None: absent)."""
+
+    images: list[Upload]
+    instruction: str | None = None
+    seed: str | None = None
+    system_prompt: str | None = None
+    preset: str | None = None
+    model: str | None = None  # the older name of ``preset``
+    webhook_url: str | None = None
+    undecodable: frozenset[str] = field(default_factory=frozenset)  # fields whose bytes were not UTF-8
+
+
+@dataclass(frozen=True)
+class CheckedEdit:
+    instruction: str
+    seed: int
+    preset: str | None  # a preset's name; None: the queue's default
+    system_prompt: str | None
+    webhook_url: str | None
+
+
+def parse_seed(raw: str | None) -> int:
+    """The seed sent, or a random one when none was."""
+    if raw is None or raw.strip() == "":
+        return secrets.randbelow(2**32)
+    try:
+        seed = int(raw.strip())
+    except ValueError:
+        raise Unprocessable(f"Invalid seed {raw[:40]!r}: send a whole number from 0 to {MAX_SEED}, "
+                            "or leave it out for a random one.") from None
+    if not 0 <= seed <= MAX_SEED:
+        raise Unprocessable(f"Invalid seed {seed}: it must be between 0 and {MAX_SEED}.")
+    return seed
+
+
+def parse_bool(raw: str | None, name: str, default: bool) -> bool:
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise Unprocessable(f"Invalid {name} {raw[:20]!r}: send true or false.")
+
+
+def check_text(what: str, text: str) -> None:
+    """Plain text only: no control characters (newlines and tabs are fine), and no U+FFFD or lone
+    surrogates (text that was already broken on its way here)."""
+    if any((ord(c) < 32 and c not in "\n\r\t") or c == "\x7f" for c in text):
+        raise BadRequest(f"{what} contains control characters; send plain text (newlines and tabs are fine).")
+    if any(0xD800 <= ord(c) <= 0xDFFF or c == "\ufffd" for c in text):
+        raise BadRequest(f"{what} is not valid UTF-8 text; send it encoded as UTF-8.")
+
+
+def check_idempotency_key(key: str | None) -> str | None:
+    if key is None:
+        return None
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isascii() or not key.isprintable():
+        raise BadRequest(f"Invalid Idempotency-Key: use 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters "
+                         "(a UUID is a good choice).")
+    return key
+
+
+def check_edit(form: EditFields, settings: Settings) -> CheckedEdit:
+    """The form's text fields and the count and declared sizes of its images, checked (in the
+    order a station would fix them: missing fields first)."""
+    limits = settings.ingress
+    for name in sorted(form.undecodable):
+        if name in FIELD_NAMES or name in ("seed", "preset", "model", "webhook_url", "return_image"):
+            raise BadRequest(f"{FIELD_NAMES.get(name, repr(name))} is not valid UTF-8 text; "
+                             "send it encoded as UTF-8.")
+    if not form.images:
+        raise Unprocessable("Invalid request: 'image' is required: attach the picture as a file field named image.")
+    if len(form.images) > settings.max_images:
+        raise BadRequest(f"Too many images ({len(form.images)}). A job takes at most {settings.max_images}.")
+    if form.instruction is None:
+        raise Unprocessable("Invalid request: 'instruction' is required: say what to change in the image.")
+    instruction = form.instruction.strip()
+    if not instruction:
+        raise BadRequest("Instruction is empty: say what to change in the image.")
+    check_text("Instruction", instruction)
+    if form.system_prompt:
+        check_text("System prompt", form.system_prompt)
+    if len(instruction) > limits.max_instruction_chars:
+        raise BadRequest(f"Instruction too long ({len(instruction)} chars). "
+                         f"Maximum {limits.max_instruction_chars} characters.")
+    limit = limits.max_system_prompt_chars
+    if form.system_prompt is not None and len(form.system_prompt) > limit:
+        raise BadRequest(f"System prompt too long ({len(form.system_prompt)} chars). Maximum {limit} characters.")
+    preset = None
+    if form.preset or form.model:
+        chosen = [resolve(settings.presets, n).name for n in (form.preset, form.model) if n]
+        if len(set(chosen)) > 1:
+            raise BadRequest(f"preset ({form.preset}) and model ({form.model}) name different presets; "
+                             "send only preset.")
+        preset = chosen[0]
+    webhook_url = check_url(form.webhook_url, limits.webhook_allowed_hosts) if form.webhook_url else None
+    seed = parse_seed(form.seed)  # before the fingerprint: a bad seed is a 422, not a new key use
+    for f in form.images:  # the parser spooled each file to disk: refuse an oversize one unread
+        if f.size is not None:
+            check_size(f.size, limits.upload_limits)
+    return CheckedEdit(instruction, seed, preset, form.system_prompt or None, webhook_url)
+
+
+def fingerprint(images: list[bytes], form: EditFields, checked: CheckedEdit) -> str:
+    """What makes two requests 'the same' for an Idempotency-Key: every field as sent."""
+    h = hashlib.sha256()
+    for data in images:
+        h.update(hashlib.sha256(data).digest())
+    for value in (checked.instruction, form.seed, form.preset, form.model, form.system_prompt, checked.webhook_url):
+        h.update(b"\x00" + (value or "").strip().encode("utf-8", "surrogatepass"))
+    return h.hexdigest()

@@ -1,0 +1,176 @@
+"""What the HTTP routes do, with no HTTP in it: one ``EditService`` per ingress replica.
+
+It checks a station's edit (``forms``), calls the queue (each call typed here, with a timeout, a
+queue error re-raised as the ``ApiError`` it is), follows jobs for the events stream (``events``),
+and cancels the job of an /edit whose client went away. The routes in ``api`` only translate
+between HTTP and these methods. No FastAPI and no Ray import: the queue handle is injected (a Serve
+``DeploymentHandle``, or in ``bench/load.py plain`` the queue object itself).
+"""
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from .auth import Caller
+from .config import Settings
+from .errors import ApiError, EditTimeout, JobNotFound, ServiceUnavailable, api_error_of
+from .events import JobEvents
+from .forms import EditFields, check_edit, check_idempotency_key, fingerprint
+from .images import check_upload
+from .logs import for_job
+from .presets import missing_weights
+from .protocol import JobRequest, JobStatus, JobView, WorkerState
+
+log = logging.getLogger(__name__)
+QUICK_CALL_S = 15.0  # a queue call that is not a long poll answers within milliseconds
+HEARTBEAT_S = 10.0  # the events stream sends a comment at least this often when nothing changes
+FEED = Caller("ingress-events", admin=True)  # the shared per-job feed; each listener was checked first
+
+
+class EditService:
+    def __init__(self, queue: Any, settings: Settings):
+        self.queue = queue  # .method.remote(*args) -> awaitable, as a Serve DeploymentHandle
+        self.settings = settings
+        self.events = JobEvents(self._watch, HEARTBEAT_S)
+        self._background: set[asyncio.Task] = set()
+
+    async def _call(self, method: str, *args, timeout: float = QUICK_CALL_S):
+        try:
+            return await asyncio.wait_for(getattr(self.queue, method).remote(*args), timeout)
+        except Exception as exc:
+            err = api_error_of(exc)
+            if err is not None:
+                raise err from None
+            raise
+
+    async def _watch(self, job_id: str, last: tuple | None, timeout: float) -> JobView | None:
+        return await self._call("watch", job_id, FEED, last, timeout, timeout=timeout + QUICK_CALL_S)
+
+    # --- jobs --------------------------------------------------------------------------------------
+
+    async def submit(self, form: EditFields, caller: Caller, idempotency_key: str | None,
+                     job_id: str | None = None) -> tuple[JobView, bool]:
+        """(the job's view, created now); an idempotent retry gets the earlier job and False."""
+        idempotency_key = check_idempotency_key(idempotency_key)
+        checked = check_edit(form, self.settings)
+        data = [await f.read() for f in form.images]
+        key_of = None
+        if idempotency_key is not None:
+            key_of = fingerprint(data, form, checked)
+            existing = await self._call("find_idempotent", caller, idempotency_key, key_of)
+            if existing is not None:  # a retry: its job, whatever the queue's occupancy
+                return existing, False
+        await self._call("check_room", caller)  # a full queue refuses before the images are decoded
+        for one in data:
+            await asyncio.to_thread(check_upload, one, self.settings.ingress.upload_limits)
+        request = JobRequest(job_id or str(uuid.uuid4()), data, checked.instruction, checked.seed, checked.preset,
+                             checked.system_prompt, idempotency_key, key_of, checked.webhook_url)
+        return await self._call("submit", request, caller)
+
+    async def edit(self, form: EditFields, caller: Caller, idempotency_key: str | None) -> JobView:
+        """Submit and wait up to ``edit_timeout_seconds`` for the job to complete. Raises
+        ``ServiceUnavailable`` when it failed and ``EditTimeout`` when it is still running; both name
+        the job in an ``X-Job-Id`` header. Cancelled (the request's client went away), it cancels
+        the job."""
+        job_id = str(uuid.uuid4())  # known before the queue is called, so a disconnect can name it
+        timeout = self.settings.ingress.edit_timeout_seconds
+        try:
+            view, _ = await self.submit(form, caller, idempotency_key, job_id)
+            job_id = view.job_id  # an idempotent retry's earlier job
+            view = await self._call("wait", job_id, timeout, caller, timeout=timeout + QUICK_CALL_S)
+        except asyncio.CancelledError:  # Serve cancels the request when its client goes away,
+            # possibly while the submit is still on its way to the queue
+            task = asyncio.get_running_loop().create_task(self._cancel_abandoned(job_id, caller))
+            self._background.add(task)  # (the loop keeps only a weak reference to a task)
+            task.add_done_callback(self._background.discard)
+            raise
+        headers = {"X-Job-Id": job_id}
+        if view.status is JobStatus.FAILED:
+            raise ServiceUnavailable(f"The edit failed: {view.error}", headers)
+        if view.status is not JobStatus.COMPLETED:
+            raise EditTimeout(f"The edit is still {view.status} after {timeout:g}s; "
+                              f"poll /api/v1/status/{job_id} for it.", headers)
+        return view
+
+    async def _cancel_abandoned(self, job_id: str, caller: Caller) -> None:
+        """Cancel the job of an /edit whose client went away, until the queue answers: cancelled,
+        finished meanwhile (409), or still unknown after a few seconds (its submit never reached the
+        queue). While the queue is away (a restart) the cancel waits with backoff, for up to
+        ``edit_timeout_seconds``, rather than letting an abandoned job run."""
+        loop = asyncio.get_running_loop()
+        deadline, unknown, delay = loop.time() + self.settings.ingress.edit_timeout_seconds, 0, 0.5
+        while True:
+            try:
+                await self.cancel(job_id, caller)
+                log.info("[Ingress] /edit client went away: job %s cancelled", job_id[:8], extra=for_job(job_id))
+                return
+            except JobNotFound:
+                unknown += 1
+                if unknown >= 10:
+                    log.info("[Ingress] /edit client went away before its job %s was queued", job_id[:8],
+                             extra=for_job(job_id))
+                    return
+                await asyncio.sleep(0.5)
+            except Exception as exc:
+                if isinstance(exc, ApiError) and exc.status_code != 503:  # finished meanwhile (409)
+                    log.info("[Ingress] /edit client went away; job %s not cancelled: %s", job_id[:8], exc,
+                             extra=for_job(job_id))
+                    return
+                if loop.time() > deadline:  # 503 or a Ray error: the queue replica is away (restarting)
+                    log.warning("[Ingress] /edit client went away; job %s could not be cancelled: the queue "
+                                "stayed away", job_id[:8], extra=for_job(job_id))
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def status(self, job_id: str, caller: Caller) -> JobView:
+        return await self._call("status", job_id, caller)
+
+    async def cancel(self, job_id: str, caller: Caller) -> JobView:
+        return await self._call("cancel", job_id, caller)
+
+    async def result(self, job_id: str, caller: Caller) -> tuple[str, bytes, JobView]:
+        """(the result file's name, its PNG bytes, the job's view)."""
+        return await self._call("result", job_id, caller)
+
+    async def follow(self, job_id: str, caller: Caller) -> tuple[JobView, AsyncIterator[JobView | None]]:
+        """The job's view now (404 if the caller may not see it) and its later views as they change
+        (``None``: nothing changed for a heartbeat), through this replica's shared feed."""
+        first = await self.status(job_id, caller)
+        return first, self.events.subscribe(job_id, first)
+
+    async def jobs(self, caller: Caller, limit: int) -> list[JobView]:
+        return await self._call("station_jobs", caller, limit)
+
+    async def queue_stats(self) -> dict:
+        return await self._call("queue_stats")
+
+    # --- the service -------------------------------------------------------------------------------
+
+    async def health(self) -> tuple[dict, bool]:
+        """(/health's body, whether it is healthy enough to answer 200)."""
+        try:
+            h = await self._call("health", timeout=5.0)
+        except Exception:
+            return {"status": "degraded", "warnings": ["The job queue is not reachable."], "current_model": None,
+                    "model_loaded": False, "is_loading": False, "is_generating": False,
+                    "queue_max_size": self.settings.max_queue_size,
+                    "queue_cleanup_age_seconds": self.settings.cleanup_age_seconds, "workers": []}, False
+        unusable = any(w["state"] == WorkerState.UNUSABLE for w in h["workers"])
+        status = "healthy" if h["model_loaded"] and not unusable else ("degraded" if h["warnings"] else "starting")
+        return {"status": status, **h}, True
+
+    async def models(self) -> dict:
+        h = await self._call("health")
+        models = {}
+        for name, p in self.settings.presets.items():
+            missing = missing_weights(p)
+            models[name] = {**p.public(), "available": missing is None, "missing": missing}
+        return {"models": models, "default": h["current_model"],
+                "note": "Use a name (or an alias such as 4-step) as `preset` on submit/edit or `model` on "
+                        "load-model. Presets with available=false need their weights on the server first."}
+
+    async def load_model(self, name: str) -> dict:
+        return await self._call("load_model", name, timeout=self.settings.load_timeout_seconds + QUICK_CALL_S)

@@ -1,0 +1,44 @@
+"""Log lines: each module's lines reach its replica's Serve log, and every line about a job carries
+the job's whole id as a field when the replicas log as JSON."""
+
+import json
+from pathlib import Path
+
+from serve_app.logs import JOB_ID
+from tests.helpers import IMAGE, wait_for
+
+
+def logs_folder() -> Path:
+    import ray
+
+    return Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
+
+
+def serve_log_records(job_id: str) -> list[dict]:
+    records = []
+    for path in logs_folder().glob("replica_*.log"):
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and record.get(JOB_ID) == job_id:
+                records.append(record)
+    return records
+
+
+def test_a_jobs_lines_carry_its_id_in_the_replica_logs(deploy):
+    # the app's logging_config, as the YAML's would be: the queue's own code must not override it
+    api = deploy("logs", "/logs", wait_workers=True, logging_config={"encoding": "JSON"},
+                 worker={"num_cpus": 0})
+    job_id = api.submit(IMAGE).json()["job_id"]
+    assert api.wait(job_id)["status"] == "completed"
+    wait_for(lambda: len(serve_log_records(job_id)) >= 3, timeout=15)
+    records = serve_log_records(job_id)
+    messages = [r["message"] for r in records]
+    for event in ("submitted", "Processing job", "completed in"):
+        assert any(event in m for m in messages), (event, messages)
+    assert all(job_id[:8] in m for m in messages)
+    assert {r["deployment"] for r in records} == {"logs_QueueActor"}, records  # Serve names app_deployment
+    queue_log = next(logs_folder().glob("replica_logs_QueueActor_*.log")).read_text()
+    assert "next_task" not in queue_log  # the workers' long polls are not logged, one line per call

@@ -1,0 +1,68 @@
+"""config/serve.yaml's ``args:`` -> the deployments' ``Settings`` (``serve_app.config``)."""
+
+import re
+
+import pytest
+from pydantic import ValidationError
+
+from serve_app.config import IngressSettings, QueueSettings, Settings, WorkerSettings, build_settings
+
+
+@pytest.mark.parametrize("args, says", [
+    ({"worker": {"profile": "fp4"}}, "unknown profile 'fp4'"),
+    ({"worker": {"gpu_memory_gib": 0}}, "gpu_memory_gib"),
+    ({"presets": {"qwen-4step": {"profile": "auto"}}}, "auto is for worker.profile"),
+    ({"presets": {"qwen-4step": {"profile": "int4"}}}, "unknown profile 'int4'"),
+    ({"worker": {"prepare_ahead": "sometimes"}}, "worker.prepare_ahead"),
+    ({"max_system_prompt_chars": 0}, "max_system_prompt_chars"),
+    ({"job_lease_seconds": 0}, "job_lease_seconds"),
+    ({"min_free_disk_mb": -1}, "min_free_disk_mb"),
+    ({"worker": {"engine": "not an import path"}}, "worker.engine"),
+    ({"max_upload_mb": 20, "max_body_mb": 10}, "max_body_mb (10.0) must be at least max_upload_mb"),
+    ({"queue_size": 10}, "queue_size"),  # a misspelt key is refused, not ignored
+])
+def test_a_wrong_key_or_value_stops_the_build_naming_it(args, says, tmp_path):
+    with pytest.raises(ValidationError, match=re.escape(says)):
+        build_settings({"state_dir": str(tmp_path), **args})
+
+
+def test_worker_settings_carry_the_profile_and_the_presets_to_plan_for(tmp_path):
+    s = build_settings({"state_dir": str(tmp_path), "default_preset": "qwen-4step",
+                        "worker": {"profile": "nf4", "gpu_memory_gib": 24},
+                        "presets": {"qwen-40step": {"profile": "bf16-stream"}}})
+    assert s.worker.profile == "nf4" and s.worker.gpu_memory_gib == 24 and s.max_images == 3
+    # the presets sharing the default's base, minus the one with its own profile
+    assert set(s.worker.plan_presets) == {"qwen-4step", "qwen-8step"}
+    assert s.worker.preload is None  # the real weights are not on this machine
+
+
+def test_worker_block_of_the_yaml_reaches_the_worker_settings(tmp_path):
+    s = build_settings({"state_dir": str(tmp_path), "worker": {
+        "attention_backend": "flash", "compile": True, "warmup": True, "torch_threads": 3,
+        "png_compress_level": 6, "device": "cpu", "num_gpus": 1, "num_cpus": 2, "resources": {"edit": 1}}})
+    w = s.worker
+    assert (w.attention_backend, w.compile, w.warmup, w.torch_threads, w.png_compress_level, w.device) == (
+        "flash", True, True, 3, 6, "cpu")
+    assert w.preload == "tiny" and w.models_dir == str((tmp_path / "models").resolve())
+    assert w.actor_options == {"num_gpus": 1, "num_cpus": 2, "resources": {"edit": 1}}
+    assert s.worker_resources == {"CPU": 2, "GPU": 1, "edit": 1}
+
+
+def test_every_path_is_absolute_under_the_state_folder_unless_named(tmp_path):
+    s = build_settings({"state_dir": str(tmp_path), "results_dir": str(tmp_path / "elsewhere")})
+    assert s.queue.results_dir == str(tmp_path / "elsewhere")
+    assert s.queue.jobs_db == str(tmp_path / "jobs.sqlite3")
+    assert s.ingress.upload_dir == str(tmp_path / "uploads")
+    assert (tmp_path / "api_key").exists()  # made on first start
+
+
+def test_each_setting_is_held_once():
+    """A value two deployments read lives at the top of Settings, never copied into two parts."""
+    parts = [QueueSettings, WorkerSettings, IngressSettings]
+    top = set(Settings.model_fields) - {"queue", "worker", "ingress"}
+    seen: dict[str, str] = {}
+    for part in parts:
+        for name in part.model_fields:
+            assert name not in top, f"{part.__name__}.{name} copies Settings.{name}"
+            assert name not in seen, f"{name} is in both {seen[name]} and {part.__name__}"
+            seen[name] = part.__name__
