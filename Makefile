@@ -23,8 +23,9 @@ serve: $(STAMP)  ## (qwen-serve = serve run + graceful SIGTERM) serve the API on
 serve-gpu: $(STAMP)  ## serve on a GPU machine with the real presets
 	RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1 $(VENV)/bin/qwen-serve config/serve.gpu.yaml
 
-test: $(STAMP)  ## the whole suite: unit tests, then integration tests on a local Ray cluster
+test: $(STAMP)  ## the whole suite: unit and integration tests, then the Ray CLI cluster test (its own session)
 	$(RAY_ENV) $(PY) -m pytest -q -p no:cacheprovider
+	$(RAY_ENV) $(PY) -m pytest -q -p no:cacheprovider tests/cluster
 
 unit: $(STAMP)
 	$(RAY_ENV) $(PY) -m pytest -q tests/unit

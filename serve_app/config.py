@@ -91,6 +91,12 @@ class AppArgs(BaseModel):
                                          description="on SIGTERM (qwen-serve), running jobs get this long to "
                                                      "finish; the rest are queued again for the next start")
     ingress_replicas: int = Field(1, ge=1, le=64)
+    queue_resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources the queue replica needs: on a cluster, one "
+                                          "only the node with state_dir has, so Serve restarts it only there")
+    ingress_resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources each ingress replica needs (e.g. the head's, "
+                                          "next to the HTTP proxy); default: any node")
     worker: WorkerArgs = Field(default_factory=WorkerArgs)
     presets: dict[str, dict] = Field(default_factory=dict, description="added or changed presets")
 
@@ -123,6 +129,7 @@ class QueueSettings(BaseModel):
     webhook_timeout_seconds: float
     graceful_stop_seconds: float
     min_free_disk_mb: float
+    actor_options: dict  # Ray actor options of the queue replica (its pinning resources)
 
 
 class WorkerSettings(BaseModel):
@@ -151,6 +158,7 @@ class IngressSettings(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     replicas: int
+    actor_options: dict  # Ray actor options of each ingress replica
     upload_limits: UploadLimits
     max_body_bytes: int
     max_instruction_chars: int
@@ -193,6 +201,11 @@ def planned_presets(presets: dict[str, Preset], default: str | None) -> tuple[st
     return tuple(p.name for p in own)
 
 
+def _pinned(resources: dict[str, float]) -> dict:
+    """Actor options of a replica that holds no CPU (it mostly waits on I/O) and needs these resources."""
+    return {"num_cpus": 0, **({"resources": dict(resources)} if resources else {})}
+
+
 def build_settings(args: AppArgs | dict | None) -> Settings:
     """config/serve.yaml's ``args:``, validated, as the deployments' settings. Reads the key and
     webhook-secret files (creating them on first start) and prints where the keys come from."""
@@ -218,7 +231,7 @@ def build_settings(args: AppArgs | dict | None) -> Settings:
             scheduling=args.scheduling, max_jobs_per_station=args.max_jobs_per_station,
             webhook_secret=secret, webhook_retry_seconds=hooks.retry_seconds,
             webhook_timeout_seconds=hooks.timeout_seconds, graceful_stop_seconds=args.graceful_stop_seconds,
-            min_free_disk_mb=args.min_free_disk_mb),
+            min_free_disk_mb=args.min_free_disk_mb, actor_options=_pinned(args.queue_resources)),
         worker=WorkerSettings(
             models_dir=str(args.path(args.models_dir, "models")), device=w.device, torch_threads=w.torch_threads,
             png_compress_level=w.png_compress_level, attention_backend=w.attention_backend, compile=w.compile,
@@ -226,7 +239,8 @@ def build_settings(args: AppArgs | dict | None) -> Settings:
             plan_presets=planned_presets(presets, default), prepare_ahead=w.prepare_ahead, engine=w.engine,
             num_replicas=w.num_replicas, actor_options=actor_options),
         ingress=IngressSettings(
-            replicas=args.ingress_replicas, upload_limits=args.upload_limits,
+            replicas=args.ingress_replicas, actor_options=_pinned(args.ingress_resources),
+            upload_limits=args.upload_limits,
             max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_instruction_chars=args.max_instruction_chars,
             max_system_prompt_chars=args.max_system_prompt_chars, edit_timeout_seconds=args.edit_timeout_seconds,
             keys=keyring.entries, webhook_allowed_hosts=tuple(hooks.allowed_hosts),

@@ -16,7 +16,8 @@ def build_app(args: AppArgs | dict | None):
     """The Serve application from config/serve.yaml's ``args:`` (validated as ``AppArgs``; an
     unknown or invalid key stops ``serve run`` with a sentence naming it)."""
     settings = build_settings(args)
-    queue = QueueActor.bind(settings)
+    queue = QueueActor.options(ray_actor_options=settings.queue.actor_options).bind(settings)
     workers = ModelWorker.options(num_replicas=settings.worker.num_replicas,
                                   ray_actor_options=settings.worker.actor_options).bind(queue, settings)
-    return Ingress.options(num_replicas=settings.ingress.replicas).bind(queue, workers, settings)
+    return Ingress.options(num_replicas=settings.ingress.replicas,
+                           ray_actor_options=settings.ingress.actor_options).bind(queue, workers, settings)

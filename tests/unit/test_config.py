@@ -48,6 +48,12 @@ def test_worker_block_of_the_yaml_reaches_the_worker_settings(tmp_path):
     assert s.worker_resources == {"CPU": 2, "GPU": 1, "edit": 1}
 
 
+def test_queue_and_ingress_can_be_pinned_to_a_node(tmp_path):
+    s = build_settings({"state_dir": str(tmp_path), "queue_resources": {"queue_node": 1}})
+    assert s.queue.actor_options == {"num_cpus": 0, "resources": {"queue_node": 1}}
+    assert s.ingress.actor_options == {"num_cpus": 0}  # anywhere, unless named
+
+
 def test_every_path_is_absolute_under_the_state_folder_unless_named(tmp_path):
     s = build_settings({"state_dir": str(tmp_path), "results_dir": str(tmp_path / "elsewhere")})
     assert s.queue.results_dir == str(tmp_path / "elsewhere")
@@ -62,7 +68,7 @@ def test_each_setting_is_held_once():
     top = set(Settings.model_fields) - {"queue", "worker", "ingress"}
     seen: dict[str, str] = {}
     for part in parts:
-        for name in part.model_fields:
+        for name in set(part.model_fields) - {"actor_options"}:  # (each deployment's own Ray options)
             assert name not in top, f"{part.__name__}.{name} copies Settings.{name}"
             assert name not in seen, f"{name} is in both {seen[name]} and {part.__name__}"
             seen[name] = part.__name__

@@ -106,7 +106,7 @@ def test_plan_of_the_24gb_config_fits_22_gib(capsys):
 
 
 def test_plan_of_the_other_configs_and_a_card_too_small(capsys, tmp_path):
-    for name in ("serve.yaml", "serve.gpu.yaml"):
+    for name in ("serve.yaml", "serve.gpu.yaml", "serve.cluster.yaml"):
         code, lines = _plan_output(capsys, ROOT / "config" / name)
         assert code == 0 and re.fullmatch(r"plan: [\d.]+ GiB peak", lines[-1])
     config = yaml.safe_load((ROOT / "config" / "serve.24gb.yaml").read_text())
