@@ -15,6 +15,8 @@ on a commit), so no locking is needed beyond SQLite's own. ``snapshot`` reads a 
 half-way through a change. No Ray import: unit-tested on a temporary folder.
 """
 
+import fcntl
+import os
 import sqlite3
 from dataclasses import fields
 from pathlib import Path
@@ -39,6 +41,39 @@ CREATE TABLE IF NOT EXISTS inputs (
 # Job fields kept in the jobs table (payload lives in ``inputs``); seeds up to 2**64-1 overflow
 # SQLite's signed 64-bit integers, so they are stored as text.
 COLUMNS = [f.name for f in fields(Job) if f.name != "payload"]
+
+
+class StateLock:
+    """One queue per state folder: an exclusive lock on ``<jobs db>.lock``, held for as long as the
+    process lives (the kernel releases it when the process ends, however it ends).
+
+    A queue replica being replaced (a redeploy) keeps serving its last requests while its successor
+    starts; the successor must not read the database before its predecessor's last write, or a job
+    accepted in that moment would exist on disk but not in the queue. So the successor takes this lock
+    before it reads anything. It is also what refuses a second app pointed at the same state folder."""
+
+    def __init__(self, db_path: Path):
+        self.path = Path(str(db_path) + ".lock")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd: int | None = None
+
+    def try_acquire(self) -> bool:
+        """True once this process holds the lock; False while another holds it."""
+        if self._fd is not None:
+            return True
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the lock
+            self._fd = None
 
 
 class JobStore:

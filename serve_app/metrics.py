@@ -9,11 +9,13 @@ Metrics view reads them. Names:
 - ``ray_qwen_job_wait_seconds{preset}``: submit to start; ``ray_qwen_job_processing_seconds{preset}``:
   the worker's time on a completed job; ``ray_qwen_step_seconds{preset}``: one denoising step;
   ``ray_qwen_model_load_seconds{preset}``: histograms;
-- ``ray_qwen_gpu_memory_bytes{device}``: memory torch holds on the worker's GPU (GPU workers only).
+- ``ray_qwen_gpu_memory_bytes{device}``: memory the worker holds for its model (GPU: what torch
+  reserved; CPU workers: their resident memory).
 
 Outside Ray (``bench/load.py``'s plain server) every recorder is a no-op.
 """
 
+import os
 WAIT_BUCKETS = [0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800]
 RUN_BUCKETS = [0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128, 300]
 STEP_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5]
@@ -80,7 +82,7 @@ class WorkerMetrics:
                                 boundaries=STEP_BUCKETS, tag_keys=("preset",))
         self.load = m.Histogram("qwen_model_load_seconds", description="Seconds to load or switch to a preset.",
                                 boundaries=LOAD_BUCKETS, tag_keys=("preset",))
-        self.gpu_memory = m.Gauge("qwen_gpu_memory_bytes", description="GPU memory torch holds on this worker.",
+        self.gpu_memory = m.Gauge("qwen_gpu_memory_bytes", description="Memory this worker holds for its model (GPU: torch reserved; CPU: resident).",
                                   tag_keys=("device",))
 
     def stepped(self, preset: str, seconds: float) -> None:
@@ -90,9 +92,17 @@ class WorkerMetrics:
         if seconds is not None:
             self.load.observe(seconds, tags={"preset": preset})
 
-    def sample_gpu(self, device: str) -> None:
-        if not device.startswith("cuda"):
-            return
-        import torch
+    def sample_memory(self, device: str) -> None:
+        """The memory this worker holds for its model: what torch reserved on a GPU; on a CPU worker,
+        its resident memory (the model lives there)."""
+        if device.startswith("cuda"):
+            import torch
 
-        self.gpu_memory.set(torch.cuda.memory_reserved(), tags={"device": device})
+            self.gpu_memory.set(torch.cuda.memory_reserved(), tags={"device": device})
+            return
+        try:  # Linux: resident pages of this process
+            with open("/proc/self/statm") as f:
+                resident = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return
+        self.gpu_memory.set(resident, tags={"device": device})

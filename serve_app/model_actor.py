@@ -129,7 +129,7 @@ class ModelWorker:
             except Exception:
                 log.warning("[ModelWorker] heartbeat to the queue failed")
             try:
-                self.metrics.sample_gpu(self.engine.device)
+                self.metrics.sample_memory(self.engine.device)
             except Exception:  # metrics must never stop the heartbeat
                 log.debug("[ModelWorker] GPU memory sample failed")
             await asyncio.sleep(HEARTBEAT_S)

@@ -41,7 +41,7 @@ from ray import serve
 from .auth import Caller
 from .config import Settings
 from .errors import LoadInProgress, NoModelLoaded, QueueFull, ResultNotReady, ServiceUnavailable, StationLimit
-from .jobstore import JobStore
+from .jobstore import JobStore, StateLock
 from .logs import for_job, use_serve_handlers
 from .metrics import QueueMetrics
 from .presets import Preset, require_available, resolve
@@ -68,7 +68,11 @@ class LoadRequest:
     errors: dict[str, str] = field(default_factory=dict)
 
 
-@serve.deployment(num_replicas=1, max_ongoing_requests=10_000, ray_actor_options={"num_cpus": 0})
+# A replaced replica (a redeploy) gets 5 s to answer what it has in flight, not Serve's 20 s: its
+# successor waits for it (StateLock), and the long polls it would wait for (workers asking for jobs,
+# /edit waits, event streams) are all retried by their callers.
+@serve.deployment(num_replicas=1, max_ongoing_requests=10_000, ray_actor_options={"num_cpus": 0},
+                  graceful_shutdown_timeout_s=5, graceful_shutdown_wait_loop_s=1)
 class QueueActor:
     async def __init__(self, settings: Settings):
         # No access log: workers long-poll this replica every few seconds, which would drown the job
@@ -87,6 +91,8 @@ class QueueActor:
         self.notifier = (Notifier(own.webhook_secret, own.webhook_retry_seconds,
                                   own.webhook_timeout_seconds) if own.webhook_secret else None)
         self.store = ResultStore(own.results_dir)
+        self.state_lock = StateLock(Path(own.jobs_db))
+        await self._hold_state_lock()
         self.jobs = JobStore(Path(own.jobs_db))
         # File and database work runs here, one task at a time in the order asked, never on the event
         # loop (a commit of a 30 MB input or an fsync on a slow disk would stall every station's poll).
@@ -110,6 +116,20 @@ class QueueActor:
                  own.jobs_db)
 
     # --- plumbing ------------------------------------------------------------------------------
+
+    async def _hold_state_lock(self) -> None:
+        """Wait until this replica is the state folder's only queue (a replica it replaces has
+        exited); say why in the log while waiting."""
+        start, said = time.monotonic(), 0.0
+        while not self.state_lock.try_acquire():
+            waited = time.monotonic() - start
+            if waited >= said + (5 if said == 0 else 60):
+                said = waited
+                log.log(logging.INFO if waited < 60 else logging.ERROR,
+                        "[JobQueue] Waiting %.0fs for %s: another queue replica still uses this state folder "
+                        "(the one this replica replaces, or another app pointed at the same state_dir)",
+                        waited, self.state_lock.path)
+            await asyncio.sleep(0.2)
 
     def _notify(self) -> None:
         """Wake every long poll; each re-checks what it waits for."""

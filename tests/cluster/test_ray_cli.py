@@ -5,13 +5,14 @@
 `serve deploy config/serve.cluster.yaml` with test overrides. Jobs flow end to end and results are
 downloaded through the head; the worker node is then killed while a job runs: the job is queued again
 (its worker went silent) and completes once a node with the resource joins again, with nothing lost
-and no second result. `ray stop` at the end leaves no Ray process behind.
+and no second result. Then `serve deploy` of a changed config while one job runs and two wait: all
+three complete, in order, the running one at most once more. `ray stop` at the end leaves no Ray
+process behind.
 
 Runs in its own pytest session (``make test`` runs it after the main suite): `ray stop` stops every
 Ray process on the machine, the main suite's cluster included. Everything listens on loopback only.
 """
 
-import copy
 import os
 import socket
 import subprocess
@@ -181,6 +182,25 @@ def test_serve_deploy_on_a_cli_cluster_survives_losing_the_worker_node(head):
     assert len(results) == 2 and sum(job[:8] in name for name in results) == 1  # no duplicate result
     queue = http.get("/api/v1/queue").json()
     assert (queue["total_jobs"], queue["completed_count"], queue["failed_count"]) == (2, 2, 0)
+
+    # `serve deploy` of a changed config while one job runs and two wait: none lost, order kept
+    running = http.post("/api/v1/submit", files={"image": ("a.png", IMAGE, "image/png")},
+                        data={"instruction": "long again", "seed": "3", "preset": "long"}).json()["job_id"]
+    wait_for(lambda: http.get(f"/api/v1/status/{running}").json()["step"] >= 1, timeout=120)
+    waiting = [http.post("/api/v1/submit", files={"image": ("a.png", IMAGE, "image/png")},
+                         data={"instruction": f"then {i}", "seed": str(10 + i)}).json()["job_id"] for i in range(2)]
+    changed = yaml.safe_load(config.read_text())
+    changed["applications"][0]["args"]["presets"]["short"] = {**LONG, "steps": 2}
+    config.write_text(yaml.safe_dump(changed))
+    run(str(BIN / "serve"), "deploy", str(config), "--address", head["dashboard"])
+    jobs = [running, *waiting]
+    wait_for(lambda: all(http.get(f"/api/v1/status/{j}").json()["status"] == "completed" for j in jobs),
+             timeout=300, every=1.0, show=lambda: [http.get(f"/api/v1/status/{j}").json() for j in jobs])
+    wait_for(lambda: "short" in http.get("/api/v1/models").json()["models"], timeout=60)
+    views = [http.get(f"/api/v1/status/{j}").json() for j in jobs]
+    assert views[0]["attempts"] in (1, 2)
+    assert views[1]["started_at"] <= views[2]["started_at"]
+    assert http.get("/api/v1/queue").json()["total_jobs"] == 5
     http.close()
 
     # `ray stop` leaves nothing behind

@@ -5,6 +5,7 @@ status, queue, models, a batch of 15 through a queue of 10), and the Prometheus 
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -16,6 +17,8 @@ from PIL import Image
 
 from serve_app.client import Client, Conflict, NotFound, QueueFull
 from tests.helpers import IMAGE, KEY, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.integration
 QWEN_EDIT = str(Path(sys.executable).with_name("qwen-edit"))
@@ -142,3 +145,20 @@ def test_metrics_appear_with_plausible_values(api, cluster):
     assert total("ray_qwen_job_wait_seconds", "_count", preset="slow") >= 3
     depth = [s.value for s in found["ray_qwen_queue_depth"] if s.labels.get("application") == "main"]
     assert depth and all(0 <= d <= 10 for d in depth), depth  # refreshed every second by the queue
+
+
+@pytest.mark.timeout(180)
+def test_every_metric_the_grafana_dashboard_charts_is_in_a_live_scrape(api, cluster):
+    dashboard = json.loads((ROOT / "deploy" / "prometheus" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    charted = {name for expr in exprs for name in re.findall(r"\bray_qwen_[a-z_]+", expr)}
+    assert len(charted) >= 8, charted
+    job = api.submit(IMAGE, preset="speck").json()["job_id"]
+    assert api.wait(job)["status"] == "completed"
+    deadline = time.monotonic() + 90  # Ray exports metrics every few seconds
+    while True:
+        scraped = {s.name for samples in _metrics(cluster).values() for s in samples}
+        if charted <= scraped:
+            break
+        assert time.monotonic() < deadline, f"charted but never scraped: {sorted(charted - scraped)}"
+        time.sleep(2)

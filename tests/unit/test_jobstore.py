@@ -119,3 +119,15 @@ def test_a_snapshot_writes_the_state_it_was_taken_in(tmp_path):
     store.write(done)
     last = JobStore(tmp_path / "jobs.sqlite3").load()[0]
     assert last.status is JobStatus.COMPLETED and last.result_name == "r.png" and last.payload is None
+
+
+def test_one_queue_per_state_folder(tmp_path):
+    """A second holder waits until the first lets go (or its process ends)."""
+    from serve_app.jobstore import StateLock
+
+    first, second = StateLock(tmp_path / "jobs.sqlite3"), StateLock(tmp_path / "jobs.sqlite3")
+    assert first.try_acquire() and first.try_acquire()  # holding it again is a no-op
+    assert not second.try_acquire()
+    first.release()
+    assert second.try_acquire()
+    assert oct((tmp_path / "jobs.sqlite3.lock").stat().st_mode & 0o777) == "0o600"
