@@ -203,11 +203,15 @@ def edit_form(
     model: Annotated[str | None, Form(description="older name of the preset field")] = None,
     webhook_url: Annotated[str | None, Form(
         description="optional: POSTed the job's status when it ends (hosts on the server's allow-list)")] = None,
+    webhook_events: Annotated[str | None, Form(
+        description="optional: which events call webhook_url, comma-separated: started, completed, failed, "
+                    "cancelled (default: completed, failed, cancelled)", examples=["started,completed"])] = None,
 ) -> EditFields:
     """The multipart form shared by /submit and /edit, as sent."""
     images = [f for f in [*(image or []), image2, image3] if f is not None]
     undecodable = frozenset(getattr(request.state, UNDECODABLE, ()))
-    return EditFields(images, instruction, seed, system_prompt, preset, model, webhook_url, undecodable)
+    return EditFields(images, instruction, seed, system_prompt, preset, model, webhook_url, webhook_events,
+                      undecodable)
 
 
 EditForm = Annotated[EditFields, Depends(edit_form)]

@@ -14,6 +14,7 @@ from .config import Settings
 from .errors import BadRequest, Unprocessable
 from .images import check_size
 from .presets import resolve
+from .protocol import DEFAULT_WEBHOOK_EVENTS, WEBHOOK_EVENTS
 from .webhooks import check_url
 
 MAX_SEED = 2**64 - 1
@@ -41,6 +42,7 @@ class EditFields:
     preset: str | None = None
     model: str | None = None  # the older name of ``preset``
     webhook_url: str | None = None
+    webhook_events: str | None = None  # comma-separated; the final states when absent
     undecodable: frozenset[str] = field(default_factory=frozenset)  # fields whose bytes were not UTF-8
 
 
@@ -51,6 +53,20 @@ class CheckedEdit:
     preset: str | None  # a preset's name; None: the queue's default
     system_prompt: str | None
     webhook_url: str | None
+    webhook_events: tuple[str, ...] = DEFAULT_WEBHOOK_EVENTS
+
+
+def parse_webhook_events(raw: str | None, webhook_url: str | None) -> tuple[str, ...]:
+    """``started,completed`` (commas or spaces) -> the events in their canonical order."""
+    if raw is None or not raw.strip():
+        return DEFAULT_WEBHOOK_EVENTS
+    if not webhook_url:
+        raise BadRequest("webhook_events needs a webhook_url: say where to send them.")
+    names = [n for n in raw.replace(",", " ").split() if n]
+    for name in names:
+        if name not in WEBHOOK_EVENTS:
+            raise BadRequest(f"Unknown webhook event {name[:40]!r}: choose from {', '.join(WEBHOOK_EVENTS)}.")
+    return tuple(e for e in WEBHOOK_EVENTS if e in names)
 
 
 def parse_seed(raw: str | None) -> int:
@@ -101,7 +117,7 @@ def check_edit(form: EditFields, settings: Settings) -> CheckedEdit:
     order a station would fix them: missing fields first)."""
     limits = settings.ingress
     for name in sorted(form.undecodable):
-        if name in FIELD_NAMES or name in ("seed", "preset", "model", "webhook_url", "return_image"):
+        if name in FIELD_NAMES or name in ("seed", "preset", "model", "webhook_url", "webhook_events", "return_image"):
             raise BadRequest(f"{FIELD_NAMES.get(name, repr(name))} is not valid UTF-8 text; "
                              "send it encoded as UTF-8.")
     if not form.images:
@@ -130,11 +146,12 @@ def check_edit(form: EditFields, settings: Settings) -> CheckedEdit:
                              "send only preset.")
         preset = chosen[0]
     webhook_url = check_url(form.webhook_url, limits.webhook_allowed_hosts) if form.webhook_url else None
+    webhook_events = parse_webhook_events(form.webhook_events, webhook_url)
     seed = parse_seed(form.seed)  # before the fingerprint: a bad seed is a 422, not a new key use
     for f in form.images:  # the parser spooled each file to disk: refuse an oversize one unread
         if f.size is not None:
             check_size(f.size, limits.upload_limits)
-    return CheckedEdit(instruction, seed, preset, form.system_prompt or None, webhook_url)
+    return CheckedEdit(instruction, seed, preset, form.system_prompt or None, webhook_url, webhook_events)
 
 
 def fingerprint(images: list[bytes], form: EditFields, checked: CheckedEdit) -> str:
@@ -142,6 +159,7 @@ def fingerprint(images: list[bytes], form: EditFields, checked: CheckedEdit) -> 
     h = hashlib.sha256()
     for data in images:
         h.update(hashlib.sha256(data).digest())
-    for value in (checked.instruction, form.seed, form.preset, form.model, form.system_prompt, checked.webhook_url):
+    for value in (checked.instruction, form.seed, form.preset, form.model, form.system_prompt, checked.webhook_url,
+                  ",".join(checked.webhook_events)):
         h.update(b"\x00" + (value or "").strip().encode("utf-8", "surrogatepass"))
     return h.hexdigest()

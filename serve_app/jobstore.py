@@ -32,12 +32,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at REAL NOT NULL, status TEXT NOT NULL, started_at REAL, completed_at REAL,
     result_name TEXT, error TEXT, worker_id TEXT, station TEXT NOT NULL, idempotency_key TEXT,
     fingerprint TEXT, webhook_url TEXT, step INTEGER NOT NULL DEFAULT 0, total_steps INTEGER,
-    step_seconds REAL, run_seconds REAL, attempts INTEGER NOT NULL DEFAULT 0
+    step_seconds REAL, run_seconds REAL, attempts INTEGER NOT NULL DEFAULT 0, webhook_events TEXT
 );
 CREATE TABLE IF NOT EXISTS inputs (
     job_id TEXT NOT NULL, idx INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (job_id, idx)
 );
 """
+# Columns added since the first release, with their types: added to an older file when it is opened.
+ADDED_COLUMNS = {"webhook_events": "TEXT"}
 # Job fields kept in the jobs table (payload lives in ``inputs``); seeds up to 2**64-1 overflow
 # SQLite's signed 64-bit integers, so they are stored as text.
 COLUMNS = [f.name for f in fields(Job) if f.name != "payload"]
@@ -85,6 +87,10 @@ class JobStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
+        have = {row[1] for row in self.db.execute("PRAGMA table_info(jobs)")}
+        for column, kind in ADDED_COLUMNS.items():  # a database written by an older version
+            if column not in have:
+                self.db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
         if self.db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
             self.db.execute("VACUUM")  # ...an older file is rebuilt once to get it
 

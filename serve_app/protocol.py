@@ -100,6 +100,11 @@ class Outcome(str, Enum):
     NOT_YOURS = "not yours"  # the job is no longer this worker's (cancelled, or run elsewhere)
 
 
+# What a job's webhook can be called for: it starts, or it ends in one of the final states.
+WEBHOOK_EVENTS = ("started", "completed", "failed", "cancelled")
+DEFAULT_WEBHOOK_EVENTS = ("completed", "failed", "cancelled")
+
+
 @dataclass(frozen=True)
 class JobRequest:
     """A station's checked submit, as the ingress sends it to the queue."""
@@ -113,6 +118,7 @@ class JobRequest:
     idempotency_key: str | None = None
     fingerprint: str | None = None
     webhook_url: str | None = None
+    webhook_events: tuple[str, ...] = DEFAULT_WEBHOOK_EVENTS
 
 
 @dataclass(frozen=True)

@@ -45,8 +45,8 @@ from .jobstore import JobStore, StateLock
 from .logs import for_job, use_serve_handlers
 from .metrics import QueueMetrics
 from .presets import Preset, require_available, resolve
-from .protocol import (JobDone, JobFailed, JobRequest, JobStatus, JobTask, JobView, LoadDone, LoadTask, Outcome,
-                       StepReport, WorkerState)
+from .protocol import (DEFAULT_WEBHOOK_EVENTS, JobDone, JobFailed, JobRequest, JobStatus, JobTask, JobView,
+                       LoadDone, LoadTask, Outcome, StepReport, WorkerState)
 from .queue_core import Job, JobQueue
 from .storage import ResultStore, result_name, storage_reason
 from .webhooks import Notifier
@@ -302,8 +302,16 @@ class QueueActor:
         self.metrics.outcome(job.status.value)
         if job.status is JobStatus.COMPLETED:
             self.metrics.completed(job.preset, job.run_seconds)
-        if job.webhook_url and self.notifier is not None:
-            self.notifier.send(job.webhook_url, self.core.view(job).as_dict())
+        self._webhook(job, job.status.value)
+
+    def _webhook(self, job: Job, event: str) -> None:
+        """Call the job's webhook for ``event`` if the station asked for it (by default: the final
+        states)."""
+        if not job.webhook_url or self.notifier is None:
+            return
+        events = job.webhook_events.split(",") if job.webhook_events else DEFAULT_WEBHOOK_EVENTS
+        if event in events:
+            self.notifier.send(job.webhook_url, self.core.view(job).as_dict(), event)
 
     def check_health(self) -> None:
         if self._cleanup_task.done():
@@ -345,7 +353,8 @@ class QueueActor:
             job = self.core.submit(r.job_id, instruction=r.instruction, preset=chosen.name, seed=r.seed,
                                    system_prompt=r.system_prompt, payload=r.images, station=caller.station,
                                    idempotency_key=r.idempotency_key, fingerprint=r.fingerprint,
-                                   webhook_url=r.webhook_url, total_steps=chosen.steps)
+                                   webhook_url=r.webhook_url, webhook_events=",".join(r.webhook_events),
+                                   total_steps=chosen.steps)
         except (QueueFull, StationLimit):
             self.metrics.outcome("refused")
             raise
@@ -581,6 +590,7 @@ class QueueActor:
         self._notify()
         self.metrics.started(job.preset, (job.started_at or job.created_at) - job.created_at)
         log.info("[JobQueue] Processing job %s - %s", job.id[:8], job.instruction[:50], extra=for_job(job.id))
+        self._webhook(job, "started")
         return JobTask(job.id, self.presets[job.preset], job.payload, job.instruction, job.seed, job.system_prompt)
 
     def _held_job(self, worker_id: str, job_id: str, quiet: bool = False) -> Job | None:

@@ -65,6 +65,7 @@ class Job:
     idempotency_key: str | None = None
     fingerprint: str | None = None  # of the request that created the job (idempotent retries)
     webhook_url: str | None = None
+    webhook_events: str | None = None  # comma-separated WEBHOOK_EVENTS; None: the final ones
     step: int = 0
     total_steps: int | None = None
     step_seconds: float | None = None  # measured on this job, from the pipeline's step callback
@@ -147,7 +148,8 @@ class JobQueue:
     def submit(self, job_id: str, *, instruction: str, preset: str, seed: int,
                system_prompt: str | None = None, payload: Any = None, station: str = DEFAULT_STATION,
                idempotency_key: str | None = None, fingerprint: str | None = None,
-               webhook_url: str | None = None, total_steps: int | None = None) -> Job:
+               webhook_url: str | None = None, webhook_events: str | None = None,
+               total_steps: int | None = None) -> Job:
         """Admit a job, or raise ``QueueFull`` / ``StationLimit``; the check and the insert are one
         step. With an idempotency key already used for the same request, returns that job instead
         (whatever the queue's occupancy): callers tell by the returned job's id."""
@@ -160,7 +162,7 @@ class JobQueue:
         job = Job(id=job_id, instruction=instruction, preset=preset, seed=seed,
                   system_prompt=system_prompt, created_at=self._clock(), payload=payload, station=station,
                   idempotency_key=idempotency_key, fingerprint=fingerprint, webhook_url=webhook_url,
-                  total_steps=total_steps)
+                  webhook_events=webhook_events, total_steps=total_steps)
         self._jobs[job_id] = job
         self._ticket(job_id)
         self._queued.append(job_id)

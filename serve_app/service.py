@@ -66,7 +66,8 @@ class EditService:
         for one in data:
             await asyncio.to_thread(check_upload, one, self.settings.ingress.upload_limits)
         request = JobRequest(job_id or str(uuid.uuid4()), data, checked.instruction, checked.seed, checked.preset,
-                             checked.system_prompt, idempotency_key, key_of, checked.webhook_url)
+                             checked.system_prompt, idempotency_key, key_of, checked.webhook_url,
+                             checked.webhook_events)
         return await self._call("submit", request, caller)
 
     async def edit(self, form: EditFields, caller: Caller, idempotency_key: str | None) -> JobView:

@@ -5,6 +5,7 @@ the ``webhook_url`` field is refused), so the server cannot be used to reach int
 
 What is sent: ``POST <webhook_url>`` with the job's status JSON (the body of GET /status/{id}) and
     X-Webhook-Id: <job id>            X-Webhook-Timestamp: <unix seconds>
+    X-Webhook-Event: started | completed | failed | cancelled
     X-Webhook-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>." + raw body)>
 A receiver recomputes the HMAC over the timestamp, a dot and the raw body bytes, compares in constant
 time, and rejects timestamps older than a few minutes (``verify`` below is the reference).
@@ -107,12 +108,13 @@ class Notifier:
         self.given_up = 0
         self._tasks: set[asyncio.Task] = set()
 
-    def send(self, url: str, payload: dict) -> None:
-        task = asyncio.get_running_loop().create_task(self._deliver(url, payload))
+    def send(self, url: str, payload: dict, event: str) -> None:
+        """Deliver ``payload`` (the job's status) for ``event`` in the background, with retries."""
+        task = asyncio.get_running_loop().create_task(self._deliver(url, payload, event))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _deliver(self, url: str, payload: dict) -> None:
+    async def _deliver(self, url: str, payload: dict, event: str) -> None:
         body = json.dumps(payload, separators=(",", ":")).encode()
         job_id = str(payload.get("job_id", ""))
         attempts = 0
@@ -126,7 +128,7 @@ class Notifier:
                         ts = int(time.time())
                         r = await client.post(url, content=body, headers={
                             "Content-Type": "application/json", "User-Agent": "qwen-image-edit-webhooks",
-                            "X-Webhook-Id": job_id, "X-Webhook-Timestamp": str(ts),
+                            "X-Webhook-Id": job_id, "X-Webhook-Event": event, "X-Webhook-Timestamp": str(ts),
                             "X-Webhook-Signature": sign(self.secret, ts, body)})
                         if not 200 <= r.status_code < 300:
                             raise DeliveryFailed(f"answered {r.status_code}")

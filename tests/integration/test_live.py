@@ -230,6 +230,24 @@ def test_webhook_delivered_signed_and_retried(stations):
         receiver.close()
 
 
+def test_webhook_events_choose_which_changes_call_the_hook(stations):
+    a = stations["A"]
+    receiver = Receiver(fail_first=0)
+    try:
+        both = a.submit(IMAGE, seed=6, webhook_url=receiver.url, webhook_events="started,completed").json()["job_id"]
+        ended = a.submit(IMAGE, seed=7, webhook_url=receiver.url, webhook_events="cancelled").json()["job_id"]
+        assert a.wait(both)["status"] == "completed" and a.wait(ended)["status"] == "completed"
+        wait_for(lambda: len(receiver.requests) >= 2, timeout=20)
+        time.sleep(1.5)  # anything more would have arrived by now
+        calls = [(headers["X-Webhook-Event"], json.loads(body)) for headers, body in receiver.requests]
+        assert [(event, body["job_id"], body["status"]) for event, body in calls] == [
+            ("started", both, "processing"), ("completed", both, "completed")]  # none for `ended`
+    finally:
+        receiver.close()
+    r = a.submit(IMAGE, webhook_url=receiver.url, webhook_events="finished")
+    assert r.status_code == 400 and "Unknown webhook event 'finished'" in r.json()["detail"]
+
+
 def test_webhook_hosts_outside_the_allow_list_are_refused(stations, api):
     r = stations["A"].submit(IMAGE, webhook_url="http://10.0.0.1/hook")
     assert r.status_code == 400 and "allow-list" in r.json()["detail"]

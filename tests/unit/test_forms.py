@@ -42,6 +42,9 @@ def form(**over) -> EditFields:
     ({"seed": "1.5"}, Unprocessable, "Invalid seed '1.5'"),
     ({"seed": str(MAX_SEED + 1)}, Unprocessable, f"between 0 and {MAX_SEED}"),
     ({"webhook_url": "https://evil.example/x"}, BadRequest, "evil.example"),
+    ({"webhook_url": "https://hooks.example/x", "webhook_events": "started,finished"}, BadRequest,
+     "Unknown webhook event 'finished': choose from started, completed, failed, cancelled."),
+    ({"webhook_events": "started"}, BadRequest, "webhook_events needs a webhook_url"),
     ({"images": [Upload(size=11 * 2**20)]}, BadRequest, "Image too large (11.0MB). Maximum 10MB allowed."),
 ])
 def test_each_refusal_names_what_to_fix(settings, over, error, says):
@@ -78,3 +81,13 @@ def test_idempotency_keys_and_booleans():
     with pytest.raises(Unprocessable, match="send true or false"):
         parse_bool("maybe", "return_image", True)
     assert parse_seed("0") == 0
+
+
+def test_webhook_events_are_chosen_by_name_in_any_order(settings):
+    url = "https://hooks.example/x"
+    assert check_edit(form(webhook_url=url), settings).webhook_events == ("completed", "failed", "cancelled")
+    chosen = check_edit(form(webhook_url=url, webhook_events=" completed, started "), settings).webhook_events
+    assert chosen == ("started", "completed")
+    a = form(webhook_url=url, webhook_events="started")
+    b = form(webhook_url=url)
+    assert fingerprint([b"a"], a, check_edit(a, settings)) != fingerprint([b"a"], b, check_edit(b, settings))

@@ -131,3 +131,27 @@ def test_one_queue_per_state_folder(tmp_path):
     first.release()
     assert second.try_acquire()
     assert oct((tmp_path / "jobs.sqlite3.lock").stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_database_of_an_older_version_gains_the_new_columns(tmp_path):
+    """Opened by this version, a file without ``webhook_events`` gets the column; its jobs load."""
+    import sqlite3
+
+    from serve_app.jobstore import ADDED_COLUMNS, SCHEMA, JobStore
+
+    path = tmp_path / "jobs.sqlite3"
+    old = SCHEMA
+    for column, kind in ADDED_COLUMNS.items():
+        old = old.replace(f", {column} {kind}", "")
+    db = sqlite3.connect(path)
+    db.executescript(old)
+    db.execute("INSERT INTO jobs (id, instruction, preset, seed, created_at, status, station) "
+               "VALUES ('j1', 'x', 'tiny', '1', 1.0, 'queued', 'default')")
+    db.commit()
+    db.close()
+    store = JobStore(path)
+    [job] = store.load()
+    assert job.id == "j1" and job.webhook_events is None
+    job.webhook_events = "started"
+    store.update(job)
+    assert JobStore(path).load()[0].webhook_events == "started"
