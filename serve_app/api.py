@@ -206,12 +206,21 @@ def edit_form(
     webhook_events: Annotated[str | None, Form(
         description="optional: which events call webhook_url, comma-separated: started, completed, failed, "
                     "cancelled (default: completed, failed, cancelled)", examples=["started,completed"])] = None,
+    start_within_seconds: Annotated[str | None, Form(
+        description="optional: cancel the job if it has not started within this many seconds (refused with "
+                    "429 when the queue already says it would start later)", examples=["30"])] = None,
+    deadline_seconds: Annotated[str | None, Form(
+        description="optional: cancel the job if it has not finished within this many seconds",
+        examples=["120"])] = None,
+    cancel_after: Annotated[str | None, Header(
+        alias="Cancel-After", description="optional, as Replicate spells it: deadline_seconds as a duration "
+                                          "(90s, 5m, 1h30m)")] = None,
 ) -> EditFields:
     """The multipart form shared by /submit and /edit, as sent."""
     images = [f for f in [*(image or []), image2, image3] if f is not None]
     undecodable = frozenset(getattr(request.state, UNDECODABLE, ()))
     return EditFields(images, instruction, seed, system_prompt, preset, model, webhook_url, webhook_events,
-                      undecodable)
+                      start_within_seconds, deadline_seconds, cancel_after, undecodable)
 
 
 EditForm = Annotated[EditFields, Depends(edit_form)]

@@ -106,6 +106,18 @@ class QueueFull(ApiError):
         )
 
 
+class StartTooLate(ApiError):
+    status_code = 429
+
+    def __init__(self, estimated_start_s: float, start_within_s: float):
+        wait = max(1, int(estimated_start_s - start_within_s + 0.999))
+        super().__init__(
+            f"This job would start in about {estimated_start_s:.0f}s, later than its start_within_seconds "
+            f"({start_within_s:g}s). Retry in {wait}s, or allow a later start.",
+            {"Retry-After": str(wait)},
+        )
+
+
 class StationLimit(ApiError):
     status_code = 429
 

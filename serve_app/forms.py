@@ -6,6 +6,7 @@ after the queue said it has room. Every refusal is a 4xx, never a 500.
 """
 
 import hashlib
+import re
 import secrets
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -18,6 +19,8 @@ from .protocol import DEFAULT_WEBHOOK_EVENTS, WEBHOOK_EVENTS
 from .webhooks import check_url
 
 MAX_SEED = 2**64 - 1
+MAX_DEADLINE_S = 7 * 86_400  # a week: longer is a typo, not a deadline
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 MAX_IDEMPOTENCY_KEY = 255
 # How a text field is named in a sentence.
 FIELD_NAMES = {"instruction": "Instruction", "system_prompt": "System prompt"}
@@ -43,6 +46,9 @@ class EditFields:
     model: str | None = None  # the older name of ``preset``
     webhook_url: str | None = None
     webhook_events: str | None = None  # comma-separated; the final states when absent
+    start_within_seconds: str | None = None
+    deadline_seconds: str | None = None
+    cancel_after: str | None = None  # the Cancel-After header (Replicate's name for the deadline)
     undecodable: frozenset[str] = field(default_factory=frozenset)  # fields whose bytes were not UTF-8
 
 
@@ -54,6 +60,28 @@ class CheckedEdit:
     system_prompt: str | None
     webhook_url: str | None
     webhook_events: tuple[str, ...] = DEFAULT_WEBHOOK_EVENTS
+    start_within_seconds: float | None = None
+    deadline_seconds: float | None = None
+
+
+def parse_seconds(raw: str | None, name: str) -> float | None:
+    """A deadline in seconds (``90``, ``2.5``), or a duration as Replicate's Cancel-After header
+    spells it (``90s``, ``5m``, ``1h30m``, ``500ms``); None when absent."""
+    if raw is None or not raw.strip():
+        return None
+    text = raw.strip().lower()
+    try:
+        seconds = float(text)
+    except ValueError:
+        parts = _DURATION.findall(text)
+        if not parts or "".join(n + u for n, u in parts) != text:
+            raise Unprocessable(f"Invalid {name} {raw[:40]!r}: send seconds (90) or a duration (90s, 5m, "
+                                "1h30m).") from None
+        scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+        seconds = sum(float(n) * scale[u] for n, u in parts)
+    if not 0 < seconds <= MAX_DEADLINE_S:
+        raise Unprocessable(f"Invalid {name} {raw[:40]!r}: it must be more than 0 and at most a week.")
+    return seconds
 
 
 def parse_webhook_events(raw: str | None, webhook_url: str | None) -> tuple[str, ...]:
@@ -117,7 +145,8 @@ def check_edit(form: EditFields, settings: Settings) -> CheckedEdit:
     order a station would fix them: missing fields first)."""
     limits = settings.ingress
     for name in sorted(form.undecodable):
-        if name in FIELD_NAMES or name in ("seed", "preset", "model", "webhook_url", "webhook_events", "return_image"):
+        if name in FIELD_NAMES or name in ("seed", "preset", "model", "webhook_url", "webhook_events", "return_image",
+                                           "start_within_seconds", "deadline_seconds"):
             raise BadRequest(f"{FIELD_NAMES.get(name, repr(name))} is not valid UTF-8 text; "
                              "send it encoded as UTF-8.")
     if not form.images:
@@ -148,10 +177,18 @@ def check_edit(form: EditFields, settings: Settings) -> CheckedEdit:
     webhook_url = check_url(form.webhook_url, limits.webhook_allowed_hosts) if form.webhook_url else None
     webhook_events = parse_webhook_events(form.webhook_events, webhook_url)
     seed = parse_seed(form.seed)  # before the fingerprint: a bad seed is a 422, not a new key use
+    start_within = parse_seconds(form.start_within_seconds, "start_within_seconds")
+    deadline = parse_seconds(form.deadline_seconds, "deadline_seconds")
+    header = parse_seconds(form.cancel_after, "Cancel-After header")
+    if deadline is not None and header is not None and deadline != header:
+        raise BadRequest(f"deadline_seconds ({deadline:g}) and the Cancel-After header ({header:g}s) differ; "
+                         "send one of them.")
+    deadline = deadline if deadline is not None else header
     for f in form.images:  # the parser spooled each file to disk: refuse an oversize one unread
         if f.size is not None:
             check_size(f.size, limits.upload_limits)
-    return CheckedEdit(instruction, seed, preset, form.system_prompt or None, webhook_url, webhook_events)
+    return CheckedEdit(instruction, seed, preset, form.system_prompt or None, webhook_url, webhook_events,
+                       start_within, deadline)
 
 
 def fingerprint(images: list[bytes], form: EditFields, checked: CheckedEdit) -> str:
@@ -160,6 +197,6 @@ def fingerprint(images: list[bytes], form: EditFields, checked: CheckedEdit) -> 
     for data in images:
         h.update(hashlib.sha256(data).digest())
     for value in (checked.instruction, form.seed, form.preset, form.model, form.system_prompt, checked.webhook_url,
-                  ",".join(checked.webhook_events)):
+                  ",".join(checked.webhook_events), f"{checked.start_within_seconds}", f"{checked.deadline_seconds}"):
         h.update(b"\x00" + (value or "").strip().encode("utf-8", "surrogatepass"))
     return h.hexdigest()

@@ -119,6 +119,8 @@ class JobRequest:
     fingerprint: str | None = None
     webhook_url: str | None = None
     webhook_events: tuple[str, ...] = DEFAULT_WEBHOOK_EVENTS
+    start_within_seconds: float | None = None  # not started by then: cancelled (refused if already later)
+    deadline_seconds: float | None = None  # not finished by then: cancelled
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,8 @@ from ray import serve
 
 from .auth import Caller
 from .config import Settings
-from .errors import LoadInProgress, NoModelLoaded, QueueFull, ResultNotReady, ServiceUnavailable, StationLimit
+from .errors import (LoadInProgress, NoModelLoaded, QueueFull, ResultNotReady, ServiceUnavailable, StartTooLate,
+                     StationLimit)
 from .jobstore import JobStore, StateLock
 from .logs import for_job, use_serve_handlers
 from .metrics import QueueMetrics
@@ -189,6 +190,7 @@ class QueueActor:
             await asyncio.sleep(period)
             try:
                 await self._expire()
+                await self._enforce_deadlines()
                 await self._prune_workers()
                 # The gauges' one writer: every pass (a gauge is exported when set, so each scrape
                 # sees a value at most a second old; progress steps do not pay for it).
@@ -354,8 +356,9 @@ class QueueActor:
                                    system_prompt=r.system_prompt, payload=r.images, station=caller.station,
                                    idempotency_key=r.idempotency_key, fingerprint=r.fingerprint,
                                    webhook_url=r.webhook_url, webhook_events=",".join(r.webhook_events),
-                                   total_steps=chosen.steps)
-        except (QueueFull, StationLimit):
+                                   total_steps=chosen.steps, start_within_s=r.start_within_seconds,
+                                   deadline_s=r.deadline_seconds)
+        except (QueueFull, StationLimit, StartTooLate):
             self.metrics.outcome("refused")
             raise
         if job.id != r.job_id:
@@ -384,13 +387,23 @@ class QueueActor:
         already = job.status is JobStatus.CANCELLED
         job, was_running = self.core.cancel(job.id)
         if not already:
-            await self._persist(job)
-            log.info("[JobQueue] Job %s cancelled by station %s%s", job.id[:8], caller.station,
-                     " while processing" if was_running else "", extra=for_job(job.id))
-            if was_running:
-                self._worker_freed(job.worker_id)
-            self._finished(job)
+            await self._cancelled(job, was_running, f"by station {caller.station}")
         return self.core.view(job)
+
+    async def _cancelled(self, job: Job, was_running: bool, why: str) -> None:
+        """After the core cancelled ``job``: recorded, logged, its worker told (``cancel_signal``)."""
+        await self._persist(job)
+        log.info("[JobQueue] Job %s cancelled %s%s", job.id[:8], why, " while processing" if was_running else "",
+                 extra=for_job(job.id))
+        if was_running:
+            self._worker_freed(job.worker_id)
+        self._finished(job)
+
+    async def _enforce_deadlines(self) -> None:
+        """Cancel the jobs that missed their start or finish deadline (every cleanup pass: 1 s)."""
+        for job, reason in self.core.overdue():
+            job, was_running = self.core.cancel(job.id, reason)
+            await self._cancelled(job, was_running, "on its deadline")
 
     async def watch(self, job_id: str, caller: Caller, last: tuple | None, timeout: float) -> JobView | None:
         """Long poll for the events stream: the job's view as soon as it differs from ``last`` (a

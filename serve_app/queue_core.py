@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from .errors import Conflict, JobNotFound, QueueFull, StationLimit, Unprocessable
+from .errors import Conflict, JobNotFound, QueueFull, StartTooLate, StationLimit, Unprocessable
 from .protocol import JobStatus, JobView
 
 EMA_WEIGHT = 0.3  # weight of the newest measurement in a preset's running average
@@ -71,6 +71,8 @@ class Job:
     step_seconds: float | None = None  # measured on this job, from the pipeline's step callback
     run_seconds: float | None = None  # the worker's time on it, from generation start to result
     attempts: int = 0  # times a worker started it (a job interrupted by a crash runs again once)
+    start_by: float | None = None  # not started by then: cancelled (start_within_seconds)
+    finish_by: float | None = None  # not finished by then: cancelled (deadline_seconds)
 
 
 class JobQueue:
@@ -149,10 +151,13 @@ class JobQueue:
                system_prompt: str | None = None, payload: Any = None, station: str = DEFAULT_STATION,
                idempotency_key: str | None = None, fingerprint: str | None = None,
                webhook_url: str | None = None, webhook_events: str | None = None,
-               total_steps: int | None = None) -> Job:
-        """Admit a job, or raise ``QueueFull`` / ``StationLimit``; the check and the insert are one
+               total_steps: int | None = None, start_within_s: float | None = None,
+               deadline_s: float | None = None) -> Job:
+        """Admit a job, or raise ``QueueFull`` / ``StationLimit``, or ``StartTooLate`` when its
+        estimated start is already later than ``start_within_s``; the checks and the insert are one
         step. With an idempotency key already used for the same request, returns that job instead
-        (whatever the queue's occupancy): callers tell by the returned job's id."""
+        (whatever the queue's occupancy): callers tell by the returned job's id. A job not started
+        within ``start_within_s``, or not finished within ``deadline_s``, is ended by ``overdue``."""
         earlier = self.find_idempotent(station, idempotency_key, fingerprint)
         if earlier is not None:
             return earlier
@@ -163,9 +168,20 @@ class JobQueue:
                   system_prompt=system_prompt, created_at=self._clock(), payload=payload, station=station,
                   idempotency_key=idempotency_key, fingerprint=fingerprint, webhook_url=webhook_url,
                   webhook_events=webhook_events, total_steps=total_steps)
+        now = job.created_at
+        job.start_by = None if start_within_s is None else now + start_within_s
+        job.finish_by = None if deadline_s is None else now + deadline_s
         self._jobs[job_id] = job
         self._ticket(job_id)
         self._queued.append(job_id)
+        self._order = None
+        if start_within_s is not None:
+            start = self.estimated_start(job)
+            if start > start_within_s:  # refused: taken out again before anyone saw it
+                self._unqueue(job)
+                del self._jobs[job_id], self._tickets[job_id]
+                self.refused_total += 1
+                raise StartTooLate(start, start_within_s)
         if idempotency_key is not None:
             self._keys[(station, idempotency_key)] = job_id
         self._order = None
@@ -256,11 +272,12 @@ class JobQueue:
             job.step_seconds = step_seconds
         return job
 
-    def cancel(self, job_id: str) -> tuple[Job, bool]:
+    def cancel(self, job_id: str, reason: str | None = None) -> tuple[Job, bool]:
         """Take a job back: (the job, whether it was processing, so its worker must stop).
 
         Queued: it never runs. Processing: it ends now as ``cancelled`` and its slot is free.
-        Already cancelled: harmless, returned as is. Completed or failed: ``Conflict``."""
+        Already cancelled: harmless, returned as is. Completed or failed: ``Conflict``. ``reason``
+        (a missed deadline) is kept as the job's ``error``."""
         job = self.get(job_id)
         if job.status is JobStatus.CANCELLED:
             return job, False
@@ -275,8 +292,23 @@ class JobQueue:
         job.status = JobStatus.CANCELLED
         job.completed_at = self._clock()
         job.payload = None
+        job.error = reason
         self.cancelled_total += 1
         return job, was_running
+
+    def overdue(self) -> list[tuple[Job, str]]:
+        """Unfinished jobs past a deadline, each with the sentence to cancel it with."""
+        now, late = self._clock(), []
+        for job in self._jobs.values():
+            if job.status.terminal:
+                continue
+            if job.status is JobStatus.QUEUED and job.start_by is not None and now > job.start_by:
+                late.append((job, f"Cancelled: not started within {job.start_by - job.created_at:g}s "
+                                  "(start_within_seconds)."))
+            elif job.finish_by is not None and now > job.finish_by:
+                late.append((job, f"Cancelled: not finished within {job.finish_by - job.created_at:g}s "
+                                  "(deadline_seconds)."))
+        return late
 
     def complete(self, job_id: str, result_name: str, run_seconds: float | None = None) -> Job:
         job = self._finish(job_id, JobStatus.COMPLETED, run_seconds)

@@ -67,7 +67,7 @@ class EditService:
             await asyncio.to_thread(check_upload, one, self.settings.ingress.upload_limits)
         request = JobRequest(job_id or str(uuid.uuid4()), data, checked.instruction, checked.seed, checked.preset,
                              checked.system_prompt, idempotency_key, key_of, checked.webhook_url,
-                             checked.webhook_events)
+                             checked.webhook_events, checked.start_within_seconds, checked.deadline_seconds)
         return await self._call("submit", request, caller)
 
     async def edit(self, form: EditFields, caller: Caller, idempotency_key: str | None) -> JobView:

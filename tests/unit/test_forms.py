@@ -91,3 +91,28 @@ def test_webhook_events_are_chosen_by_name_in_any_order(settings):
     a = form(webhook_url=url, webhook_events="started")
     b = form(webhook_url=url)
     assert fingerprint([b"a"], a, check_edit(a, settings)) != fingerprint([b"a"], b, check_edit(b, settings))
+
+
+@pytest.mark.parametrize("raw, seconds", [("90", 90), ("2.5", 2.5), ("90s", 90), ("5m", 300), ("1h30m", 5400),
+                                          ("500ms", 0.5), (" 1m30s ", 90), (None, None), ("", None)])
+def test_deadlines_in_seconds_or_as_durations(raw, seconds):
+    from serve_app.forms import parse_seconds
+
+    assert parse_seconds(raw, "deadline_seconds") == seconds
+
+
+@pytest.mark.parametrize("over, says", [
+    ({"deadline_seconds": "soon"}, "Invalid deadline_seconds 'soon': send seconds (90) or a duration"),
+    ({"start_within_seconds": "0"}, "more than 0 and at most a week"),
+    ({"deadline_seconds": "9999999"}, "at most a week"),
+    ({"deadline_seconds": "60", "cancel_after": "2m"}, "deadline_seconds (60) and the Cancel-After header (120s) differ"),
+])
+def test_deadline_refusals(settings, over, says):
+    with pytest.raises((BadRequest, Unprocessable)) as caught:
+        check_edit(form(**over), settings)
+    assert says in caught.value.detail
+
+
+def test_the_cancel_after_header_is_the_deadline(settings):
+    checked = check_edit(form(cancel_after="1m", start_within_seconds="20"), settings)
+    assert (checked.deadline_seconds, checked.start_within_seconds) == (60, 20)

@@ -295,3 +295,33 @@ def test_jobs_for_lists_a_stations_own_jobs_newest_first():
     assert [j.id for j in q.jobs_for("A")] == ["job-2", "job-0"]
     assert [j.id for j in q.jobs_for("A", limit=1)] == ["job-2"]
     assert [j.id for j in q.jobs_for("ops", admin=True)] == ["job-3", "job-2", "job-1", "job-0"]
+
+
+def test_deadlines_cancel_a_job_not_started_or_not_finished_in_time_with_the_reason():
+    from serve_app.errors import StartTooLate
+
+    q, clock = make()
+    running = q.submit("run", instruction="x", preset="fast", seed=1, deadline_s=30)
+    waiting = q.submit("wait", instruction="x", preset="fast", seed=2, start_within_s=15)
+    assert q.claim("w1").id == "run"
+    clock.t += 14
+    assert q.overdue() == []
+    clock.t += 2  # 16 s: "wait" has not started within 15 s
+    [(job, reason)] = q.overdue()
+    assert job is waiting and reason == "Cancelled: not started within 15s (start_within_seconds)."
+    q.cancel(job.id, reason)
+    assert q.view(waiting).status is JobStatus.CANCELLED and q.view(waiting).error == reason
+    clock.t += 15  # 31 s: "run" has not finished within 30 s
+    [(job, reason)] = q.overdue()
+    assert job is running and reason == "Cancelled: not finished within 30s (deadline_seconds)."
+    _, was_running = q.cancel(job.id, reason)
+    assert was_running and q.occupancy == 0 and q.overdue() == []
+    # a start the queue already places later than asked is refused, and leaves no trace
+    submit(q, 10)
+    assert q.claim("w1")  # one running for 10 s (the preset's nominal time): the next starts in ~10 s
+    with pytest.raises(StartTooLate) as refused:
+        q.submit("late", instruction="x", preset="fast", seed=3, start_within_s=5)
+    assert "would start in about 10s, later than its start_within_seconds (5s)" in refused.value.detail
+    assert refused.value.headers["Retry-After"] == "5"
+    assert q.occupancy == 1 and "late" not in {j.id for j in q.jobs_for("default", True, 100)}
+    assert q.submit("fits", instruction="x", preset="fast", seed=4, start_within_s=11).start_by == clock.t + 11
