@@ -36,6 +36,7 @@ from .service import EditService
 log = logging.getLogger(__name__)
 API = "/api/v1"
 PUBLIC_PATHS = frozenset({"/", f"{API}/health", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"})
+DISCONNECT_POLL_S = 0.5  # how often a waiting /edit checks that its client is still there
 UI_DIR = pathlib.Path(__file__).parent / "ui"  # the stations' web page: plain HTML, CSS and JS
 
 # What each error status means; every route documents exactly the ones it can answer (checked by
@@ -403,12 +404,23 @@ def make_app(service: EditService, settings: Settings) -> FastAPI:
                          **errors(400, 401, 413, 422, 429, 503, 504,
                                   e503="The queue or workers are not available, or the edit failed (the detail "
                                        "says why).")})
-    async def edit(form: EditForm, caller: CallerDep, idempotency_key: IdempotencyKey = None,
+    async def edit(request: Request, form: EditForm, caller: CallerDep, idempotency_key: IdempotencyKey = None,
                    return_image: Annotated[str | None, Form()] = None):
         """Submit and wait (up to edit_timeout_seconds) in one call. A client that disconnects
         while waiting cancels its job."""
         want_image = parse_bool(return_image, "return_image", True)
-        view = await service.edit(form, caller, idempotency_key)
+        # Serve cancels a request whose client went away, but not always the code serving it (seen
+        # in about one run in four): so look for the disconnect too, and cancel the edit ourselves.
+        work = asyncio.ensure_future(service.edit(form, caller, idempotency_key))
+        try:
+            while not (await asyncio.wait({work}, timeout=DISCONNECT_POLL_S))[0]:
+                if await request.is_disconnected():
+                    work.cancel()
+                    break
+            view = await work
+        except asyncio.CancelledError:
+            work.cancel()
+            raise
         if not want_image:
             return JSONResponse({**view.as_dict(), "seed": view.result_seed, "preset": view.model},
                                 headers={"X-Job-Id": view.job_id})

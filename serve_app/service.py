@@ -8,6 +8,7 @@ between HTTP and these methods. No FastAPI and no Ray import: the queue handle i
 """
 
 import asyncio
+import contextvars
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -77,13 +78,25 @@ class EditService:
         the job."""
         job_id = str(uuid.uuid4())  # known before the queue is called, so a disconnect can name it
         timeout = self.settings.ingress.edit_timeout_seconds
-        try:
+
+        async def submit_and_wait() -> JobView:
+            nonlocal job_id
             view, _ = await self.submit(form, caller, idempotency_key, job_id)
             job_id = view.job_id  # an idempotent retry's earlier job
-            view = await self._call("wait", job_id, timeout, caller, timeout=timeout + QUICK_CALL_S)
-        except asyncio.CancelledError:  # Serve cancels the request when its client goes away,
-            # possibly while the submit is still on its way to the queue
-            task = asyncio.get_running_loop().create_task(self._cancel_abandoned(job_id, caller))
+            return await self._call("wait", job_id, timeout, caller, timeout=timeout + QUICK_CALL_S)
+
+        # Shielded: when Serve cancels this request (its client went away) the cancel below starts at
+        # once. Cancelling a queue call in flight waits for Ray to confirm it, which can take until
+        # the call would have returned: the job's end.
+        work = asyncio.ensure_future(submit_and_wait())
+        try:
+            view = await asyncio.shield(work)
+        except asyncio.CancelledError:  # possibly while the submit is still on its way to the queue
+            work.cancel()
+            # A fresh context: in the request's own, Serve treats the cancel call as part of the
+            # cancelled request and may cancel it too.
+            task = asyncio.get_running_loop().create_task(self._cancel_abandoned(job_id, caller),
+                                                          context=contextvars.Context())
             self._background.add(task)  # (the loop keeps only a weak reference to a task)
             task.add_done_callback(self._background.discard)
             raise
