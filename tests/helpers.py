@@ -3,6 +3,7 @@ and other inputs, and helpers that find, wait for and kill Serve replicas (Ray i
 those, so unit tests stay light). Fixtures are in the conftest files."""
 
 import io
+import socket
 import struct
 import time
 import zlib
@@ -11,6 +12,13 @@ import numpy as np
 from PIL import Image
 
 KEY = "test-key-" + "x" * 24  # every test app's API key
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def photo(w=512, h=384, seed=0, fmt="PNG", exif_orientation=None):

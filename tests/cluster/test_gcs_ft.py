@@ -16,36 +16,15 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-import yaml
 
-from tests.helpers import IMAGE, KEY, wait_for
+from tests.cluster.cli import BIN, cluster_config, env, run, wait_loaded
+from tests.helpers import IMAGE, KEY, free_port, wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(__import__("sys").executable).parent
 LONG = {"base": "builtin:tiny", "steps": 120, "cfg_scale": 1.0, "resolution": 384, "nominal_seconds": 8.0}
 PASSWORD = "gcs-ft-test"
 RECONNECT_S = 10
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="no redis-server on this machine")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def env(**extra) -> dict:
-    return {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
-            "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **extra}
-
-
-def run(*command: str, timeout: float = 120, **extra) -> str:
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env(**extra), cwd=ROOT)
-    assert proc.returncode == 0, f"{' '.join(command)}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
-    return proc.stdout
 
 
 def gcs_server() -> psutil.Process:
@@ -70,26 +49,10 @@ def test_the_app_keeps_serving_through_a_gcs_restart_from_redis(tmp_path):
             # raylets give up on a GCS that stays away this long (Ray's default: 60 s): the check below
             # waits past it, so a GCS that came back without the cluster's state would be caught
             RAY_gcs_rpc_server_reconnect_timeout_s=str(RECONNECT_S))
-        config = yaml.safe_load((ROOT / "config" / "serve.cluster.yaml").read_text())
-        config["http_options"] = {"host": "127.0.0.1", "port": http_port}
-        args = config["applications"][0]["args"]
-        state = tmp_path / "state"
-        state.mkdir()
-        (state / "api_key").write_text(KEY + "\n")
-        args.update(state_dir=str(state), default_preset="tiny", presets={"long": LONG})
-        args["worker"].update(num_replicas=1, num_gpus=0, num_cpus=1, compile=False, warmup=False, device="cpu")
-        path = tmp_path / "serve.yaml"
-        path.write_text(yaml.safe_dump(config))
+        path = cluster_config(tmp_path, http_port, presets={"long": LONG})
         run(str(BIN / "serve"), "deploy", str(path), "--address", f"http://127.0.0.1:{dashboard_port}")
         http = httpx.Client(base_url=f"http://127.0.0.1:{http_port}", headers={"X-API-Key": KEY}, timeout=30)
-
-        def healthy():
-            try:
-                return http.get("/api/v1/health").json().get("model_loaded")
-            except (httpx.HTTPError, ValueError):
-                return False
-
-        wait_for(healthy, timeout=240, every=1.0)
+        wait_loaded(http)
         running = http.post("/api/v1/submit", files={"image": ("a.png", IMAGE, "image/png")},
                             data={"instruction": "long", "seed": "1", "preset": "long"}).json()["job_id"]
         wait_for(lambda: http.get(f"/api/v1/status/{running}").json()["step"] >= 1, timeout=60)

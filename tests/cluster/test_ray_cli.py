@@ -14,7 +14,6 @@ Ray process on the machine, the main suite's cluster included. Everything listen
 """
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -25,12 +24,9 @@ import psutil
 import pytest
 import yaml
 
-from tests.helpers import IMAGE, KEY, wait_for
+from tests.cluster.cli import BIN, cluster_config, env, run, wait_loaded
+from tests.helpers import IMAGE, KEY, free_port, wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
-       "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
 # Ray's CLI refuses to start a second node while RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, the setting
 # that keeps every Ray port on loopback on this machine; and with it set to 1 it resolves 127.0.0.1
 # to the machine's outward address. This runs Ray's own `ray start` entry point with that guard
@@ -47,18 +43,6 @@ main()
 """
 LONG = {"base": "builtin:tiny", "steps": 200, "cfg_scale": 1.0, "resolution": 384, "nominal_seconds": 15.0}
 LEASE_S = 6
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run(*command: str, timeout: float = 120) -> str:
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=ENV, cwd=ROOT)
-    assert proc.returncode == 0, f"{' '.join(command)}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
-    return proc.stdout
 
 
 def ray_processes() -> set[int]:
@@ -100,22 +84,6 @@ def kill_node(pids: set[int]) -> None:
     psutil.wait_procs(procs, timeout=10)
 
 
-def cluster_config(tmp: Path, http_port: int) -> Path:
-    config = yaml.safe_load((ROOT / "config" / "serve.cluster.yaml").read_text())
-    config["http_options"] = {"host": "127.0.0.1", "port": http_port}
-    args = config["applications"][0]["args"]
-    state = tmp / "state"
-    state.mkdir()
-    (state / "api_key").write_text(KEY + "\n")
-    args.update(state_dir=str(state), default_preset="tiny", job_lease_seconds=LEASE_S, presets={"long": LONG})
-    worker = args["worker"]
-    worker.update(num_replicas=1, num_gpus=0, num_cpus=1, compile=False, warmup=False, profile="auto",
-                  device="cpu")
-    path = tmp / "serve.cluster.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
 @pytest.fixture
 def head(tmp_path):
     gcs_port, dashboard_port = free_port(), free_port()
@@ -127,7 +95,7 @@ def head(tmp_path):
     try:
         yield {"gcs": f"127.0.0.1:{gcs_port}", "dashboard": f"http://127.0.0.1:{dashboard_port}", "tmp": tmp_path}
     finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=ENV, capture_output=True, timeout=120)
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env(), capture_output=True, timeout=120)
         subprocess.run(["rm", "-rf", str(temp)])
 
 
@@ -136,18 +104,11 @@ def test_serve_deploy_on_a_cli_cluster_survives_losing_the_worker_node(head):
     node = start_worker_node(head["gcs"])
     assert node, "the second node started no process"
     http_port = free_port()
-    config = cluster_config(head["tmp"], http_port)
+    config = cluster_config(head["tmp"], http_port, job_lease_seconds=LEASE_S, presets={"long": LONG})
     run(str(BIN / "serve"), "deploy", str(config), "--address", head["dashboard"])
     base = f"http://127.0.0.1:{http_port}"
     http = httpx.Client(base_url=base, headers={"X-API-Key": KEY}, timeout=30)
-
-    def healthy():
-        try:
-            return http.get("/api/v1/health").json().get("model_loaded")
-        except (httpx.HTTPError, ValueError):
-            return False
-
-    wait_for(healthy, timeout=240, every=1.0)
+    wait_loaded(http)
     status = run(str(BIN / "serve"), "status", "--address", head["dashboard"])
     assert "RUNNING" in status, status
 

@@ -14,7 +14,6 @@ Every Ray step has a deadline; teardown is ``ray.shutdown()``.
 import copy
 import hashlib
 import os
-import socket
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.helpers import KEY
+from tests.helpers import KEY, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
@@ -31,12 +30,6 @@ SLOW = {"base": "builtin:tiny", "steps": 8, "cfg_scale": 1.0, "resolution": 384,
 LONG = {**SLOW, "steps": 40, "nominal_seconds": 10.0}  # seconds of work, for cancelling while it runs
 SPECK = {"base": "builtin:tiny", "steps": 1, "cfg_scale": 1.0, "resolution": 64, "nominal_seconds": 0.1}  # many jobs
 STATION_KEYS = {"A": "station-a-key-" + "a" * 20, "B": "station-b-key-" + "b" * 20, "ops": "operators-key-" + "o" * 20}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def config_args(file: str = "serve.yaml") -> dict:
@@ -101,7 +94,7 @@ def cluster(tmp_path_factory):
     import ray
     from ray import serve
 
-    port, metrics_port = _free_port(), _free_port()
+    port, metrics_port = free_port(), free_port()
     # Fake GPUs so GPU configs can be placed and checked (one for the GPU config, two for the
     # two-replica app); a "parking" resource held by a placeholder actor: workers pinned to it exist
     # in principle but never start, so their app's queue only fills (exact admission counts).
