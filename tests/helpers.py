@@ -2,16 +2,53 @@
 and other inputs, and helpers that find, wait for and kill Serve replicas (Ray is imported inside
 those, so unit tests stay light). Fixtures are in the conftest files."""
 
+import copy
 import io
 import socket
 import struct
 import time
 import zlib
+from pathlib import Path
 
+import httpx
 import numpy as np
+import yaml
 from PIL import Image
 
 KEY = "test-key-" + "x" * 24  # every test app's API key
+ROOT = Path(__file__).resolve().parents[1]  # the repository
+# Tiny presets: about a second of work per job (queue behaviour can be watched), ten seconds (to
+# cancel while it runs), and a speck (many jobs).
+SLOW = {"base": "builtin:tiny", "steps": 8, "cfg_scale": 1.0, "resolution": 384, "nominal_seconds": 2.0}
+LONG = {**SLOW, "steps": 40, "nominal_seconds": 10.0}
+SPECK = {"base": "builtin:tiny", "steps": 1, "cfg_scale": 1.0, "resolution": 64, "nominal_seconds": 0.1}
+
+
+def config_args(file: str = "serve.yaml") -> dict:
+    """A copy of the first application's args in ``config/<file>``."""
+    config = yaml.safe_load((ROOT / "config" / file).read_text())
+    return copy.deepcopy(config["applications"][0]["args"])
+
+
+def merged(base: dict, over: dict) -> dict:
+    """``base`` with ``over`` merged in, nested dicts merged key by key (neither is changed)."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def wait_http(url: str, timeout: float = 120.0) -> None:
+    """Wait until ``url`` answers 200 or 503 (the server is up, ready or not)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code in (200, 503):
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"{url} did not answer within {timeout}s")
 
 
 def free_port() -> int:

@@ -18,9 +18,7 @@ from ray import serve
 from ray.cluster_utils import Cluster
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.helpers import KEY  # noqa: E402
-from tests.integration.conftest import config_args, merged  # noqa: E402
-from tests.helpers import photo  # noqa: E402
+from tests.helpers import KEY, config_args, merged, photo  # noqa: E402
 
 
 def main() -> int:

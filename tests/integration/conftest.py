@@ -11,7 +11,6 @@ Apps (each its own queue, workers and state folder):
 Every Ray step has a deadline; teardown is ``ray.shutdown()``.
 """
 
-import copy
 import hashlib
 import os
 import time
@@ -21,27 +20,11 @@ import httpx
 import pytest
 import yaml
 
-from tests.helpers import KEY, free_port
+from tests.helpers import KEY, LONG, ROOT, SLOW, SPECK, config_args, free_port, merged, wait_http
 
-ROOT = Path(__file__).resolve().parents[2]
 ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
        "HF_HUB_OFFLINE": "1"}
-SLOW = {"base": "builtin:tiny", "steps": 8, "cfg_scale": 1.0, "resolution": 384, "nominal_seconds": 2.0}
-LONG = {**SLOW, "steps": 40, "nominal_seconds": 10.0}  # seconds of work, for cancelling while it runs
-SPECK = {"base": "builtin:tiny", "steps": 1, "cfg_scale": 1.0, "resolution": 64, "nominal_seconds": 0.1}  # many jobs
 STATION_KEYS = {"A": "station-a-key-" + "a" * 20, "B": "station-b-key-" + "b" * 20, "ops": "operators-key-" + "o" * 20}
-
-
-def config_args(file: str = "serve.yaml") -> dict:
-    config = yaml.safe_load((ROOT / "config" / file).read_text())
-    return copy.deepcopy(config["applications"][0]["args"])
-
-
-def merged(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 class Api:
@@ -120,18 +103,6 @@ def _args(root: Path, name: str, config_file: str = "serve.yaml", **over) -> dic
     return merged(merged(config_args(config_file), base), over)
 
 
-def _wait_http(url: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code in (200, 503):
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"{url} did not answer within {timeout}s")
-
-
 def _deploy(cluster, name: str, prefix: str, wait_workers: bool, config_file: str = "serve.yaml",
             logging_config: dict | None = None, **over) -> Api:
     from ray import serve
@@ -144,7 +115,7 @@ def _deploy(cluster, name: str, prefix: str, wait_workers: bool, config_file: st
     serve.run_many([serve.RunTarget(app, name=name, route_prefix=prefix, logging_config=logging_config)],
                    wait_for_applications_running=wait_workers)
     base = f"http://127.0.0.1:{cluster['port']}{'' if prefix == '/' else prefix}"
-    _wait_http(base + "/api/v1/health")
+    wait_http(base + "/api/v1/health")
     api = Api(base, Path(args["state_dir"]))
     if wait_workers:
         deadline = time.monotonic() + 120

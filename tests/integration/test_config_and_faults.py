@@ -81,12 +81,10 @@ def test_worker_killed_mid_job_runs_it_once_more_then_fails_it_and_service_recov
     assert api.wait(after, timeout=120)["status"] == "completed"
 
 
-def test_a_worker_whose_profile_cannot_run_stays_up_and_says_why(cluster, api):
-    from tests.integration.conftest import _deploy
-
+def test_a_worker_whose_profile_cannot_run_stays_up_and_says_why(deploy, api):
     h = api.http.get("/api/v1/health").json()  # the main app's CPU worker: auto chose bf16, and says so
     assert h["workers"][0]["profile"] == "bf16" and "CPU" in h["workers"][0]["profile_reason"]
-    fp8 = _deploy(cluster, "fp8", "/fp8", wait_workers=False, worker={"num_cpus": 0, "profile": "fp8"})
+    fp8 = deploy("fp8", "/fp8", wait_workers=False, worker={"num_cpus": 0, "profile": "fp8"})
     try:
         h = wait_for(lambda: (h := fp8.http.get("/api/v1/health").json())
                      and any(w["state"] == "unusable" for w in h["workers"]) and h, 120, every=0.5,

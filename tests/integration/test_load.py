@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.integration.conftest import KEY, ROOT, SPECK, _free_port, _wait_http
+from tests.helpers import KEY, ROOT, SPECK, free_port, wait_http
 
 pytestmark = pytest.mark.integration
 LOAD = [sys.executable, str(ROOT / "bench" / "load.py")]
@@ -52,14 +52,14 @@ def test_twenty_stations_lose_nothing_through_serve_and_through_plain_uvicorn(ap
     (state / "api_key").write_text(KEY + "\n")
     args.update(state_dir=str(state), models_dir=str(cluster["root"] / "models"), presets={"speck": SPECK})
     (tmp_path / "plain.yaml").write_text(yaml.safe_dump(config))
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
     with open(tmp_path / "plain.log", "wb") as log:
         server = subprocess.Popen([*LOAD, "plain", str(tmp_path / "plain.yaml"), "--port", str(port)],
                                   stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
         base = f"http://127.0.0.1:{port}"
-        _wait_http(base + "/api/v1/health", timeout=120)
+        wait_http(base + "/api/v1/health", timeout=120)
         import httpx
         import time
 
