@@ -216,12 +216,15 @@ def edit_form(
     cancel_after: Annotated[str | None, Header(
         alias="Cancel-After", description="optional, as Replicate spells it: deadline_seconds as a duration "
                                           "(90s, 5m, 1h30m)")] = None,
+    priority: Annotated[str | None, Form(
+        description="optional: low, normal or high, at most your key's priority (the default); higher "
+                    "starts first", examples=["low"])] = None,
 ) -> EditFields:
     """The multipart form shared by /submit and /edit, as sent."""
     images = [f for f in [*(image or []), image2, image3] if f is not None]
     undecodable = frozenset(getattr(request.state, UNDECODABLE, ()))
     return EditFields(images, instruction, seed, system_prompt, preset, model, webhook_url, webhook_events,
-                      start_within_seconds, deadline_seconds, cancel_after, undecodable)
+                      start_within_seconds, deadline_seconds, cancel_after, priority, undecodable)
 
 
 EditForm = Annotated[EditFields, Depends(edit_form)]

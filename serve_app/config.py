@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .auth import load_keyring
+from .auth import KeyEntry, load_keyring
 from .images import MB, UploadLimits
 from .presets import Preset, build_registry, missing_weights, resolve
 from .webhooks import load_secret
@@ -70,6 +70,11 @@ class AppArgs(BaseModel):
                                                         "QWEN_API_KEYS_FILE wins")
     scheduling: Literal["fifo", "fair"] = Field("fifo", description="fair: stations take turns")
     max_jobs_per_station: int | None = Field(None, ge=1, description="queued + processing per station")
+    priority_max_passes: int = Field(3, ge=0, le=1000,
+                                     description="a waiting job lets at most this many later jobs of higher "
+                                                 "priority start first; then it starts next (no starvation)")
+    preset_affinity: bool = Field(True, description="hand each job to an idle worker that already holds its "
+                                                    "preset when there is one (fewer preset switches)")
     webhooks: WebhookArgs = Field(default_factory=WebhookArgs)
     max_queue_size: int = Field(10, ge=1, le=10_000, description="queued + processing jobs")
     cleanup_age_seconds: float = Field(3600, gt=0, description="finished jobs are removed after this age")
@@ -124,6 +129,8 @@ class QueueSettings(BaseModel):
     jobs_db: str  # SQLite file with the job records and inputs
     scheduling: str
     max_jobs_per_station: int | None
+    priority_max_passes: int
+    preset_affinity: bool
     webhook_secret: bytes | None
     webhook_retry_seconds: float
     webhook_timeout_seconds: float
@@ -164,7 +171,7 @@ class IngressSettings(BaseModel):
     max_instruction_chars: int
     max_system_prompt_chars: int
     edit_timeout_seconds: float
-    keys: tuple[tuple[bytes, str, bool], ...]  # (sha256 of a key, station, admin)
+    keys: tuple[KeyEntry, ...]
     webhook_allowed_hosts: tuple[str, ...]
     upload_dir: str | None  # where uploads over 1 MB are spooled while a request is read
 
@@ -229,6 +236,7 @@ def build_settings(args: AppArgs | dict | None) -> Settings:
         queue=QueueSettings(
             results_dir=str(args.path(args.results_dir, "results")), jobs_db=str(args.path(None, "jobs.sqlite3")),
             scheduling=args.scheduling, max_jobs_per_station=args.max_jobs_per_station,
+            priority_max_passes=args.priority_max_passes, preset_affinity=args.preset_affinity,
             webhook_secret=secret, webhook_retry_seconds=hooks.retry_seconds,
             webhook_timeout_seconds=hooks.timeout_seconds, graceful_stop_seconds=args.graceful_stop_seconds,
             min_free_disk_mb=args.min_free_disk_mb, actor_options=_pinned(args.queue_resources)),

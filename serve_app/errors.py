@@ -66,6 +66,12 @@ class Unauthorized(ApiError):
         super().__init__("Invalid or missing API key", {"WWW-Authenticate": "X-API-Key"})
 
 
+class Forbidden(ApiError):
+    """The key is valid but may not do this (e.g. ask for a higher priority than it carries)."""
+
+    status_code = 403
+
+
 class JobNotFound(ApiError):
     status_code = 404
 

@@ -15,7 +15,7 @@ from .config import Settings
 from .errors import BadRequest, Unprocessable
 from .images import check_size
 from .presets import resolve
-from .protocol import DEFAULT_WEBHOOK_EVENTS, WEBHOOK_EVENTS
+from .protocol import DEFAULT_WEBHOOK_EVENTS, PRIORITIES, WEBHOOK_EVENTS
 from .webhooks import check_url
 
 MAX_SEED = 2**64 - 1
@@ -49,6 +49,7 @@ class EditFields:
     start_within_seconds: str | None = None
     deadline_seconds: str | None = None
     cancel_after: str | None = None  # the Cancel-After header (Replicate's name for the deadline)
+    priority: str | None = None
     undecodable: frozenset[str] = field(default_factory=frozenset)  # fields whose bytes were not UTF-8
 
 
@@ -62,6 +63,17 @@ class CheckedEdit:
     webhook_events: tuple[str, ...] = DEFAULT_WEBHOOK_EVENTS
     start_within_seconds: float | None = None
     deadline_seconds: float | None = None
+    priority: str | None = None  # one of PRIORITIES; None: the key's
+
+
+def parse_priority(raw: str | None) -> str | None:
+    if raw is None or not raw.strip():
+        return None
+    value = raw.strip().lower()
+    if value not in PRIORITIES:
+        raise Unprocessable(f"Invalid priority {raw[:20]!r}: send {', '.join(PRIORITIES)}, or leave it out "
+                            "for your key's.")
+    return value
 
 
 def parse_seconds(raw: str | None, name: str) -> float | None:
@@ -146,7 +158,7 @@ def check_edit(form: EditFields, settings: Settings) -> CheckedEdit:
     limits = settings.ingress
     for name in sorted(form.undecodable):
         if name in FIELD_NAMES or name in ("seed", "preset", "model", "webhook_url", "webhook_events", "return_image",
-                                           "start_within_seconds", "deadline_seconds"):
+                                           "start_within_seconds", "deadline_seconds", "priority"):
             raise BadRequest(f"{FIELD_NAMES.get(name, repr(name))} is not valid UTF-8 text; "
                              "send it encoded as UTF-8.")
     if not form.images:
@@ -184,11 +196,12 @@ def check_edit(form: EditFields, settings: Settings) -> CheckedEdit:
         raise BadRequest(f"deadline_seconds ({deadline:g}) and the Cancel-After header ({header:g}s) differ; "
                          "send one of them.")
     deadline = deadline if deadline is not None else header
+    priority = parse_priority(form.priority)
     for f in form.images:  # the parser spooled each file to disk: refuse an oversize one unread
         if f.size is not None:
             check_size(f.size, limits.upload_limits)
     return CheckedEdit(instruction, seed, preset, form.system_prompt or None, webhook_url, webhook_events,
-                       start_within, deadline)
+                       start_within, deadline, priority)
 
 
 def fingerprint(images: list[bytes], form: EditFields, checked: CheckedEdit) -> str:
@@ -197,6 +210,7 @@ def fingerprint(images: list[bytes], form: EditFields, checked: CheckedEdit) -> 
     for data in images:
         h.update(hashlib.sha256(data).digest())
     for value in (checked.instruction, form.seed, form.preset, form.model, form.system_prompt, checked.webhook_url,
-                  ",".join(checked.webhook_events), f"{checked.start_within_seconds}", f"{checked.deadline_seconds}"):
+                  ",".join(checked.webhook_events), f"{checked.start_within_seconds}", f"{checked.deadline_seconds}",
+                  checked.priority):
         h.update(b"\x00" + (value or "").strip().encode("utf-8", "surrogatepass"))
     return h.hexdigest()

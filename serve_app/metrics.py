@@ -43,7 +43,7 @@ class QueueMetrics:
     def __init__(self):
         m = _ray_metrics()
         if m is None:
-            self.depth = self.processing = self.jobs = self.wait = self.run = _Noop()
+            self.depth = self.processing = self.jobs = self.wait = self.run = self.switches = _Noop()
             return
         self.depth = m.Gauge("qwen_queue_depth", description="Jobs waiting in the queue (queued).")
         self.processing = m.Gauge("qwen_jobs_processing", description="Jobs a model worker is running.")
@@ -54,6 +54,9 @@ class QueueMetrics:
         self.run = m.Histogram("qwen_job_processing_seconds",
                                description="Seconds a model worker spent on a completed job.",
                                boundaries=RUN_BUCKETS, tag_keys=("preset",))
+        self.switches = m.Counter("qwen_preset_switches",
+                                  description="Jobs handed to a worker that held another preset (it switches).",
+                                  tag_keys=("preset",))
 
     def occupancy(self, queued: int, processing: int) -> None:
         self.depth.set(queued)
@@ -64,6 +67,9 @@ class QueueMetrics:
 
     def started(self, preset: str, waited_s: float) -> None:
         self.wait.observe(max(0.0, waited_s), tags={"preset": preset})
+
+    def switched(self, preset: str) -> None:
+        self.switches.inc(1, tags={"preset": preset})
 
     def completed(self, preset: str, run_s: float | None) -> None:
         if run_s is not None:

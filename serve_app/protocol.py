@@ -16,6 +16,8 @@ from .presets import Preset
 
 # Workers heartbeat this often, busy or idle (the queue's registry judges them by it).
 HEARTBEAT_S = 2.0
+# A job's priority, lowest first; a key's priority (the keys file) is the highest it may ask for.
+PRIORITIES = ("low", "normal", "high")
 
 
 class JobStatus(StrEnum):
@@ -61,6 +63,7 @@ class JobView:
     station: str | None
     run_seconds: float | None
     attempts: int
+    priority: str
 
     @property
     def terminal(self) -> bool:
@@ -121,6 +124,7 @@ class JobRequest:
     webhook_events: tuple[str, ...] = DEFAULT_WEBHOOK_EVENTS
     start_within_seconds: float | None = None  # not started by then: cancelled (refused if already later)
     deadline_seconds: float | None = None  # not finished by then: cancelled
+    priority: str = "normal"  # one of PRIORITIES, at most the caller's
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from ray import serve
 
-from .auth import Caller
+from .auth import Caller, job_priority
 from .config import Settings
 from .errors import (LoadInProgress, NoModelLoaded, QueueFull, ResultNotReady, ServiceUnavailable, StartTooLate,
                      StationLimit)
@@ -88,6 +88,7 @@ class QueueActor:
             nominal_seconds={p.name: p.nominal_seconds for p in self.presets.values()},
             scheduling=own.scheduling,
             max_per_station=own.max_jobs_per_station,
+            max_passes=own.priority_max_passes,
         )
         self.notifier = (Notifier(own.webhook_secret, own.webhook_retry_seconds,
                                   own.webhook_timeout_seconds) if own.webhook_secret else None)
@@ -102,6 +103,8 @@ class QueueActor:
         self.core.restore(self.jobs.load())
         self._sweep_orphans()
         self.registry = WorkerRegistry(settings.job_lease_seconds)
+        self._waiting: dict[str, str | None] = {}  # workers in a next_task long poll -> the preset each holds
+        self.preset_switches = 0  # jobs handed to a worker that held another preset
         self.load: LoadRequest | None = None
         self.stopping = False  # set by drain(): no new job is handed out
         # Why results cannot be stored now (for health), refreshed by every cleanup pass; and the last
@@ -357,7 +360,7 @@ class QueueActor:
                                    idempotency_key=r.idempotency_key, fingerprint=r.fingerprint,
                                    webhook_url=r.webhook_url, webhook_events=",".join(r.webhook_events),
                                    total_steps=chosen.steps, start_within_s=r.start_within_seconds,
-                                   deadline_s=r.deadline_seconds)
+                                   deadline_s=r.deadline_seconds, priority=job_priority(r.priority, caller))
         except (QueueFull, StationLimit, StartTooLate):
             self.metrics.outcome("refused")
             raise
@@ -442,7 +445,7 @@ class QueueActor:
 
     async def queue_stats(self) -> dict:
         await self._expire()
-        return self.core.stats()
+        return {**self.core.stats(), "preset_switches": self.preset_switches}
 
     async def check_room(self, caller: Caller) -> None:
         """Raise ``QueueFull`` / ``StationLimit`` now if a submit would be refused, so the ingress can
@@ -578,7 +581,7 @@ class QueueActor:
             self._worker(worker_id)
             if self.stopping or self.load is not None:
                 return None
-            job = self.core.claim(worker_id)
+            job = self.core.claim(worker_id, preset, self._idle())
             return None if job is None else await self._hand_out(job)
 
         async def work():
@@ -590,16 +593,33 @@ class QueueActor:
             if self.load and worker_id in self.load.pending:
                 info.state = WorkerState.LOADING
                 return LoadTask(self.load.preset)
-            job = None if self.stopping else self.core.claim(worker_id)
+            job = None if self.stopping else self.core.claim(worker_id, preset, self._idle())
             return None if job is None else await self._hand_out(job)
 
-        return await self._until(work, timeout)
+        self._waiting[worker_id] = preset
+        task = None
+        try:
+            task = await self._until(work, timeout)
+            return task
+        finally:
+            self._waiting.pop(worker_id, None)
+            if not isinstance(task, JobTask) and self.core.stats()["queued_count"]:
+                self._notify()  # a job matched to this worker goes to another one now
+
+    def _idle(self) -> dict[str, str | None]:
+        """The workers waiting for a job now, with the preset each holds (none with affinity off:
+        then the asking worker takes the next job whatever it holds)."""
+        return self._waiting if self.settings.queue.preset_affinity else {}
 
     async def _hand_out(self, job: Job) -> JobTask:
         """A job just claimed by its worker: leased, recorded, announced, and sent."""
         self.registry.grant(job.id)
         await self._persist(job)
-        self._worker(job.worker_id).state = WorkerState.BUSY
+        info = self._worker(job.worker_id)
+        if info.preset is not None and info.preset != job.preset:  # it switches before it starts
+            self.preset_switches += 1
+            self.metrics.switched(job.preset)
+        info.state, info.preset = WorkerState.BUSY, job.preset
         self._notify()
         self.metrics.started(job.preset, (job.started_at or job.created_at) - job.created_at)
         log.info("[JobQueue] Processing job %s - %s", job.id[:8], job.instruction[:50], extra=for_job(job.id))

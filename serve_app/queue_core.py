@@ -6,8 +6,15 @@ Guarantees (each checked by tests/unit/test_queue_core.py):
 - Order: ``fifo`` (the contract) hands queued jobs to workers strictly in submission order; ``fair``
   takes stations in turn (round-robin over the stations that have queued jobs: the station served
   longest ago goes next, a station never served first; FIFO within each station).
-- ``position`` is live: 1-based in the order jobs will start, recomputed after every change, ``None``
-  once a job left the queue.
+- Priorities (``high``, ``normal``, ``low``): a higher-priority job starts before every lower one
+  that waits; the scheduling policy orders jobs of one priority. A waiting job is passed (a job of
+  higher priority submitted after it starts first) at most ``max_passes`` times: then it starts next.
+- ``position`` is live: 1-based in the order jobs will start (the starvation bound included),
+  recomputed after every change, ``None`` once a job left the queue. A job's position can grow when
+  a higher-priority job arrives.
+- Preset affinity: of the jobs about to start, each goes to an idle worker that already holds its
+  preset when there is one (``claim`` with the idle workers); which jobs start next stays the order
+  above.
 - A station never has more than ``max_per_station`` jobs queued or processing (when set).
 - Cancel: a queued job never runs; a processing job is finished as ``cancelled`` at once (its worker
   stops at the next step); a finished job cannot be cancelled; cancelling twice is harmless.
@@ -20,6 +27,7 @@ Guarantees (each checked by tests/unit/test_queue_core.py):
 - Counters of completed and failed jobs include jobs that were cleaned up since.
 """
 
+import bisect
 import heapq
 import math
 import time
@@ -30,13 +38,14 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .errors import Conflict, JobNotFound, QueueFull, StartTooLate, StationLimit, Unprocessable
-from .protocol import JobStatus, JobView
+from .protocol import PRIORITIES, JobStatus, JobView
 
 EMA_WEIGHT = 0.3  # weight of the newest measurement in a preset's running average
 
 
 SCHEDULING = ("fifo", "fair")
 DEFAULT_STATION = "default"
+RANK = {name: n for n, name in enumerate(PRIORITIES)}  # low 0, normal 1, high 2
 
 
 def iso(ts: float | None) -> str | None:
@@ -73,6 +82,8 @@ class Job:
     attempts: int = 0  # times a worker started it (a job interrupted by a crash runs again once)
     start_by: float | None = None  # not started by then: cancelled (start_within_seconds)
     finish_by: float | None = None  # not finished by then: cancelled (deadline_seconds)
+    priority: str = "normal"
+    passes: int = 0  # jobs of higher priority that started before it while it waited
 
 
 class JobQueue:
@@ -84,6 +95,7 @@ class JobQueue:
         clock: Callable[[], float] = time.time,
         scheduling: str = "fifo",
         max_per_station: int | None = None,
+        max_passes: int = 3,
     ):
         if max_size < 1:
             raise ValueError("max_size must be at least 1")
@@ -93,6 +105,7 @@ class JobQueue:
         self.cleanup_age_s = cleanup_age_s
         self.scheduling = scheduling
         self.max_per_station = max_per_station
+        self.max_passes = max_passes
         self._clock = clock
         self._avg: dict[str, float] = dict(nominal_seconds)
         self._jobs: dict[str, Job] = {}
@@ -152,7 +165,7 @@ class JobQueue:
                idempotency_key: str | None = None, fingerprint: str | None = None,
                webhook_url: str | None = None, webhook_events: str | None = None,
                total_steps: int | None = None, start_within_s: float | None = None,
-               deadline_s: float | None = None) -> Job:
+               deadline_s: float | None = None, priority: str = "normal") -> Job:
         """Admit a job, or raise ``QueueFull`` / ``StationLimit``, or ``StartTooLate`` when its
         estimated start is already later than ``start_within_s``; the checks and the insert are one
         step. With an idempotency key already used for the same request, returns that job instead
@@ -164,10 +177,12 @@ class JobQueue:
         self.check_room(station)
         if job_id in self._jobs:
             raise ValueError(f"duplicate job id {job_id}")
+        if priority not in RANK:
+            raise ValueError(f"priority must be one of {PRIORITIES}")
         job = Job(id=job_id, instruction=instruction, preset=preset, seed=seed,
                   system_prompt=system_prompt, created_at=self._clock(), payload=payload, station=station,
                   idempotency_key=idempotency_key, fingerprint=fingerprint, webhook_url=webhook_url,
-                  webhook_events=webhook_events, total_steps=total_steps)
+                  webhook_events=webhook_events, total_steps=total_steps, priority=priority)
         now = job.created_at
         job.start_by = None if start_within_s is None else now + start_within_s
         job.finish_by = None if deadline_s is None else now + deadline_s
@@ -187,12 +202,30 @@ class JobQueue:
         self._order = None
         return job
 
-    def claim(self, worker_id: str) -> Job | None:
-        """Hand the next queued job (in ``order()``) to a worker: it becomes ``processing``."""
-        order = self.order()
+    def claim(self, worker_id: str, preset: str | None = None,
+              idle: Mapping[str, str | None] | None = None) -> Job | None:
+        """Hand a queued job to a worker: it becomes ``processing``.
+
+        ``idle``: every worker now waiting for a job, each with the preset it holds (``worker_id``
+        with ``preset`` is added). The next ``len(idle)`` jobs in ``order()`` are matched to them:
+        each job, in order, to a waiting worker that holds its preset if there is one, else to one
+        whose preset none of those jobs needs, else to any; ``worker_id`` gets the job matched to it
+        (None when there are fewer jobs than waiting workers and it got none). Every caller that
+        sees the same waiting workers computes the same match, so each takes its own part."""
+        workers = dict(idle or {})
+        workers[worker_id] = preset
+        order = self.order()[: len(workers)]
         if not order:
             return None
-        job = self._jobs[order[0]]
+        chosen = self._match(order, workers).get(worker_id)
+        if chosen is None:
+            return None
+        job = self._jobs[chosen]
+        rank, ticket = RANK[job.priority], self._tickets[job.id]
+        for other in self._queued:  # the jobs it passes: lower priority, waiting since before it
+            waiting = self._jobs[other]
+            if RANK[waiting.priority] < rank and self._tickets[other] < ticket:
+                waiting.passes += 1
         self._unqueue(job)
         self._served[job.station] = self._tick  # fair: this station goes to the back of the line
         self._tick += 1
@@ -202,6 +235,20 @@ class JobQueue:
         job.attempts += 1
         self._running[job.id] = job
         return job
+
+    def _match(self, order: list[str], workers: dict[str, str | None]) -> dict[str, str]:
+        """worker id -> job id for the jobs about to start (see ``claim``)."""
+        free = sorted(workers)  # a fixed order, the same for every caller
+        wanted = [self._jobs[i].preset for i in order]
+        out: dict[str, str] = {}
+        for n, job_id in enumerate(order):
+            later = set(wanted[n + 1:])
+            holder = next((w for w in free if workers[w] == wanted[n]), None)
+            if holder is None:  # someone must switch: one whose preset no coming job needs
+                holder = next((w for w in free if workers[w] not in later), free[0])
+            free.remove(holder)
+            out[holder] = job_id
+        return out
 
     def _ticket(self, job_id: str) -> None:
         self._tickets[job_id] = self._next_ticket
@@ -373,29 +420,56 @@ class JobQueue:
         return [job for _, job in zip(range(limit), mine)]
 
     def order(self) -> list[str]:
-        """Queued job ids in the order they will start (cached until the queue changes)."""
+        """Queued job ids in the order they will start (cached until the queue changes): by
+        priority, the policy within one priority, and a job passed ``max_passes`` times first."""
         if self._order is None:
-            if self.scheduling == "fifo":
-                order = list(self._queued)
-            else:  # the station served longest ago next (never served: by its oldest job), FIFO within
-                lanes: dict[str, deque[str]] = {}
-                first: dict[str, int] = {}
-                for n, i in enumerate(self._queued):
-                    st = self._jobs[i].station
-                    lanes.setdefault(st, deque()).append(i)
-                    first.setdefault(st, n)
-                heap = [(self._served.get(st, -1), first[st], st) for st in lanes]
-                heapq.heapify(heap)
-                order, tick = [], self._tick
-                while heap:
-                    _, _, st = heapq.heappop(heap)
-                    order.append(lanes[st].popleft())
-                    if lanes[st]:
-                        heapq.heappush(heap, (tick, 0, st))
-                    tick += 1
+            order = self._simulate()
             self._order = order
             self._positions = {job_id: n for n, job_id in enumerate(order, start=1)}
         return self._order
+
+    def _simulate(self) -> list[str]:
+        """Pick jobs the way ``claim`` will, one after the other, counting the passes each pick
+        causes. Jobs wait in lanes (one per priority, and per station under ``fair``), oldest
+        first; the oldest job of a lane has been passed at least as often as any other in it, so
+        only lane heads need looking at: O(jobs x lanes)."""
+        jobs, queued = self._jobs, list(self._queued)
+        fair = self.scheduling == "fair"
+        lanes: dict[tuple[int, str], deque[int]] = {}
+        for n, job_id in enumerate(queued):  # n: queue order, which is submission (ticket) order
+            job = jobs[job_id]
+            lanes.setdefault((RANK[job.priority], job.station if fair else ""), deque()).append(n)
+        picked: list[list[int]] = [[] for _ in PRIORITIES]  # per rank: queue indexes picked, sorted
+        served, tick = dict(self._served), self._tick
+
+        def passes_of(lane: tuple[int, str]) -> int:
+            n = lanes[lane][0]
+            later = sum(len(p) - bisect.bisect_right(p, n) for p in picked[lane[0] + 1:])
+            return jobs[queued[n]].passes + later
+
+        heads = {lane: passes_of(lane) for lane in lanes}
+        order: list[str] = []
+        while heads:
+            starved = [lane for lane, passed in heads.items() if passed >= self.max_passes]
+            if starved:
+                lane = min(starved, key=lambda ln: lanes[ln][0])
+            else:
+                top = max(rank for rank, _ in heads)
+                lane = min((ln for ln in heads if ln[0] == top),
+                           key=lambda ln: (served.get(jobs[queued[lanes[ln][0]]].station, -1), lanes[ln][0]))
+            n = lanes[lane].popleft()
+            job = jobs[queued[n]]
+            order.append(job.id)
+            for other in heads:  # the waiting lane heads this pick passes
+                if other[0] < lane[0] and lanes[other][0] < n:
+                    heads[other] += 1
+            bisect.insort(picked[lane[0]], n)
+            served[job.station], tick = tick, tick + 1
+            if lanes[lane]:
+                heads[lane] = passes_of(lane)
+            else:
+                del heads[lane]
+        return order
 
     def position(self, job: Job) -> int | None:
         if job.status is not JobStatus.QUEUED:
@@ -511,4 +585,5 @@ class JobQueue:
             station=job.station,
             run_seconds=job.run_seconds,
             attempts=job.attempts,
+            priority=job.priority,
         )

@@ -31,7 +31,8 @@ class JobStatusResponse(BaseModel):
         job_id=JOB, status="processing", position=None, created_at="2026-11-28T09:00:00Z",
         started_at="2026-11-28T09:00:04Z", completed_at=None, result_path=None, result_seed=42, error=None,
         instruction="make the sky blue", model="qwen-4step", estimated_wait_seconds=1, worker="a1b2c3d4e5f6",
-        progress=0.5, step=2, total_steps=4, eta_seconds=0.9, station="front-desk", run_seconds=None, attempts=1)
+        progress=0.5, step=2, total_steps=4, eta_seconds=0.9, station="front-desk", run_seconds=None, attempts=1,
+        priority="normal")
     job_id: str
     status: JobStatus = Field(description="queued | processing | completed | failed | cancelled")
     position: int | None = Field(description="1-based among queued jobs, live; null unless queued")
@@ -53,6 +54,8 @@ class JobStatusResponse(BaseModel):
     station: str | None = Field(None, description="addition: the station (API key) that submitted the job")
     run_seconds: float | None = Field(None, description="addition: the model worker's time on the job, once finished")
     attempts: int = Field(0, description="addition: times a worker started the job (a crash may add one run)")
+    priority: str = Field("normal", description="addition: low | normal | high; higher starts first, and a "
+                                                "queued job's position can grow when a higher one arrives")
 
 
 class JobListResponse(BaseModel):
@@ -63,7 +66,7 @@ class JobListResponse(BaseModel):
 class QueueResponse(BaseModel):
     model_config = example(queue_size=3, max_queue_size=10, queued_count=2, processing_count=1, completed_count=57,
                            failed_count=1, current_job_id=JOB, total_jobs=61, running_job_ids=[JOB],
-                           refused_count=4, cancelled_count=2, scheduling="fifo")
+                           refused_count=4, cancelled_count=2, scheduling="fifo", preset_switches=3)
     queue_size: int = Field(description="queued + processing: what counts against max_queue_size")
     max_queue_size: int
     queued_count: int
@@ -76,6 +79,8 @@ class QueueResponse(BaseModel):
     refused_count: int = 0
     cancelled_count: int = 0
     scheduling: str = Field("fifo", description="fifo, or fair (stations take turns)")
+    preset_switches: int = Field(0, description="jobs handed to a worker that held another preset (since "
+                                                "the queue replica started)")
 
 
 class WorkerView(BaseModel):

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from .auth import Caller
+from .auth import Caller, job_priority
 from .config import Settings
 from .errors import ApiError, EditTimeout, JobNotFound, ServiceUnavailable, api_error_of
 from .events import JobEvents
@@ -56,6 +56,7 @@ class EditService:
         """(the job's view, created now); an idempotent retry gets the earlier job and False."""
         idempotency_key = check_idempotency_key(idempotency_key)
         checked = check_edit(form, self.settings)
+        priority = job_priority(checked.priority, caller)
         data = [await f.read() for f in form.images]
         key_of = None
         if idempotency_key is not None:
@@ -68,7 +69,8 @@ class EditService:
             await asyncio.to_thread(check_upload, one, self.settings.ingress.upload_limits)
         request = JobRequest(job_id or str(uuid.uuid4()), data, checked.instruction, checked.seed, checked.preset,
                              checked.system_prompt, idempotency_key, key_of, checked.webhook_url,
-                             checked.webhook_events, checked.start_within_seconds, checked.deadline_seconds)
+                             checked.webhook_events, checked.start_within_seconds, checked.deadline_seconds,
+                             priority)
         return await self._call("submit", request, caller)
 
     async def edit(self, form: EditFields, caller: Caller, idempotency_key: str | None) -> JobView:

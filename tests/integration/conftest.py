@@ -134,6 +134,7 @@ def _make_loras(root: Path) -> dict[str, str]:
     transformer = QwenImageTransformer2DModel.from_pretrained(ensure_tiny_model(root / "models" / "tiny") / "transformer")
     return {
         "lora4": str(random_lightning_lora(transformer, root / "loras" / "tiny-lightning-4step.safetensors", seed=1)),
+        "other": str(random_lightning_lora(transformer, root / "loras" / "tiny-other.safetensors", seed=3)),
         "alien": str(random_lightning_lora(transformer, root / "loras" / "alien.safetensors", seed=2,
                                          prefix="single_transformer_blocks")),
     }
@@ -172,8 +173,12 @@ def nowhere_api(cluster) -> Api:
 
 @pytest.fixture(scope="session")
 def multi_api(cluster) -> Api:
-    """Two GPU workers (on the faked GPUs): two jobs at once."""
-    return _deploy(cluster, "multi", "/multi", wait_workers=True,
+    """Two GPU workers (on the faked GPUs): two jobs at once; two quick presets with different LoRAs
+    (``la``, ``lb``) to count preset switches."""
+    loras = _make_loras(cluster["root"])
+    quick = {**SPECK, "resolution": 128}
+    presets = {"la": {**quick, "lora": {"path": loras["lora4"]}}, "lb": {**quick, "lora": {"path": loras["other"]}}}
+    return _deploy(cluster, "multi", "/multi", wait_workers=True, presets=presets,
                    worker={"num_replicas": 2, "num_gpus": 1, "num_cpus": 0})
 
 

@@ -7,7 +7,8 @@ import stat
 
 import pytest
 
-from serve_app.auth import ENV_KEY, ENV_KEYS_FILE, Caller, load_keyring
+from serve_app.auth import ENV_KEY, ENV_KEYS_FILE, Caller, job_priority, load_keyring
+from serve_app.errors import Forbidden
 
 A, B, OPS = "key-of-station-a-0123456789", "key-of-station-b-0123456789", "key-of-the-operators-012345"
 
@@ -55,6 +56,7 @@ def test_keys_file_as_json_from_env_and_the_single_env_key_beside_it(tmp_path):
     ("A: sha256:xyz\n", "64-character hex"),
     (f"A: {{key: {A}, key_sha256: abc}}\n", "exactly one of key or key_sha256"),
     (f"A: {{key: {A}, admin: maybe}}\n", "admin must be true or false"),
+    (f"A: {{key: {A}, priority: urgent}}\n", "priority must be one of low, normal, high"),
     ("[1, 2]\n", "must map station names to keys"),
     ("A: [unclosed\n", "not valid YAML"),
 ])
@@ -69,3 +71,18 @@ def test_keys_file_mistakes_are_named(tmp_path, content, fragment):
 def test_missing_keys_file_is_an_error_not_an_open_door(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         load_keyring(tmp_path / "api_key", environ={}, keys_file=tmp_path / "nope.yaml")
+
+
+def test_a_key_carries_a_priority_and_requests_may_ask_for_less(tmp_path):
+    path = tmp_path / "keys.yaml"
+    path.write_text(f"A: {{key: {A}, priority: high}}\nB: {{key: {B}, priority: low}}\nops: {OPS}\n")
+    ring, _ = load_keyring(tmp_path / "api_key", environ={}, keys_file=path)
+    a, b, ops = ring.identify(A), ring.identify(B), ring.identify(OPS)
+    assert (a.priority, b.priority, ops.priority) == ("high", "low", "normal")
+    assert job_priority(None, a) == "high" and job_priority("low", a) == "low"
+    assert job_priority(None, b) == "low"
+    with pytest.raises(Forbidden) as err:
+        job_priority("normal", b)
+    assert err.value.status_code == 403
+    assert err.value.detail == ("Priority normal is higher than this station's key allows (low); ask for low or "
+                                "lower, or leave priority out.")

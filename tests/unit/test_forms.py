@@ -45,6 +45,7 @@ def form(**over) -> EditFields:
     ({"webhook_url": "https://hooks.example/x", "webhook_events": "started,finished"}, BadRequest,
      "Unknown webhook event 'finished': choose from started, completed, failed, cancelled."),
     ({"webhook_events": "started"}, BadRequest, "webhook_events needs a webhook_url"),
+    ({"priority": "urgent"}, Unprocessable, "Invalid priority 'urgent': send low, normal, high"),
     ({"images": [Upload(size=11 * 2**20)]}, BadRequest, "Image too large (11.0MB). Maximum 10MB allowed."),
 ])
 def test_each_refusal_names_what_to_fix(settings, over, error, says):
@@ -59,6 +60,8 @@ def test_a_good_form_is_normalised(settings):
     assert (checked.instruction, checked.seed, checked.preset, checked.system_prompt) == (
         "make it blue", 42, "qwen-4step", None)
     assert 0 <= check_edit(form(), settings).seed < 2**32  # random when left out
+    assert check_edit(form(priority=" High "), settings).priority == "high"
+    assert check_edit(form(), settings).priority is None  # the key's
     undecodable_unknown = form(undecodable=frozenset({"f7"}))  # fields nobody reads are not checked
     assert check_edit(undecodable_unknown, settings).instruction == "make it blue"
 
@@ -67,7 +70,8 @@ def test_fingerprint_changes_with_any_field_and_with_the_images(settings):
     base = form(seed="1")
     key = fingerprint([b"a"], base, check_edit(base, settings))
     for other, images in [(form(seed="2"), [b"a"]), (form(seed="1", instruction="other"), [b"a"]),
-                          (form(seed="1"), [b"b"]), (form(seed="1", preset="qwen-4step"), [b"a"])]:
+                          (form(seed="1"), [b"b"]), (form(seed="1", preset="qwen-4step"), [b"a"]),
+                          (form(seed="1", priority="low"), [b"a"])]:
         assert fingerprint(images, other, check_edit(other, settings)) != key
     assert fingerprint([b"a"], form(seed="1"), check_edit(form(seed="1"), settings)) == key
 

@@ -134,7 +134,8 @@ def test_one_queue_per_state_folder(tmp_path):
 
 
 def test_a_database_of_an_older_version_gains_the_new_columns(tmp_path):
-    """Opened by this version, a file without ``webhook_events`` gets the column; its jobs load."""
+    """Opened by this version, a file without the added columns gets them; its jobs load."""
+    import re
     import sqlite3
 
     from serve_app.jobstore import ADDED_COLUMNS, SCHEMA, JobStore
@@ -142,7 +143,8 @@ def test_a_database_of_an_older_version_gains_the_new_columns(tmp_path):
     path = tmp_path / "jobs.sqlite3"
     old = SCHEMA
     for column, kind in ADDED_COLUMNS.items():
-        old = old.replace(f", {column} {kind}", "")
+        old = re.sub(rf",\s*{column} {re.escape(kind)}", "", old)
+    assert not any(column in old for column in ADDED_COLUMNS)
     db = sqlite3.connect(path)
     db.executescript(old)
     db.execute("INSERT INTO jobs (id, instruction, preset, seed, created_at, status, station) "
@@ -152,6 +154,7 @@ def test_a_database_of_an_older_version_gains_the_new_columns(tmp_path):
     store = JobStore(path)
     [job] = store.load()
     assert job.id == "j1" and job.webhook_events is None
+    assert (job.priority, job.passes) == ("normal", 0)  # jobs of the older version
     job.webhook_events = "started"
     store.update(job)
     assert JobStore(path).load()[0].webhook_events == "started"
