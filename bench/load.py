@@ -1,8 +1,9 @@
 """Load: many stations submitting and polling at once, on loopback, bounded in stations and time.
 
     .venv/bin/python bench/load.py compare [--stations 20] [--seconds 60] [--out FILE]
-    .venv/bin/python bench/load.py run --url URL --key KEY [--stations 20] [--seconds 60]
+    .venv/bin/python bench/load.py run --url URL --key KEY [--key KEY2 ...] [--stations 20] [--seconds 60]
     .venv/bin/python bench/load.py plain CONFIG [--port 8000]
+    .venv/bin/python bench/load.py flood [--stations 20] [--seconds 30] [--flooders 4] [--out FILE]
 
 ``run``: each station (an aiohttp client) submits a job, polls its status every ``--poll`` seconds
 until it ends, downloads the PNG, and starts over until ``--seconds`` have passed; on 429 it waits
@@ -18,6 +19,15 @@ deployment handles. What Ray Serve costs shows as the ratio of ``run`` against e
 
 ``compare``: both, one after the other on this machine (``qwen-serve`` with a generated config, then
 ``plain`` with the same one), the same load on each, and the ratios; JSON to ``--out``.
+
+``flood``: one ``qwen-serve`` with the default rate limit, each station with its own key: the
+stations' load alone, then again while one more station (its own key, another process) polls
+``/api/v1/queue`` as fast as ``--flooders`` connections allow, then alone once more. Reported: the
+normal stations' status p50/p99 in each run and the flooded run's p99 over the mean of the others,
+and the flooder's answers (mostly 429).
+
+Every generated config gives each station its own key (a keys file): stations are rate-limited
+per key, as deployed.
 The model is the embedded tiny one with a 1-step 64x64 preset, so the serving stack is what is loaded.
 """
 
@@ -40,7 +50,6 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-KEY = "load-bench-key-0123456789"
 SPECK = {"base": "builtin:tiny", "steps": 1, "cfg_scale": 1.0, "resolution": 64, "nominal_seconds": 0.2}
 TERMINAL = ("completed", "failed", "cancelled")
 
@@ -115,21 +124,31 @@ async def station(http, base: str, image: bytes, tally: Tally, stop_at: float, p
                     tally.completed.add(job_id)
 
 
-async def load(url: str, key: str, stations: int, seconds: float, poll: float, preset: str | None = None,
+def station_keys(stations: int) -> dict[str, str]:
+    """Station name -> its key, for the generated keys file (``flood`` is the flooding station's)."""
+    names = [f"s{n:02d}" for n in range(stations)] + ["flood"]
+    return {name: f"load-bench-{name}-" + "k" * 16 for name in names}
+
+
+async def load(url: str, keys: list[str], stations: int, seconds: float, poll: float, preset: str | None = None,
                drain_s: float = 120.0) -> dict:
+    """Station ``n`` sends ``keys[n % len(keys)]``."""
     import aiohttp
 
     image = small_png()
     base = url.rstrip("/")
     tally = Tally()
     timeout = aiohttp.ClientTimeout(total=60)
-    async with aiohttp.ClientSession(headers={"X-API-Key": key}, timeout=timeout,
-                                     connector=aiohttp.TCPConnector(limit=stations * 2)) as http:
+    sessions = [aiohttp.ClientSession(headers={"X-API-Key": key}, timeout=timeout,
+                                      connector=aiohttp.TCPConnector(limit=4)) for key in keys[:stations]]
+    try:
+        http = sessions[0]
         async with http.get(f"{base}/api/v1/queue") as r:
             before = (await r.json())["completed_count"]
         start = time.monotonic()
         stop_at = start + seconds
-        tasks = [asyncio.create_task(station(http, base, image, tally, stop_at, poll, n, preset)) for n in range(stations)]
+        tasks = [asyncio.create_task(station(sessions[n % len(sessions)], base, image, tally, stop_at, poll, n,
+                                             preset)) for n in range(stations)]
         done, pending = await asyncio.wait(tasks, timeout=seconds + drain_s)
         for task in pending:
             task.cancel()
@@ -139,6 +158,9 @@ async def load(url: str, key: str, stations: int, seconds: float, poll: float, p
         elapsed = time.monotonic() - start
         async with http.get(f"{base}/api/v1/queue") as r:
             after = (await r.json())["completed_count"]
+    finally:
+        for session in sessions:
+            await session.close()
     lat = sorted(tally.status_latency)
     q = statistics.quantiles(lat, n=100) if len(lat) >= 2 else [float("nan")] * 99
     accepted = len(tally.accepted)
@@ -155,6 +177,26 @@ async def load(url: str, key: str, stations: int, seconds: float, poll: float, p
         "status_p50_ms": round(q[49] * 1000, 2), "status_p99_ms": round(q[98] * 1000, 2),
         "status_mean_ms": round(statistics.fmean(lat) * 1000, 2) if lat else None,
     }
+
+
+async def hammer(url: str, key: str, seconds: float, connections: int) -> dict:
+    """GET /api/v1/queue as fast as ``connections`` connections allow, ignoring Retry-After."""
+    import aiohttp
+
+    codes: dict[int, int] = {}
+    stop_at = time.monotonic() + seconds
+
+    async def one(http):
+        while time.monotonic() < stop_at:
+            async with http.get(f"{url.rstrip('/')}/api/v1/queue") as r:
+                await r.read()
+                codes[r.status] = codes.get(r.status, 0) + 1
+
+    async with aiohttp.ClientSession(headers={"X-API-Key": key},
+                                     connector=aiohttp.TCPConnector(limit=connections)) as http:
+        await asyncio.gather(*(one(http) for _ in range(connections)))
+    total = sum(codes.values())
+    return {"requests": {str(k): v for k, v in sorted(codes.items())}, "per_second": round(total / seconds, 1)}
 
 
 # --- the plain server (no Ray) ----------------------------------------------------------------------
@@ -214,14 +256,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_config(folder: Path, port: int, models: Path) -> Path:
+def write_config(folder: Path, port: int, models: Path, stations: int) -> Path:
+    """config/serve.yaml on ``port`` with the speck preset as default and a keys file with one key per
+    station (``station_keys``)."""
     config = yaml.safe_load((ROOT / "config" / "serve.yaml").read_text())
     config["http_options"]["port"] = port
     args = config["applications"][0]["args"]
-    args.update(state_dir=str(folder / "state"), models_dir=str(models), default_preset="speck",
-                presets={**copy.deepcopy(args.get("presets", {})), "speck": SPECK}, graceful_stop_seconds=5)
     (folder / "state").mkdir(parents=True, exist_ok=True)
-    (folder / "state" / "api_key").write_text(KEY + "\n")
+    keys = folder / "keys.yaml"
+    keys.write_text(yaml.safe_dump(station_keys(stations)))
+    args.update(state_dir=str(folder / "state"), models_dir=str(models), default_preset="speck",
+                presets={**copy.deepcopy(args.get("presets", {})), "speck": SPECK}, graceful_stop_seconds=5,
+                api_keys_file=str(keys))
     path = folder / "serve.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -241,7 +287,7 @@ def wait_healthy(url: str, timeout: float) -> None:
     raise TimeoutError(f"{url} not healthy within {timeout:.0f}s")
 
 
-def run_server(command: list[str], url: str, log: Path, opts) -> dict:
+def start_server(command: list[str], url: str, log: Path) -> subprocess.Popen:
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1",
            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "1.0",
            "PYTHONUNBUFFERED": "1"}
@@ -250,14 +296,28 @@ def run_server(command: list[str], url: str, log: Path, opts) -> dict:
                                 start_new_session=True)
     try:
         wait_healthy(url, 240)
-        return asyncio.run(load(url, KEY, opts.stations, opts.seconds, opts.poll, opts.preset))
+    except BaseException:
+        stop_server(proc)
+        raise
+    return proc
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
+def run_server(command: list[str], url: str, log: Path, opts) -> dict:
+    proc = start_server(command, url, log)
+    try:
+        keys = list(station_keys(opts.stations).values())[: opts.stations]
+        return asyncio.run(load(url, keys, opts.stations, opts.seconds, opts.poll, opts.preset))
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+        stop_server(proc)
 
 
 def compare(opts) -> dict:
@@ -268,7 +328,7 @@ def compare(opts) -> dict:
         port = free_port()
         folder = work / name
         folder.mkdir()
-        config = write_config(folder, port, models)
+        config = write_config(folder, port, models, opts.stations)
         command = ([str(Path(sys.executable).with_name("qwen-serve")), str(config)] if name == "ray"
                    else [sys.executable, str(Path(__file__).resolve()), "plain", str(config), "--port", str(port)])
         results[name] = run_server(command, f"http://127.0.0.1:{port}", folder / "server.log", opts)
@@ -282,37 +342,80 @@ def compare(opts) -> dict:
     return results
 
 
+def flood(opts) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="qwen-flood-"))
+    models = Path(opts.models).resolve() if opts.models else work / "models"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    config = write_config(work, port, models, opts.stations)
+    keys = station_keys(opts.stations)
+    normal = [keys[f"s{n:02d}"] for n in range(opts.stations)]
+    proc = start_server([str(Path(sys.executable).with_name("qwen-serve")), str(config)], url, work / "server.log")
+    runs = {}
+    try:
+        for name in ("alone", "flooded", "alone_again"):
+            flooder = None
+            if name == "flooded":
+                flooder = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "hammer", "--url", url,
+                                            "--key", keys["flood"], "--seconds", str(opts.seconds + 5),
+                                            "--connections", str(opts.flooders)], stdout=subprocess.PIPE, text=True)
+                time.sleep(2)  # the flood is on before the stations start
+            runs[name] = asyncio.run(load(url, normal, opts.stations, opts.seconds, opts.poll, opts.preset))
+            if flooder is not None:
+                out, _ = flooder.communicate(timeout=opts.seconds + 120)
+                runs[name]["flooder"] = json.loads(out.strip().splitlines()[-1])
+            print(name, json.dumps({k: v for k, v in runs[name].items() if k != "errors"}), flush=True)
+    finally:
+        stop_server(proc)
+    calm_p99 = (runs["alone"]["status_p99_ms"] + runs["alone_again"]["status_p99_ms"]) / 2
+    return {**runs, "p99_flooded_over_alone": round(runs["flooded"]["status_p99_ms"] / calm_p99, 2),
+            "date": time.strftime("%Y-%m-%d"), "command": "bench/load.py flood " + " ".join(sys.argv[2:])}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
-    for name in ("run", "compare"):
+    for name in ("run", "compare", "flood"):
         p = sub.add_parser(name)
         p.add_argument("--stations", type=int, default=20)
-        p.add_argument("--seconds", type=float, default=60)
+        p.add_argument("--seconds", type=float, default=30 if name == "flood" else 60)
         p.add_argument("--poll", type=float, default=0.25, help="seconds between a station's status polls")
         p.add_argument("--out", type=Path)
         p.add_argument("--preset", help="preset the jobs name (default: the server's default)")
         if name == "run":
             p.add_argument("--url", required=True)
-            p.add_argument("--key", required=True)
+            p.add_argument("--key", required=True, action="append",
+                           help="repeat for several keys: station n sends the n-th (modulo)")
         else:
             p.add_argument("--models", help="where the tiny model is (built there if missing)")
+        if name == "flood":
+            p.add_argument("--flooders", type=int, default=4, help="the flooding station's connections")
     p = sub.add_parser("plain")
     p.add_argument("config", type=Path)
     p.add_argument("--port", type=int, default=8000)
+    p = sub.add_parser("hammer")
+    p.add_argument("--url", required=True)
+    p.add_argument("--key", required=True)
+    p.add_argument("--seconds", type=float, default=30)
+    p.add_argument("--connections", type=int, default=4)
     opts = parser.parse_args(argv)
     if opts.cmd == "plain":
         asyncio.run(plain_serve(opts.config, opts.port))
         return 0
+    if opts.cmd == "hammer":
+        print(json.dumps(asyncio.run(hammer(opts.url, opts.key, min(opts.seconds, 600), min(opts.connections, 32)))))
+        return 0
     if not (1 <= opts.stations <= 200 and 1 <= opts.seconds <= 600):
         parser.error("stations must be 1-200 and seconds 1-600 (this is a loopback bench, bounded)")
-    result = asyncio.run(load(opts.url, opts.key, opts.stations, opts.seconds, opts.poll, opts.preset)) \
-        if opts.cmd == "run" \
-        else compare(opts)
+    if opts.cmd == "run":
+        result = asyncio.run(load(opts.url, opts.key, opts.stations, opts.seconds, opts.poll, opts.preset))
+    else:
+        result = compare(opts) if opts.cmd == "compare" else flood(opts)
     print(json.dumps(result, indent=1))
     if opts.out:
         opts.out.write_text(json.dumps(result, indent=1))
-    runs = [result] if opts.cmd == "run" else [result["ray"], result["plain"]]
+    runs = {"run": lambda: [result], "compare": lambda: [result["ray"], result["plain"]],
+            "flood": lambda: [result["alone"], result["flooded"], result["alone_again"]]}[opts.cmd]()
     bad = [r for r in runs if r["server_errors"] or r["jobs_lost"] or r["jobs_duplicated"]]
     return 1 if bad else 0
 

@@ -25,10 +25,11 @@ from starlette.routing import Match
 from . import __version__
 from .auth import Caller, Keyring
 from .config import Settings
-from .errors import ApiError, Unauthorized, api_error_of
+from .errors import ApiError, RateLimited, Unauthorized, api_error_of
 from .forms import EditFields, parse_bool
 from .http_limits import UNDECODABLE, BodySizeLimit, TextFieldCheck
 from .protocol import JobView
+from .ratelimit import RateLimiter
 from .schemas import (ErrorBody, HealthResponse, JobListResponse, JobStatusResponse, LoadModelResponse,
                       ModelsResponse, QueueResponse, SubmitResponse)
 from .service import EditService
@@ -45,11 +46,13 @@ WHY = {
     400: "The request is invalid (a bad image, an unknown preset, an empty or too long instruction, "
          "...); the detail says what to fix.",
     401: "X-API-Key is missing or not a key of this server.",
+    403: "The key may not ask for this (a priority above the key's).",
     404: "No such job: it never existed here, was cleaned up after its TTL, or is another station's.",
     409: "The job is already completed or failed: there is nothing to cancel.",
     413: "The request body, or one image, is larger than this server accepts.",
     422: "A required field is missing or a value is malformed (a seed that is not a whole number, ...).",
-    429: "The queue, or this station's share of it, is full; retry after Retry-After seconds.",
+    429: "Too many requests from this station (rate_limit), or the queue or this station's share of it "
+         "is full, or the job could not start in time; retry after Retry-After seconds.",
     503: "The job queue or the model workers are not available right now; retry in a few seconds.",
     504: "The job did not finish within edit_timeout_seconds; the X-Job-Id header names it: poll its status.",
 }
@@ -58,6 +61,8 @@ WHY = {
 EXAMPLE = {  # one real answer per status, shown in /docs
     400: "Invalid image format: the file is an HTML document. Must be JPEG or PNG",
     401: "Invalid or missing API key",
+    403: "Priority high is higher than this station's key allows (normal); ask for normal or lower, or leave "
+         "priority out.",
     404: "Job 3f0c2d8e-7d1a-4c55-9d4e-1b2a3c4d5e6f not found. It may have been cleaned up "
          "(jobs are kept for 1 hour after completion).",
     409: "Job 3f0c2d8e-7d1a-4c55-9d4e-1b2a3c4d5e6f is already completed; only queued or processing jobs "
@@ -88,7 +93,10 @@ EDIT_JSON_EXAMPLE = {"job_id": "3f0c2d8e-7d1a-4c55-9d4e-1b2a3c4d5e6f", "status":
 
 def errors(*codes: int, **why: str) -> dict:
     """OpenAPI ``responses`` for these error statuses, each with its meaning and an example answer
-    (``e409="..."`` overrides a description)."""
+    (``e409="..."`` overrides a description). A route that needs a key (401) can also be rate-limited
+    (429)."""
+    if 401 in codes and 429 not in codes:
+        codes = (*codes, 429)
     return {code: {"model": ErrorBody, "description": why.get(f"e{code}", WHY[code]),
                    "content": {"application/json": {"example": {"detail": EXAMPLE[code]}}},
                    **({"headers": HEADERS[code]} if code in HEADERS else {})} for code in codes}
@@ -279,11 +287,17 @@ def make_app(service: EditService, settings: Settings) -> FastAPI:
     app.add_exception_handler(Exception, _unexpected)
     app.openapi = _openapi_with_true_422(app)
     keyring = Keyring(settings.ingress.keys)
+    limit = settings.ingress.rate_limit
+    # Serve spreads requests over the ingress replicas: each enforces its share of the app's limit.
+    share = settings.ingress.replicas
+    limiter = limit and RateLimiter(limit.requests_per_second / share, max(1.0, limit.burst / share))
 
     def require_key(key: Annotated[str | None, Security(API_KEY)] = None) -> Caller:
         caller = keyring.identify(key)
         if caller is None:
             raise Unauthorized()
+        if limiter and (wait := limiter.take(caller.station)):
+            raise RateLimited(caller.station, limit.requests_per_second, limit.burst, wait)
         return caller
 
     CallerDep = Annotated[Caller, Depends(require_key)]
@@ -317,7 +331,7 @@ def make_app(service: EditService, settings: Settings) -> FastAPI:
     async def load_model(model: Annotated[str, Query(description="preset name or alias", examples=["qwen-8step"])]):
         return await service.load_model(model)
 
-    @app.post(f"{API}/submit", response_model=SubmitResponse, responses=errors(400, 401, 413, 422, 429, 503),
+    @app.post(f"{API}/submit", response_model=SubmitResponse, responses=errors(400, 401, 403, 413, 422, 429, 503),
               tags=["jobs"])
     async def submit(form: EditForm, response: Response, caller: CallerDep, idempotency_key: IdempotencyKey = None):
         view, created = await service.submit(form, caller, idempotency_key)
@@ -404,7 +418,7 @@ def make_app(service: EditService, settings: Settings) -> FastAPI:
                                            "application/json": {"example": EDIT_JSON_EXAMPLE}},
                                "description": "the result PNG (headers X-Job-Id, X-Seed, X-Preset), or with "
                                               "return_image=false the job's status JSON"},
-                         **errors(400, 401, 413, 422, 429, 503, 504,
+                         **errors(400, 401, 403, 413, 422, 429, 503, 504,
                                   e503="The queue or workers are not available, or the edit failed (the detail "
                                        "says why).")})
     async def edit(request: Request, form: EditForm, caller: CallerDep, idempotency_key: IdempotencyKey = None,

@@ -59,6 +59,13 @@ class WebhookArgs(BaseModel):
     timeout_seconds: float = Field(5, gt=0, le=60, description="per attempt")
 
 
+class RateLimitArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    requests_per_second: float = Field(20, gt=0, le=100_000, description="per station (API key), on average")
+    burst: int = Field(60, ge=1, le=1_000_000, description="requests a station may send at once")
+
+
 class AppArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -96,6 +103,9 @@ class AppArgs(BaseModel):
                                          description="on SIGTERM (qwen-serve), running jobs get this long to "
                                                      "finish; the rest are queued again for the next start")
     ingress_replicas: int = Field(1, ge=1, le=64)
+    rate_limit: RateLimitArgs | None = Field(default_factory=RateLimitArgs,
+                                             description="per-station request limit (429 with Retry-After "
+                                                         "beyond it); null: none")
     queue_resources: dict[str, float] = Field(
         default_factory=dict, description="custom Ray resources the queue replica needs: on a cluster, one "
                                           "only the node with state_dir has, so Serve restarts it only there")
@@ -172,6 +182,7 @@ class IngressSettings(BaseModel):
     max_system_prompt_chars: int
     edit_timeout_seconds: float
     keys: tuple[KeyEntry, ...]
+    rate_limit: RateLimitArgs | None  # for the whole app; each replica enforces its share
     webhook_allowed_hosts: tuple[str, ...]
     upload_dir: str | None  # where uploads over 1 MB are spooled while a request is read
 
@@ -251,6 +262,6 @@ def build_settings(args: AppArgs | dict | None) -> Settings:
             upload_limits=args.upload_limits,
             max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_instruction_chars=args.max_instruction_chars,
             max_system_prompt_chars=args.max_system_prompt_chars, edit_timeout_seconds=args.edit_timeout_seconds,
-            keys=keyring.entries, webhook_allowed_hosts=tuple(hooks.allowed_hosts),
+            keys=keyring.entries, rate_limit=args.rate_limit, webhook_allowed_hosts=tuple(hooks.allowed_hosts),
             upload_dir=str(args.path(None, "uploads"))),
     )

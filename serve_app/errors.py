@@ -8,6 +8,8 @@ logged and answered with a bare 500 that reveals nothing.
 The classes are plain picklable exceptions so that they cross Ray actor boundaries intact.
 """
 
+import math
+
 CLEANUP_HINT = "It may have been cleaned up (jobs are kept for {age} after completion)."
 
 
@@ -132,6 +134,18 @@ class StationLimit(ApiError):
             f"Station {station} already has {limit} jobs queued or running, its own limit on this server "
             f"(the shared queue may still have room). Wait for one of them to finish.",
             {"Retry-After": str(max(1, int(retry_after_s)))},
+        )
+
+
+class RateLimited(ApiError):
+    status_code = 429
+
+    def __init__(self, station: str, rate: float, burst: float, wait_s: float):
+        wait = max(1, math.ceil(wait_s))
+        super().__init__(
+            f"Too many requests from station {station}: at most {rate:g} per second on average (bursts of "
+            f"{burst:g}). Retry in {wait}s; poll less often, or follow /api/v1/status/{{job_id}}/events instead.",
+            {"Retry-After": str(wait)},
         )
 
 

@@ -98,7 +98,8 @@ def _args(root: Path, name: str, config_file: str = "serve.yaml", **over) -> dic
     state = root / name
     state.mkdir(parents=True, exist_ok=True)
     (state / "api_key").write_text(KEY + "\n")
-    base = {"state_dir": str(state), "models_dir": str(root / "models"),
+    # No rate limit: tests poll fast with one key (test_rate_limits turns it on for its own app).
+    base = {"state_dir": str(state), "models_dir": str(root / "models"), "rate_limit": None,
             "presets": {"slow": SLOW, "long": LONG, "speck": SPECK}}
     return merged(merged(config_args(config_file), base), over)
 

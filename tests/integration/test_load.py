@@ -50,7 +50,9 @@ def test_twenty_stations_lose_nothing_through_serve_and_through_plain_uvicorn(ap
     state = tmp_path / "plain-state"
     state.mkdir()
     (state / "api_key").write_text(KEY + "\n")
-    args.update(state_dir=str(state), models_dir=str(cluster["root"] / "models"), presets={"speck": SPECK})
+    # one key for all 20 stations, and no rate limit: as the Serve app it is compared with
+    args.update(state_dir=str(state), models_dir=str(cluster["root"] / "models"), presets={"speck": SPECK},
+                rate_limit=None)
     (tmp_path / "plain.yaml").write_text(yaml.safe_dump(config))
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}

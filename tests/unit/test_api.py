@@ -98,3 +98,28 @@ def test_health_is_public_and_503_when_the_queue_is_away(tmp_path):
     app = make_app(FakeService(health=(body, False)), settings(tmp_path, "a"))
     r = request(app, "GET", "/api/v1/health")
     assert r.status_code == 503 and r.json()["warnings"] == ["The job queue is not reachable."]
+
+
+def test_a_station_over_its_rate_gets_429_and_others_are_served(tmp_path):
+    keys = tmp_path / "keys.yaml"
+    keys.write_text("flood: key-of-the-flooder-0123456\ncalm: key-of-a-calm-one-0123456\n")
+    s = build_settings({"state_dir": str(tmp_path), "api_keys_file": str(keys),
+                        "rate_limit": {"requests_per_second": 0.01, "burst": 3}})
+    service = FakeService(status=view())
+    app = make_app(service, s)
+
+    async def main():
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            flood = [await client.get("/api/v1/status/j1", headers={"X-API-Key": "key-of-the-flooder-0123456"})
+                     for _ in range(10)]
+            calm = await client.get("/api/v1/status/j1", headers={"X-API-Key": "key-of-a-calm-one-0123456"})
+            index = await client.get("/", headers={"X-API-Key": "key-of-the-flooder-0123456"})
+            return flood, calm, index  # public routes are not counted
+
+    flood, calm, index = asyncio.run(main())
+    assert [r.status_code for r in flood] == [200] * 3 + [429] * 7
+    assert flood[-1].headers["Retry-After"] == "100"  # one request per 100 s
+    assert flood[-1].json()["detail"].startswith("Too many requests from station flood: at most 0.01 per second")
+    assert len([c for c in service.calls if c[0] == "status"]) == 4  # refused ones never reach the queue
+    assert calm.status_code == 200 and index.status_code == 200

@@ -1,0 +1,163 @@
+"""Preset switches per 100 mixed jobs on two model workers, with preset affinity off and on.
+
+    .venv/bin/python bench/dispatch.py [--jobs 100] [--out bench/results/dispatch-cpu.json]
+
+A local Ray cluster on 127.0.0.1 with two faked GPUs and the app from config/serve.yaml, its two
+workers on them (the tiny model on CPU), three presets that differ by their LoRA (``la``, ``lb``,
+``lc``: random Lightning-format LoRAs; on a real GPU each switch between such presets costs
+0.75-2.9 s, BENCHMARKS.md). Jobs name a preset drawn at random (the same seeded draw in every run).
+Two load patterns, each run with ``preset_affinity`` false (the earlier behaviour: an asking worker
+takes the next job whatever it holds) and true:
+
+- ``paced``: two stations, each submitting a job and waiting for it before the next: jobs mostly
+  find both workers idle;
+- ``saturated``: one client keeps the queue full (10 jobs): workers are never idle, jobs are taken
+  as workers finish.
+
+Counts the queue's ``preset_switches`` (jobs handed to a worker holding another preset) over the
+jobs, and the wall time. Loopback only, bounded in jobs and time.
+"""
+
+import argparse
+import copy
+import io
+import json
+import os
+import random
+import socket
+import tempfile
+import threading
+import time
+from datetime import date
+from pathlib import Path
+
+import httpx
+import numpy as np
+import yaml
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = "bench-key-0123456789"
+PRESETS = ("la", "lb", "lc")
+
+
+def photo() -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray((np.random.RandomState(0).rand(128, 128, 3) * 255).astype("uint8")).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def app_args(models: Path, state: Path, affinity: bool) -> dict:
+    from diffusers import QwenImageTransformer2DModel
+
+    from serve_app.tiny_model import ensure_tiny_model, random_lightning_lora
+
+    transformer = QwenImageTransformer2DModel.from_pretrained(ensure_tiny_model(models / "tiny") / "transformer")
+    quick = {"base": "builtin:tiny", "steps": 1, "cfg_scale": 1.0, "resolution": 128, "nominal_seconds": 0.3}
+    presets = {name: {**quick, "lora": {"path": str(random_lightning_lora(
+        transformer, models / f"{name}.safetensors", seed=n + 1))}} for n, name in enumerate(PRESETS)}
+    args = copy.deepcopy(yaml.safe_load((ROOT / "config" / "serve.yaml").read_text())["applications"][0]["args"])
+    args.update(state_dir=str(state), models_dir=str(models), presets=presets, preset_affinity=affinity)
+    args["worker"] = {**args.get("worker", {}), "num_replicas": 2, "num_gpus": 1, "num_cpus": 0}
+    return args
+
+
+def paced(client: httpx.Client, image: bytes, plan: list[str]) -> None:
+    """Two stations, each: submit, wait until done, next."""
+    todo = iter(enumerate(plan))
+    lock = threading.Lock()
+
+    def station():
+        while True:
+            with lock:
+                item = next(todo, None)
+            if item is None:
+                return
+            n, preset = item
+            job = client.post("/submit", files={"image": ("a.png", image, "image/png")},
+                              data={"instruction": "x", "preset": preset, "seed": str(n)}).json()["job_id"]
+            while client.get(f"/status/{job}").json()["status"] not in ("completed", "failed", "cancelled"):
+                time.sleep(0.05)
+
+    threads = [threading.Thread(target=station) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=900)
+
+
+def saturated(client: httpx.Client, image: bytes, plan: list[str]) -> None:
+    """One client keeps the queue full; then waits for it to drain."""
+    n = 0
+    while n < len(plan):
+        r = client.post("/submit", files={"image": ("a.png", image, "image/png")},
+                        data={"instruction": "x", "preset": plan[n], "seed": str(n)})
+        if r.status_code == 429:
+            time.sleep(0.1)
+            continue
+        assert r.status_code == 200, r.text
+        n += 1
+    while client.get("/queue").json()["queue_size"]:
+        time.sleep(0.1)
+
+
+def run(port: int, models: Path, affinity: bool, pattern: str, plan: list[str], image: bytes) -> dict:
+    from ray import serve
+
+    from serve_app.deployments import build_app
+
+    state = Path(tempfile.mkdtemp(prefix="bench-state-"))
+    (state / "api_key").write_text(KEY)
+    serve.run(build_app(app_args(models, state, affinity)), name="dispatch", route_prefix="/")
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", headers={"X-API-Key": KEY}, timeout=60)
+    deadline = time.monotonic() + 180
+    while not (h := client.get("/health").json())["model_loaded"] or len(h["workers"]) < 2:
+        assert time.monotonic() < deadline, "workers did not load"
+        time.sleep(0.2)
+    before = client.get("/queue").json()
+    start = time.perf_counter()
+    (paced if pattern == "paced" else saturated)(client, image, plan)
+    seconds = time.perf_counter() - start
+    after = client.get("/queue").json()
+    serve.delete("dispatch")
+    return {"pattern": pattern, "preset_affinity": affinity, "jobs": len(plan),
+            "completed": after["completed_count"] - before["completed_count"],
+            "preset_switches": after["preset_switches"] - before["preset_switches"], "seconds": round(seconds, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--jobs", type=int, default=100)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    for k, v in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+                 "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "1.0", "HF_HUB_OFFLINE": "1"}.items():
+        os.environ.setdefault(k, v)
+    import ray
+    from ray import serve
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    models = Path(tempfile.mkdtemp(prefix="bench-models-"))
+    rnd = random.Random(11)
+    plan = [rnd.choice(PRESETS) for _ in range(args.jobs)]
+    image = photo()
+    ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
+    results = []
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        for pattern in ("paced", "saturated"):
+            for affinity in (False, True):
+                results.append(run(port, models, affinity, pattern, plan, image))
+                print(json.dumps(results[-1]), flush=True)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    if args.out:
+        args.out.write_text(json.dumps({"date": date.today().isoformat(), "command": "bench/dispatch.py "
+                                        f"--jobs {args.jobs}", "runs": results}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
