@@ -11,10 +11,10 @@ RAY_ENV := RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_USAGE_STATS_ENABLED=0 RAY_AUT
 
 .PHONY: serve serve-gpu test unit smoke tiny clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test]' -e ./clients/python  # the server, and the stations' client its tests use
 	touch $(STAMP)
 
 serve: $(STAMP)  ## (qwen-serve = serve run + graceful SIGTERM) serve the API on 127.0.0.1:8000 with the embedded tiny model (CPU)

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from serve_app.client import Client, Conflict, NotFound, QueueFull
+from qwen_edit_client import Client, Conflict, NotFound, QueueFull
 from tests.helpers import IMAGE, KEY, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]

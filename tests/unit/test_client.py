@@ -5,7 +5,7 @@ import json
 import httpx
 import pytest
 
-from serve_app import client as qc
+from qwen_edit_client import client as qc
 
 VIEW = {"job_id": "j1", "status": "queued", "position": 1, "created_at": None, "started_at": None,
         "completed_at": None, "result_path": None, "result_seed": None, "error": None, "instruction": "x",

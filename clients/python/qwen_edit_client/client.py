@@ -1,6 +1,6 @@
 """A Python client for the stations' API (httpx), with typed results and safe retries.
 
-    from serve_app.client import Client
+    from qwen_edit_client import Client
 
     with Client("http://127.0.0.1:8000", api_key="...") as c:
         job = c.submit(["photo.jpg"], "make the sky blue", seed=42)
@@ -14,7 +14,8 @@ Guarantees:
   ``wait_for_room`` seconds have passed (then ``QueueFull`` is raised); connection failures and 503
   are retried a few times with backoff; every other error is raised at once;
 - errors are ``ApiError`` subclasses named for their HTTP status, carrying the server's sentence.
-Only httpx, httpx-sse and pydantic are imported: no Ray, no torch.
+Only httpx, httpx-sse and pydantic are imported: no Ray, no torch (the package installs alone:
+``pip install ./clients/python``).
 """
 
 import json
@@ -27,9 +28,8 @@ from pathlib import Path
 import httpx
 from httpx_sse import connect_sse
 
-from .protocol import TERMINAL, JobStatus
-from .schemas import (HealthResponse, JobListResponse, JobStatusResponse, ModelsResponse, QueueResponse,
-                      SubmitResponse)
+from .models import (TERMINAL, HealthResponse, JobListResponse, JobStatus, JobStatusResponse, ModelsResponse,
+                     QueueResponse, SubmitResponse)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 API = "/api/v1"
@@ -55,6 +55,10 @@ class Unauthorized(ApiError):
     status = 401
 
 
+class Forbidden(ApiError):
+    status = 403
+
+
 class NotFound(ApiError):
     status = 404
 
@@ -72,7 +76,8 @@ class Invalid(ApiError):
 
 
 class QueueFull(ApiError):
-    """429: the queue (or this station's share) stayed full for ``wait_for_room`` seconds."""
+    """429: the queue (or this station's share) stayed full for ``wait_for_room`` seconds, or the
+    station's request rate was over its limit for as long."""
 
     status = 429
 
@@ -102,7 +107,7 @@ class JobFailed(ApiError):
 
 
 ERRORS: dict[int, type[ApiError]] = {cls.status: cls for cls in
-                                     (BadRequest, Unauthorized, NotFound, Conflict, TooLarge, Invalid, QueueFull,
+                                     (BadRequest, Unauthorized, Forbidden, NotFound, Conflict, TooLarge, Invalid, QueueFull,
                                       Unavailable, EditTimeout)}
 
 
@@ -203,15 +208,21 @@ class Client:
 
     def submit(self, images: ImageInput | Iterable[ImageInput], instruction: str, *, preset: str | None = None,
                seed: int | None = None, system_prompt: str | None = None, webhook_url: str | None = None,
+               webhook_events: Iterable[str] | None = None, priority: str | None = None,
+               start_within_seconds: float | None = None, deadline_seconds: float | None = None,
                idempotency_key: str | None = None, wait_for_room: float = 300.0) -> SubmitResponse:
         """Queue a job (1 to 3 images: paths or bytes). While the queue is full, retries after
-        Retry-After for up to ``wait_for_room`` seconds (0: raise ``QueueFull`` at once)."""
+        Retry-After for up to ``wait_for_room`` seconds (0: raise ``QueueFull`` at once).
+        ``priority``: low, normal or high, at most the key's; ``start_within_seconds`` and
+        ``deadline_seconds``: the job is cancelled if it has not started, or finished, by then."""
         if isinstance(images, (str, bytes, os.PathLike)):
             images = [images]
         files = [("image", _read(image, i)) for i, image in enumerate(images)]
         data = {"instruction": instruction}
+        events = ",".join(webhook_events) if webhook_events is not None else None
         for name, value in (("preset", preset), ("seed", seed), ("system_prompt", system_prompt),
-                            ("webhook_url", webhook_url)):
+                            ("webhook_url", webhook_url), ("webhook_events", events), ("priority", priority),
+                            ("start_within_seconds", start_within_seconds), ("deadline_seconds", deadline_seconds)):
             if value is not None:
                 data[name] = str(value)
         headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}

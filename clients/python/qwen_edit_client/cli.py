@@ -1,4 +1,4 @@
-"""``qwen-edit``: the stations' command line (built on ``serve_app.client``).
+"""``qwen-edit``: the stations' command line (built on ``qwen_edit_client.client``).
 
     qwen-edit submit photo.jpg -i "make the sky blue" [--preset qwen-4step] [--seed 42] [--wait] [--out edited.png]
     qwen-edit status JOB_ID | result JOB_ID [--out FILE] | cancel JOB_ID | jobs | queue | models
@@ -18,8 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .client import ApiError, Client, JobFailed
-from .protocol import JobStatus
-from .schemas import JobStatusResponse
+from .models import JobStatus, JobStatusResponse
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
@@ -52,7 +51,8 @@ class Progress:
 
 def cmd_submit(client: Client, args) -> int:
     job = client.submit(args.images, args.instruction, preset=args.preset, seed=args.seed,
-                        system_prompt=args.system_prompt)
+                        system_prompt=args.system_prompt, priority=args.priority,
+                        deadline_seconds=args.deadline)
     if not args.wait and args.out is None:
         _print(job)
         return 0
@@ -95,7 +95,7 @@ def cmd_batch(client: Client, args) -> int:
     def one(path: Path) -> None:
         try:
             view = client.submit(path, args.instruction, preset=args.preset, seed=args.seed,
-                                 wait_for_room=float("inf"))
+                                 priority=args.priority, wait_for_room=float("inf"))
             final = client.wait(view.job_id, timeout=args.timeout)
             if final.status is JobStatus.COMPLETED:
                 client.download(final.job_id, out / f"{path.stem}.png")
@@ -135,6 +135,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--preset")
     s.add_argument("--seed", type=int)
     s.add_argument("--system-prompt")
+    s.add_argument("--priority", choices=("low", "normal", "high"), help="at most your key's (the default)")
+    s.add_argument("--deadline", type=float, help="cancel the job if it has not finished in this many seconds")
     s.add_argument("--wait", action="store_true", help="show progress and download the result")
     s.add_argument("--out", help="where to write the result (implies --wait)")
     s.add_argument("--timeout", type=float, help="give up waiting after this many seconds")
@@ -156,6 +158,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True, help="folder for the results (<name>.png each)")
     b.add_argument("--preset")
     b.add_argument("--seed", type=int)
+    b.add_argument("--priority", choices=("low", "normal", "high"), help="e.g. low, so stations' own jobs go first")
     b.add_argument("--in-flight", type=int, help="jobs outstanding at once (default: half the queue)")
     b.add_argument("--timeout", type=float, help="per job")
     return p
