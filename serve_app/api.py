@@ -7,6 +7,7 @@ FastAPI reads the route parameters' annotations as objects.
 """
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -227,15 +228,23 @@ def edit_form(
     priority: Annotated[str | None, Form(
         description="optional: low, normal or high, at most your key's priority (the default); higher "
                     "starts first", examples=["low"])] = None,
+    previews: Annotated[str | None, Form(
+        description="optional: true for a live preview after each step (preview events on the events "
+                    "stream, and GET .../preview)", examples=["true"])] = None,
 ) -> EditFields:
     """The multipart form shared by /submit and /edit, as sent."""
     images = [f for f in [*(image or []), image2, image3] if f is not None]
     undecodable = frozenset(getattr(request.state, UNDECODABLE, ()))
     return EditFields(images, instruction, seed, system_prompt, preset, model, webhook_url, webhook_events,
-                      start_within_seconds, deadline_seconds, cancel_after, priority, undecodable)
+                      start_within_seconds, deadline_seconds, cancel_after, priority, previews, undecodable)
 
 
 EditForm = Annotated[EditFields, Depends(edit_form)]
+
+
+def _preview_event(job_id: str, step: int, jpeg: bytes) -> str:
+    data = {"job_id": job_id, "step": step, "image": "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()}
+    return format_sse_event(event="preview", data_str=json.dumps(data))
 
 
 def _event_name(view: JobView, last: JobView | None) -> str:
@@ -262,7 +271,7 @@ INDEX = {
     "endpoints": {
         "health": f"{API}/health", "models": f"{API}/models", "load_model": f"{API}/load-model",
         "submit": f"{API}/submit", "status": f"{API}/status/{{job_id}}",
-        "result": f"{API}/status/{{job_id}}/result", "queue": f"{API}/queue", "edit": f"{API}/edit",
+        "result": f"{API}/status/{{job_id}}/result", "preview": f"{API}/status/{{job_id}}/preview", "queue": f"{API}/queue", "edit": f"{API}/edit",
         "events": f"{API}/status/{{job_id}}/events", "cancel": f"DELETE {API}/status/{{job_id}}",
         "jobs": f"{API}/jobs", "ui": "/ui/",
     },
@@ -366,7 +375,9 @@ def make_app(service: EditService, settings: Settings) -> FastAPI:
              response_class=StreamingResponse,
              responses={200: {"content": {"text/event-stream": {"example": SSE_EXAMPLE}},
                               "description": "events `status`, `position`, `progress`, then one of "
-                                             "`completed`, `failed`, `cancelled`; data is the status JSON"},
+                                             "`completed`, `failed`, `cancelled`; data is the status JSON. "
+                                             "Jobs submitted with previews=true also get `preview` events: "
+                                             "{job_id, step, image: a data:image/jpeg;base64 URL}"},
                         **errors(401, 404, 503)})
     async def events(job_id: JobId, caller: CallerDep):
         """The job's state changes, position changes and per-step progress as they happen, then its
@@ -382,7 +393,15 @@ def make_app(service: EditService, settings: Settings) -> FastAPI:
                         if view is None:
                             yield format_sse_event(comment="heartbeat")
                             continue
-                        yield format_sse_event(event=_event_name(view, last), data_str=json.dumps(view.as_dict()))
+                        if last is None or view.terminal or view.signature()[:-1] != last.signature()[:-1]:
+                            yield format_sse_event(event=_event_name(view, last), data_str=json.dumps(view.as_dict()))
+                        if (view.preview_step is not None and not view.terminal
+                                and (last is None or view.preview_step != last.preview_step)):
+                            try:
+                                step, jpeg = await service.preview(job_id, caller)
+                                yield _preview_event(job_id, step, jpeg)
+                            except ApiError:
+                                pass  # it ended meanwhile: its final event follows
                         last = view
             except Exception as exc:  # the job expired while followed, or the queue went away
                 err = api_error_of(exc)
@@ -391,6 +410,17 @@ def make_app(service: EditService, settings: Settings) -> FastAPI:
 
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.get(f"{API}/status/{{job_id}}/preview", tags=["jobs"], response_class=Response,
+             responses={200: {"content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+                              "description": "the latest live preview (at most 256 px); header X-Step"},
+                        **errors(401, 404, 503, e404="No such job, or no preview: submitted without previews=true, "
+                                                     "not started yet, or already finished.")})
+    async def preview(job_id: JobId, caller: CallerDep):
+        """The latest live preview of a running job submitted with ``previews=true``."""
+        step, jpeg = await service.preview(job_id, caller)
+        return Response(content=jpeg, media_type="image/jpeg", headers={
+            "X-Job-Id": job_id, "X-Step": str(step), "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
 
     @app.get(f"{API}/status/{{job_id}}/result", tags=["jobs"], response_class=Response,
              responses={200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},

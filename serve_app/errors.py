@@ -86,6 +86,10 @@ class ResultNotReady(ApiError):
     status_code = 404
 
 
+class PreviewNotReady(ApiError):
+    status_code = 404
+
+
 class LoadInProgress(ApiError):
     status_code = 409
 

@@ -50,6 +50,7 @@ class EditFields:
     deadline_seconds: str | None = None
     cancel_after: str | None = None  # the Cancel-After header (Replicate's name for the deadline)
     priority: str | None = None
+    previews: str | None = None
     undecodable: frozenset[str] = field(default_factory=frozenset)  # fields whose bytes were not UTF-8
 
 
@@ -64,6 +65,7 @@ class CheckedEdit:
     start_within_seconds: float | None = None
     deadline_seconds: float | None = None
     priority: str | None = None  # one of PRIORITIES; None: the key's
+    previews: bool = False
 
 
 def parse_priority(raw: str | None) -> str | None:
@@ -158,7 +160,8 @@ def check_edit(form: EditFields, settings: Settings) -> CheckedEdit:
     limits = settings.ingress
     for name in sorted(form.undecodable):
         if name in FIELD_NAMES or name in ("seed", "preset", "model", "webhook_url", "webhook_events", "return_image",
-                                           "start_within_seconds", "deadline_seconds", "priority"):
+                                           "start_within_seconds", "deadline_seconds", "priority",
+                                           "previews"):
             raise BadRequest(f"{FIELD_NAMES.get(name, repr(name))} is not valid UTF-8 text; "
                              "send it encoded as UTF-8.")
     if not form.images:
@@ -197,11 +200,12 @@ def check_edit(form: EditFields, settings: Settings) -> CheckedEdit:
                          "send one of them.")
     deadline = deadline if deadline is not None else header
     priority = parse_priority(form.priority)
+    previews = parse_bool(form.previews, "previews", False)
     for f in form.images:  # the parser spooled each file to disk: refuse an oversize one unread
         if f.size is not None:
             check_size(f.size, limits.upload_limits)
     return CheckedEdit(instruction, seed, preset, form.system_prompt or None, webhook_url, webhook_events,
-                       start_within, deadline, priority)
+                       start_within, deadline, priority, previews)
 
 
 def fingerprint(images: list[bytes], form: EditFields, checked: CheckedEdit) -> str:
@@ -211,6 +215,6 @@ def fingerprint(images: list[bytes], form: EditFields, checked: CheckedEdit) -> 
         h.update(hashlib.sha256(data).digest())
     for value in (checked.instruction, form.seed, form.preset, form.model, form.system_prompt, checked.webhook_url,
                   ",".join(checked.webhook_events), f"{checked.start_within_seconds}", f"{checked.deadline_seconds}",
-                  checked.priority):
+                  checked.priority, str(checked.previews)):
         h.update(b"\x00" + (value or "").strip().encode("utf-8", "surrogatepass"))
     return h.hexdigest()

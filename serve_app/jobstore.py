@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     result_name TEXT, error TEXT, worker_id TEXT, station TEXT NOT NULL, idempotency_key TEXT,
     fingerprint TEXT, webhook_url TEXT, step INTEGER NOT NULL DEFAULT 0, total_steps INTEGER,
     step_seconds REAL, run_seconds REAL, attempts INTEGER NOT NULL DEFAULT 0, webhook_events TEXT,
-    start_by REAL, finish_by REAL, priority TEXT NOT NULL DEFAULT 'normal', passes INTEGER NOT NULL DEFAULT 0
+    start_by REAL, finish_by REAL, priority TEXT NOT NULL DEFAULT 'normal', passes INTEGER NOT NULL DEFAULT 0,
+    previews INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS inputs (
     job_id TEXT NOT NULL, idx INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (job_id, idx)
@@ -41,10 +42,12 @@ CREATE TABLE IF NOT EXISTS inputs (
 """
 # Columns added since the first release, with their types: added to an older file when it is opened.
 ADDED_COLUMNS = {"webhook_events": "TEXT", "start_by": "REAL", "finish_by": "REAL",
-                 "priority": "TEXT NOT NULL DEFAULT 'normal'", "passes": "INTEGER NOT NULL DEFAULT 0"}
-# Job fields kept in the jobs table (payload lives in ``inputs``); seeds up to 2**64-1 overflow
-# SQLite's signed 64-bit integers, so they are stored as text.
-COLUMNS = [f.name for f in fields(Job) if f.name != "payload"]
+                 "priority": "TEXT NOT NULL DEFAULT 'normal'", "passes": "INTEGER NOT NULL DEFAULT 0",
+                 "previews": "INTEGER NOT NULL DEFAULT 0"}
+# Job fields kept in the jobs table (payload lives in ``inputs``; the latest preview's step lives in
+# memory with the preview); seeds up to 2**64-1 overflow SQLite's signed 64-bit integers, so they
+# are stored as text.
+COLUMNS = [f.name for f in fields(Job) if f.name not in ("payload", "preview_step")]
 
 
 class StateLock:
@@ -161,6 +164,7 @@ class JobStore:
             values = dict(zip(COLUMNS, row))
             values["status"] = JobStatus(values["status"])
             values["seed"] = int(values["seed"])
+            values["previews"] = bool(values["previews"])
             job = Job(**values)
             job.payload = inputs.get(job.id)
             jobs.append(job)

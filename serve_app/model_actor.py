@@ -33,8 +33,8 @@ from .config import Settings
 from .logs import for_job, use_serve_handlers
 from .metrics import WorkerMetrics
 from .pipeline import JobCancelled, ProfileUnavailable, public_error
-from .protocol import (HEARTBEAT_S, JobDone, JobFailed, JobTask, LoadDone, LoadTask, Outcome, StepReport,
-                       WorkerState)
+from .protocol import (HEARTBEAT_S, JobDone, JobFailed, JobTask, LoadDone, LoadTask, Outcome, PreviewReport,
+                       StepReport, WorkerState)
 
 log = logging.getLogger(__name__)
 POLL_S = 5.0
@@ -221,16 +221,29 @@ class ModelWorker:
 
         return on_step
 
-    def _send_progress(self, job_id: str, step: int, total: int, took: float | None) -> None:
+    def _preview_sender(self, job_id: str):
+        """The engine's ``on_preview`` (called in the inference thread): the JPEG goes to the queue
+        from the event loop, without waiting for the answer."""
+        loop = asyncio.get_running_loop()
+
+        def on_preview(step: int, jpeg: bytes) -> None:
+            loop.call_soon_threadsafe(self._send_report, "preview", PreviewReport(job_id, step, jpeg))
+
+        return on_preview
+
+    def _send_report(self, method: str, report) -> None:
         async def send():
             try:
-                await self.queue.progress.remote(self.id, StepReport(job_id, step, total, took))
+                await getattr(self.queue, method).remote(self.id, report)
             except Exception:
-                log.debug("[ModelWorker] progress report for %s lost", job_id[:8])
+                log.debug("[ModelWorker] %s report for %s lost", method, report.job_id[:8])
 
         task = asyncio.get_running_loop().create_task(send())
         self._background.add(task)  # keep a reference until it is sent
         task.add_done_callback(self._background.discard)
+
+    def _send_progress(self, job_id: str, step: int, total: int, took: float | None) -> None:
+        self._send_report("progress", StepReport(job_id, step, total, took))
 
     async def _listen_for_cancel(self, job_id: str, cancelled: threading.Event) -> None:
         while not cancelled.is_set():
@@ -250,9 +263,11 @@ class ModelWorker:
         cancelled = threading.Event()
         listener = asyncio.get_running_loop().create_task(self._listen_for_cancel(task.job_id, cancelled))
         try:
+            # Only a job that asked for previews passes on_preview: the others compute none of it.
+            extra = {"on_preview": self._preview_sender(task.job_id)} if task.previews else {}
             image = await asyncio.to_thread(self.engine.generate, task.preset, task.images, task.instruction,
                                             task.seed, task.system_prompt, self._step_reporter(task, cancelled),
-                                            prepared)
+                                            prepared, **extra)
         except JobCancelled:
             log.info("[ModelWorker] job %s stopped: cancelled after %.2fs", task.job_id[:8],
                      time.perf_counter() - start, extra=for_job(task.job_id))

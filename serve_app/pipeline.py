@@ -146,6 +146,7 @@ class EditEngine:
         # One side stream for ``prepare``, for the engine's life: the caching allocator keeps freed
         # blocks per stream, so a new stream per job would strand a text encoder's activations each.
         self._side_stream = None
+        self._projection = None  # (base, Projection) for live previews, checked against the base's VAE once
         self.loading = False  # inside a load or switch (slow, but progress: the worker's lease holds)
         self.on_load = None  # called with (preset name, seconds) after a load or switch (metrics)
 
@@ -395,13 +396,25 @@ class EditEngine:
             stream.synchronize()  # done before the main stream uses them
         return Prepared(inputs, prompt, embeds, held)
 
+    def preview_projection(self):
+        """The latent -> RGB projection for this base's VAE (``previews.Projection.for_vae``), made
+        the first time a job asks for previews and kept while the base stays loaded."""
+        from .previews import Projection
+
+        if self._projection is None or self._projection[0] != self.base:
+            self._projection = (self.base, Projection.for_vae(self.pipe.vae, self.device, self.pipe.vae.dtype))
+        return self._projection[1]
+
     def generate(self, preset: Preset, images_bytes: list[bytes], instruction: str, seed: int,
-                 system_prompt: str | None = None, on_step=None, prepared: Prepared | None = None):
+                 system_prompt: str | None = None, on_step=None, prepared: Prepared | None = None,
+                 on_preview=None):
         """The edited PIL image. Same inputs and seed give identical pixels (a per-job generator),
-        with or without ``prepared`` (this job's ``prepare``, made ahead).
+        with or without ``prepared`` (this job's ``prepare``, made ahead), with or without previews.
 
         ``on_step(step, total)`` is called after every denoising step, in the calling thread; an
-        exception it raises (``JobCancelled``) stops the job there and propagates."""
+        exception it raises (``JobCancelled``) stops the job there and propagates.
+        ``on_preview(step, jpeg)``: given, a live preview of each step is made (``previews``) and
+        handed over, on a GPU up to a step late; not given, nothing of it is computed."""
         import torch
         from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import calculate_dimensions
 
@@ -427,14 +440,30 @@ class EditEngine:
         if prepared.embeds and prepared.held == self._held_key():
             kwargs.update(prepared.embeds, prompt=None,
                           negative_prompt=None if "negative_prompt_embeds" in prepared.embeds else kwargs["negative_prompt"])
-        if on_step is not None:
+        previewer = None
+        if on_preview is not None:
+            from .previews import Previewer
+
+            previewer = Previewer(self.preview_projection(), height, width, self.pipe.vae_scale_factor, self.device,
+                                  on_preview)
+        if on_step is not None or previewer is not None:
             def callback(pipe, i, t, callback_kwargs):
-                on_step(i + 1, preset.steps)
+                if previewer is not None:
+                    scheduler = pipe.scheduler
+                    index = getattr(scheduler, "step_index", None)  # already moved past step i
+                    sigmas = getattr(scheduler, "sigmas", None)
+                    sigma = float(sigmas[index]) if index is not None and sigmas is not None else None
+                    previewer.step(i + 1, callback_kwargs["latents"], sigma)
+                if on_step is not None:
+                    on_step(i + 1, preset.steps)
                 return callback_kwargs
 
             kwargs["callback_on_step_end"] = callback
         with torch.inference_mode(), working_area(area):
-            return self.pipe(**kwargs).images[0]
+            image = self.pipe(**kwargs).images[0]
+        if previewer is not None:
+            previewer.flush()
+        return image
 
     def encode(self, image) -> bytes:
         return images.encode_png(image, self.png_compress_level)

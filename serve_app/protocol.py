@@ -64,6 +64,7 @@ class JobView:
     run_seconds: float | None
     attempts: int
     priority: str
+    preview_step: int | None  # the step of the latest live preview (jobs that asked for previews)
 
     @property
     def terminal(self) -> bool:
@@ -73,7 +74,7 @@ class JobView:
         """What a station following the job is told about when it changes (ETAs, which tick with
         time, are left out): two views with the same signature are the same news."""
         return (self.status.value, self.position, self.step, self.total_steps, self.error, self.result_path,
-                self.worker)
+                self.worker, self.preview_step)
 
     def as_dict(self) -> dict:
         """JSON-ready: the status as its string."""
@@ -125,6 +126,7 @@ class JobRequest:
     start_within_seconds: float | None = None  # not started by then: cancelled (refused if already later)
     deadline_seconds: float | None = None  # not finished by then: cancelled
     priority: str = "normal"  # one of PRIORITIES, at most the caller's
+    previews: bool = False  # live previews after each step
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,7 @@ class JobTask:
     instruction: str
     seed: int
     system_prompt: str | None
+    previews: bool = False
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,13 @@ class StepReport:
     step: int
     total: int
     step_seconds: float | None  # None for the first step (it includes the encoders)
+
+
+@dataclass(frozen=True)
+class PreviewReport:
+    job_id: str
+    step: int
+    jpeg: bytes  # at most 256 px on the long side
 
 
 @dataclass(frozen=True)

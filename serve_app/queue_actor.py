@@ -40,14 +40,14 @@ from ray import serve
 
 from .auth import Caller, job_priority
 from .config import Settings
-from .errors import (LoadInProgress, NoModelLoaded, QueueFull, ResultNotReady, ServiceUnavailable, StartTooLate,
-                     StationLimit)
+from .errors import (LoadInProgress, NoModelLoaded, PreviewNotReady, QueueFull, ResultNotReady, ServiceUnavailable,
+                     StartTooLate, StationLimit)
 from .jobstore import JobStore, StateLock
 from .logs import for_job, use_serve_handlers
 from .metrics import QueueMetrics
 from .presets import Preset, require_available, resolve
 from .protocol import (DEFAULT_WEBHOOK_EVENTS, JobDone, JobFailed, JobRequest, JobStatus, JobTask, JobView,
-                       LoadDone, LoadTask, Outcome, StepReport, WorkerState)
+                       LoadDone, LoadTask, Outcome, PreviewReport, StepReport, WorkerState)
 from .queue_core import Job, JobQueue
 from .storage import ResultStore, result_name, storage_reason
 from .webhooks import Notifier
@@ -105,6 +105,7 @@ class QueueActor:
         self.registry = WorkerRegistry(settings.job_lease_seconds)
         self._waiting: dict[str, str | None] = {}  # workers in a next_task long poll -> the preset each holds
         self.preset_switches = 0  # jobs handed to a worker that held another preset
+        self.previews: dict[str, tuple[int, bytes]] = {}  # running job -> (step, JPEG) of its latest preview
         self.load: LoadRequest | None = None
         self.stopping = False  # set by drain(): no new job is handed out
         # Why results cannot be stored now (for health), refreshed by every cleanup pass; and the last
@@ -303,6 +304,7 @@ class QueueActor:
 
     def _finished(self, job: Job) -> None:
         """A job reached a terminal state: wake the watchers, and call its webhook if it has one."""
+        self.previews.pop(job.id, None)  # its result (or its end) replaces the preview
         self._notify()
         self.metrics.outcome(job.status.value)
         if job.status is JobStatus.COMPLETED:
@@ -360,7 +362,8 @@ class QueueActor:
                                    idempotency_key=r.idempotency_key, fingerprint=r.fingerprint,
                                    webhook_url=r.webhook_url, webhook_events=",".join(r.webhook_events),
                                    total_steps=chosen.steps, start_within_s=r.start_within_seconds,
-                                   deadline_s=r.deadline_seconds, priority=job_priority(r.priority, caller))
+                                   deadline_s=r.deadline_seconds, priority=job_priority(r.priority, caller),
+                                   previews=r.previews)
         except (QueueFull, StationLimit, StartTooLate):
             self.metrics.outcome("refused")
             raise
@@ -594,7 +597,12 @@ class QueueActor:
                 info.state = WorkerState.LOADING
                 return LoadTask(self.load.preset)
             job = None if self.stopping else self.core.claim(worker_id, preset, self._idle())
-            return None if job is None else await self._hand_out(job)
+            if job is None:
+                return None
+            # No longer waiting from this moment: while its hand-out awaits the database, the others
+            # must not match jobs to it.
+            self._waiting.pop(worker_id, None)
+            return await self._hand_out(job)
 
         self._waiting[worker_id] = preset
         task = None
@@ -624,7 +632,8 @@ class QueueActor:
         self.metrics.started(job.preset, (job.started_at or job.created_at) - job.created_at)
         log.info("[JobQueue] Processing job %s - %s", job.id[:8], job.instruction[:50], extra=for_job(job.id))
         self._webhook(job, "started")
-        return JobTask(job.id, self.presets[job.preset], job.payload, job.instruction, job.seed, job.system_prompt)
+        return JobTask(job.id, self.presets[job.preset], job.payload, job.instruction, job.seed, job.system_prompt,
+                       job.previews)
 
     def _held_job(self, worker_id: str, job_id: str, quiet: bool = False) -> Job | None:
         """The job, if this worker still holds it; None for a late report (cancelled, declared lost,
@@ -645,6 +654,32 @@ class QueueActor:
         self.registry.renew(report.job_id)
         if self.core.progress(report.job_id, report.step, report.total, report.step_seconds) is not None:
             self._notify()
+
+    async def preview(self, worker_id: str, report: PreviewReport) -> None:
+        """A live preview of a running job (sent without waiting, like progress); the latest is kept."""
+        job = self._held_job(worker_id, report.job_id, quiet=True)
+        if job is None or not job.previews or (job.preview_step or 0) >= report.step:
+            return
+        self.previews[job.id] = (report.step, report.jpeg)
+        job.preview_step = report.step
+        self._notify()
+
+    async def get_preview(self, job_id: str, caller: Caller) -> tuple[int, bytes]:
+        """(step, JPEG) of the job's latest live preview; 404 with the reason when there is none."""
+        job = self.core.get_for(job_id, caller.station, caller.admin)
+        found = self.previews.get(job.id)
+        if found is not None:
+            return found
+        if not job.previews:
+            why = "it was submitted without previews=true"
+        elif job.status is JobStatus.QUEUED:
+            why = "it has not started yet"
+        elif job.status is JobStatus.PROCESSING:
+            why = "its first denoising step has not finished yet"
+        else:
+            why = f"it is {job.status.value}" + ("; download the result instead" if job.status is JobStatus.COMPLETED
+                                                 else "")
+        raise PreviewNotReady(f"Job {job_id} has no preview: {why}.")
 
     async def cancel_signal(self, worker_id: str, job_id: str, timeout: float) -> bool:
         """Long poll a worker keeps open while it runs a job: True as soon as the job is no longer

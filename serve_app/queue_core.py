@@ -84,6 +84,8 @@ class Job:
     finish_by: float | None = None  # not finished by then: cancelled (deadline_seconds)
     priority: str = "normal"
     passes: int = 0  # jobs of higher priority that started before it while it waited
+    previews: bool = False  # the station asked for live previews
+    preview_step: int | None = None  # the latest preview's step (kept in memory only, as the preview)
 
 
 class JobQueue:
@@ -165,7 +167,7 @@ class JobQueue:
                idempotency_key: str | None = None, fingerprint: str | None = None,
                webhook_url: str | None = None, webhook_events: str | None = None,
                total_steps: int | None = None, start_within_s: float | None = None,
-               deadline_s: float | None = None, priority: str = "normal") -> Job:
+               deadline_s: float | None = None, priority: str = "normal", previews: bool = False) -> Job:
         """Admit a job, or raise ``QueueFull`` / ``StationLimit``, or ``StartTooLate`` when its
         estimated start is already later than ``start_within_s``; the checks and the insert are one
         step. With an idempotency key already used for the same request, returns that job instead
@@ -182,7 +184,7 @@ class JobQueue:
         job = Job(id=job_id, instruction=instruction, preset=preset, seed=seed,
                   system_prompt=system_prompt, created_at=self._clock(), payload=payload, station=station,
                   idempotency_key=idempotency_key, fingerprint=fingerprint, webhook_url=webhook_url,
-                  webhook_events=webhook_events, total_steps=total_steps, priority=priority)
+                  webhook_events=webhook_events, total_steps=total_steps, priority=priority, previews=previews)
         now = job.created_at
         job.start_by = None if start_within_s is None else now + start_within_s
         job.finish_by = None if deadline_s is None else now + deadline_s
@@ -586,4 +588,5 @@ class JobQueue:
             run_seconds=job.run_seconds,
             attempts=job.attempts,
             priority=job.priority,
+            preview_step=job.preview_step,
         )

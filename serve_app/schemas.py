@@ -32,7 +32,7 @@ class JobStatusResponse(BaseModel):
         started_at="2026-11-28T09:00:04Z", completed_at=None, result_path=None, result_seed=42, error=None,
         instruction="make the sky blue", model="qwen-4step", estimated_wait_seconds=1, worker="a1b2c3d4e5f6",
         progress=0.5, step=2, total_steps=4, eta_seconds=0.9, station="front-desk", run_seconds=None, attempts=1,
-        priority="normal")
+        priority="normal", preview_step=2)
     job_id: str
     status: JobStatus = Field(description="queued | processing | completed | failed | cancelled")
     position: int | None = Field(description="1-based among queued jobs, live; null unless queued")
@@ -56,6 +56,8 @@ class JobStatusResponse(BaseModel):
     attempts: int = Field(0, description="addition: times a worker started the job (a crash may add one run)")
     priority: str = Field("normal", description="addition: low | normal | high; higher starts first, and a "
                                                 "queued job's position can grow when a higher one arrives")
+    preview_step: int | None = Field(None, description="addition: the step of the latest live preview (jobs "
+                                                       "submitted with previews=true), at .../preview")
 
 
 class JobListResponse(BaseModel):

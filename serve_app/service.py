@@ -70,7 +70,7 @@ class EditService:
         request = JobRequest(job_id or str(uuid.uuid4()), data, checked.instruction, checked.seed, checked.preset,
                              checked.system_prompt, idempotency_key, key_of, checked.webhook_url,
                              checked.webhook_events, checked.start_within_seconds, checked.deadline_seconds,
-                             priority)
+                             priority, checked.previews)
         return await self._call("submit", request, caller)
 
     async def edit(self, form: EditFields, caller: Caller, idempotency_key: str | None) -> JobView:
@@ -156,6 +156,10 @@ class EditService:
         (``None``: nothing changed for a heartbeat), through this replica's shared feed."""
         first = await self.status(job_id, caller)
         return first, self.events.subscribe(job_id, first)
+
+    async def preview(self, job_id: str, caller: Caller) -> tuple[int, bytes]:
+        """(step, JPEG) of the job's latest live preview; 404 with the reason when there is none."""
+        return await self._call("get_preview", job_id, caller)
 
     async def jobs(self, caller: Caller, limit: int) -> list[JobView]:
         return await self._call("station_jobs", caller, limit)

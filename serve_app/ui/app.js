@@ -83,8 +83,11 @@ async function followStream(id, signal) {
     while ((end = buffer.indexOf("\n\n")) >= 0) {
       const block = buffer.slice(0, end);
       buffer = buffer.slice(end + 2);
-      const data = block.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trim()).join("\n");
+      const lines = block.split("\n");
+      const event = (lines.find((l) => l.startsWith("event:")) || "event: status").slice(6).trim();
+      const data = lines.filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trim()).join("\n");
       if (!data) continue; // a heartbeat comment
+      if (event === "preview") { showPreview(id, JSON.parse(data)); continue; }
       const view = JSON.parse(data);
       if (view.detail) throw new ApiError(0, view.detail); // an "error" event
       render(view);
@@ -109,12 +112,24 @@ async function follow(id, signal) {
   return view;
 }
 
+// A live preview (the picture forming, from the latents; small) in the result's place until the result.
+function showPreview(id, preview) {
+  if (!current || current.id !== id) return;
+  const img = $("result");
+  img.src = preview.image;
+  img.hidden = false;
+  img.classList.add("preview");
+  $("result-caption").textContent = `Preview, step ${preview.step}`;
+}
+
 async function showResult(view) {
   const blob = await (await call(`status/${view.job_id}/result`)).blob();
   const url = URL.createObjectURL(blob);
   const img = $("result");
   img.src = url;
   img.hidden = false;
+  img.classList.remove("preview");
+  $("result-caption").textContent = "Result";
   const link = $("download");
   link.href = url;
   link.download = view.result_path || `${view.job_id}.png`;
@@ -128,6 +143,7 @@ async function watch(id, inputUrl) {
   $("job-id").textContent = shortId(id);
   $("progress").value = 0;
   $("result").hidden = true;
+  $("result-caption").textContent = "Result";
   $("download").hidden = true;
   if (inputUrl) $("input-view").src = inputUrl;
   const view = await follow(id, current.abort.signal);
@@ -164,6 +180,7 @@ $("edit-form").addEventListener("submit", async (e) => {
   form.append("instruction", $("instruction").value);
   if ($("preset").value) form.append("preset", $("preset").value);
   if ($("seed").value !== "") form.append("seed", $("seed").value);
+  form.append("previews", "true"); // the picture forming, shown while the job runs
   $("submit").disabled = true;
   try {
     const job = await (await call("submit", {

@@ -15,7 +15,7 @@ def view(job_id="j1", status=JobStatus.QUEUED, position=1) -> JobView:
     return JobView(job_id=job_id, status=status, position=position, created_at="2026-11-30T10:00:00",
                    started_at=None, completed_at=None, result_path=None, result_seed=None, error=None,
                    instruction="make it blue", model="tiny", estimated_wait_seconds=3, worker=None, progress=0.0,
-                   step=0, total_steps=None, eta_seconds=3.0, station="default", run_seconds=None, attempts=0, priority="normal")
+                   step=0, total_steps=None, eta_seconds=3.0, station="default", run_seconds=None, attempts=0, priority="normal", preview_step=None)
 
 
 class FakeService:

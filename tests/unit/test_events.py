@@ -13,7 +13,7 @@ def view(status, step=0):
     return JobView(job_id="j", status=JobStatus(status), position=None, created_at=None, started_at=None,
                    completed_at=None, result_path=None, result_seed=None, error=None, instruction="x", model="tiny",
                    estimated_wait_seconds=None, worker=None, progress=0.0, step=step, total_steps=4,
-                   eta_seconds=None, station="default", run_seconds=None, attempts=0, priority="normal")
+                   eta_seconds=None, station="default", run_seconds=None, attempts=0, priority="normal", preview_step=None)
 
 
 class FakeQueue:

@@ -18,6 +18,7 @@ Only httpx, httpx-sse and pydantic are imported: no Ray, no torch (the package i
 ``pip install ./clients/python``).
 """
 
+import base64
 import json
 import os
 import time
@@ -210,16 +211,20 @@ class Client:
                seed: int | None = None, system_prompt: str | None = None, webhook_url: str | None = None,
                webhook_events: Iterable[str] | None = None, priority: str | None = None,
                start_within_seconds: float | None = None, deadline_seconds: float | None = None,
-               idempotency_key: str | None = None, wait_for_room: float = 300.0) -> SubmitResponse:
+               previews: bool = False, idempotency_key: str | None = None,
+               wait_for_room: float = 300.0) -> SubmitResponse:
         """Queue a job (1 to 3 images: paths or bytes). While the queue is full, retries after
         Retry-After for up to ``wait_for_room`` seconds (0: raise ``QueueFull`` at once).
         ``priority``: low, normal or high, at most the key's; ``start_within_seconds`` and
-        ``deadline_seconds``: the job is cancelled if it has not started, or finished, by then."""
+        ``deadline_seconds``: the job is cancelled if it has not started, or finished, by then.
+        ``previews``: a live preview after each step (``wait(on_preview=...)``, ``preview``)."""
         if isinstance(images, (str, bytes, os.PathLike)):
             images = [images]
         files = [("image", _read(image, i)) for i, image in enumerate(images)]
         data = {"instruction": instruction}
         events = ",".join(webhook_events) if webhook_events is not None else None
+        if previews:
+            data["previews"] = "true"
         for name, value in (("preset", preset), ("seed", seed), ("system_prompt", system_prompt),
                             ("webhook_url", webhook_url), ("webhook_events", events), ("priority", priority),
                             ("start_within_seconds", start_within_seconds), ("deadline_seconds", deadline_seconds)):
@@ -235,6 +240,12 @@ class Client:
     def cancel(self, job_id: str) -> JobStatusResponse:
         return JobStatusResponse.model_validate(self._request("DELETE", f"{API}/status/{job_id}").json())
 
+    def preview(self, job_id: str) -> tuple[int, bytes]:
+        """(step, JPEG) of a running job's latest live preview (it was submitted with previews=True);
+        ``NotFound`` with the reason when there is none (yet, or any more)."""
+        response = self._request("GET", f"{API}/status/{job_id}/preview")
+        return int(response.headers.get("X-Step", 0)), response.content
+
     def download(self, job_id: str, path: str | os.PathLike | None = None) -> bytes:
         """The result PNG's bytes (also written to ``path`` when given)."""
         data = self._request("GET", f"{API}/status/{job_id}/result").content
@@ -244,14 +255,16 @@ class Client:
 
     def wait(self, job_id: str, timeout: float | None = None,
              on_update: Callable[[JobStatusResponse], None] | None = None, poll: float = 1.0,
-             raise_on_failure: bool = False) -> JobStatusResponse:
+             raise_on_failure: bool = False,
+             on_preview: Callable[[int, bytes], None] | None = None) -> JobStatusResponse:
         """Block until the job ends (or ``timeout`` seconds pass: ``EditTimeout``); ``on_update`` gets
-        every state, position and progress change. Follows the events stream, and polls every
-        ``poll`` seconds when the stream is unavailable or drops."""
+        every state, position and progress change, ``on_preview`` (step, JPEG bytes) each live
+        preview of a job submitted with ``previews=True``. Follows the events stream, and polls every
+        ``poll`` seconds when the stream is unavailable or drops (previews come with the stream only)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         view = None
         try:
-            view = self._follow(job_id, deadline, on_update)
+            view = self._follow(job_id, deadline, on_update, on_preview)
         except (httpx.TransportError, httpx.HTTPStatusError, _StreamEnded):
             pass
         while view is None or view.status not in TERMINAL:
@@ -267,7 +280,7 @@ class Client:
             raise JobFailed(view)
         return view
 
-    def _follow(self, job_id: str, deadline: float | None, on_update) -> JobStatusResponse:
+    def _follow(self, job_id: str, deadline: float | None, on_update, on_preview=None) -> JobStatusResponse:
         timeout = httpx.Timeout(30.0, read=30.0)  # the server sends a heartbeat at least every 10 s
         with connect_sse(self.http, "GET", f"{API}/status/{job_id}/events", timeout=timeout) as source:
             if source.response.status_code != 200:
@@ -276,6 +289,11 @@ class Client:
             for event in source.iter_sse():
                 if event.event == "error":
                     raise _StreamEnded()
+                if event.event == "preview":
+                    if on_preview is not None:
+                        data = json.loads(event.data)
+                        on_preview(data["step"], base64.b64decode(data["image"].split(",", 1)[1]))
+                    continue
                 view = JobStatusResponse.model_validate_json(event.data)
                 if on_update is not None:
                     on_update(view)

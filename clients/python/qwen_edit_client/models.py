@@ -57,6 +57,7 @@ class JobStatusResponse(_Answer):
     run_seconds: float | None = None
     attempts: int = 0
     priority: str = "normal"
+    preview_step: int | None = None
 
 
 class JobListResponse(_Answer):
