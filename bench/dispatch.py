@@ -11,6 +11,8 @@ takes the next job whatever it holds) and true:
 
 - ``paced``: two stations, each submitting a job and waiting for it before the next: jobs mostly
   find both workers idle;
+- ``bursts``: two jobs at once, then nothing until both are done (a quiet site where two stations
+  happen to submit together): both workers are idle whenever jobs arrive;
 - ``saturated``: one client keeps the queue full (10 jobs): workers are never idle, jobs are taken
   as workers finish.
 
@@ -90,6 +92,22 @@ def paced(client: httpx.Client, image: bytes, plan: list[str]) -> None:
         t.join(timeout=900)
 
 
+def bursts(client: httpx.Client, image: bytes, plan: list[str]) -> None:
+    """Two jobs at once; the next two when both are done."""
+    for n in range(0, len(plan), 2):
+        jobs = []
+        for k, preset in enumerate(plan[n:n + 2]):
+            r = client.post("/submit", files={"image": ("a.png", image, "image/png")},
+                            data={"instruction": "x", "preset": preset, "seed": str(n + k)})
+            assert r.status_code == 200, r.text
+            jobs.append(r.json()["job_id"])
+        for job in jobs:
+            while client.get(f"/status/{job}").json()["status"] not in ("completed", "failed", "cancelled"):
+                time.sleep(0.05)
+        while not all(w["state"] == "ready" for w in client.get("/health").json()["workers"]):
+            time.sleep(0.05)  # both workers back to waiting before the next burst
+
+
 def saturated(client: httpx.Client, image: bytes, plan: list[str]) -> None:
     """One client keeps the queue full; then waits for it to drain."""
     n = 0
@@ -120,7 +138,7 @@ def run(port: int, models: Path, affinity: bool, pattern: str, plan: list[str], 
         time.sleep(0.2)
     before = client.get("/queue").json()
     start = time.perf_counter()
-    (paced if pattern == "paced" else saturated)(client, image, plan)
+    {"paced": paced, "bursts": bursts, "saturated": saturated}[pattern](client, image, plan)
     seconds = time.perf_counter() - start
     after = client.get("/queue").json()
     serve.delete("dispatch")
@@ -151,7 +169,7 @@ def main() -> None:
     results = []
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        for pattern in ("paced", "saturated"):
+        for pattern in ("paced", "bursts", "saturated"):
             for affinity in (False, True):
                 results.append(run(port, models, affinity, pattern, plan, image))
                 print(json.dumps(results[-1]), flush=True)

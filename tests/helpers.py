@@ -3,6 +3,7 @@ and other inputs, and helpers that find, wait for and kill Serve replicas (Ray i
 those, so unit tests stay light). Fixtures are in the conftest files."""
 
 import copy
+import json
 import io
 import socket
 import struct
@@ -139,3 +140,21 @@ def replica_process(app: str, deployment: str = "QueueActor"):
 def replica_rss(app: str, deployment: str = "QueueActor") -> int:
     """Resident memory of the app's (one) replica of a deployment."""
     return replica_process(app, deployment).memory_info().rss
+
+
+def read_events(api, job_id, timeout=60.0) -> list[tuple[str, dict | None]]:
+    """(event name, data) for every event of the stream until the server ends it; comments as ("", None)."""
+    events, name, data = [], None, []
+    with api.http.stream("GET", f"/api/v1/status/{job_id}/events", timeout=timeout) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith(":"):
+                events.append(("", None))
+            elif line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                data.append(line[6:])
+            elif line == "" and name:
+                events.append((name, json.loads("\n".join(data))))
+                name, data = None, []
+    return events

@@ -10,27 +10,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from tests.helpers import IMAGE, wait_for
+from tests.helpers import IMAGE, read_events, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def read_events(api, job_id, timeout=60.0) -> list[tuple[str, dict | None]]:
-    """(event name, data) for every event of the stream until the server ends it; comments as ("", None)."""
-    events, name, data = [], None, []
-    with api.http.stream("GET", f"/api/v1/status/{job_id}/events", timeout=timeout) as r:
-        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-        for line in r.iter_lines():
-            if line.startswith(":"):
-                events.append(("", None))
-            elif line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("data: "):
-                data.append(line[6:])
-            elif line == "" and name:
-                events.append((name, json.loads("\n".join(data))))
-                name, data = None, []
-    return events
 
 
 def test_events_stream_states_progress_and_ends_with_completed(api):
