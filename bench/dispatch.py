@@ -1,11 +1,12 @@
 """Preset switches per 100 mixed jobs on two model workers, with preset affinity off and on.
 
-    .venv/bin/python bench/dispatch.py [--jobs 100] [--out bench/results/dispatch-cpu.json]
+    .venv/bin/python bench/dispatch.py [--jobs 100] [--mix uniform|skewed] [--out FILE]
 
 A local Ray cluster on 127.0.0.1 with two faked GPUs and the app from config/serve.yaml, its two
 workers on them (the tiny model on CPU), three presets that differ by their LoRA (``la``, ``lb``,
 ``lc``: random Lightning-format LoRAs; on a real GPU each switch between such presets costs
-0.75-2.9 s, BENCHMARKS.md). Jobs name a preset drawn at random (the same seeded draw in every run).
+0.75-2.9 s, BENCHMARKS.md). Jobs name a preset drawn at random (the same seeded draw in every run):
+``uniform`` (a third each) or ``skewed`` (60 % la, 30 % lb, 10 % lc: most stations on one preset).
 Two load patterns, each run with ``preset_affinity`` false (the earlier behaviour: an asking worker
 takes the next job whatever it holds) and true:
 
@@ -150,6 +151,7 @@ def run(port: int, models: Path, affinity: bool, pattern: str, plan: list[str], 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--jobs", type=int, default=100)
+    ap.add_argument("--mix", choices=("uniform", "skewed"), default="uniform")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     for k, v in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
@@ -163,7 +165,8 @@ def main() -> None:
         port = s.getsockname()[1]
     models = Path(tempfile.mkdtemp(prefix="bench-models-"))
     rnd = random.Random(11)
-    plan = [rnd.choice(PRESETS) for _ in range(args.jobs)]
+    weights = (1, 1, 1) if args.mix == "uniform" else (6, 3, 1)
+    plan = rnd.choices(PRESETS, weights=weights, k=args.jobs)
     image = photo()
     ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
     results = []
@@ -178,7 +181,7 @@ def main() -> None:
         ray.shutdown()
     if args.out:
         args.out.write_text(json.dumps({"date": date.today().isoformat(), "command": "bench/dispatch.py "
-                                        f"--jobs {args.jobs}", "runs": results}, indent=1) + "\n")
+                                        f"--jobs {args.jobs} --mix {args.mix}", "runs": results}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -20,11 +20,11 @@ deployment handles. What Ray Serve costs shows as the ratio of ``run`` against e
 ``compare``: both, one after the other on this machine (``qwen-serve`` with a generated config, then
 ``plain`` with the same one), the same load on each, and the ratios; JSON to ``--out``.
 
-``flood``: one ``qwen-serve`` with the default rate limit, each station with its own key: the
-stations' load alone, then again while one more station (its own key, another process) polls
-``/api/v1/queue`` as fast as ``--flooders`` connections allow, then alone once more. Reported: the
-normal stations' status p50/p99 in each run and the flooded run's p99 over the mean of the others,
-and the flooder's answers (mostly 429).
+``flood``: one ``qwen-serve`` with the default rate limit, each station with its own key: after a
+10 s warm-up, the stations' load alone and while one more station (its own key, another process)
+polls ``/api/v1/queue`` as fast as ``--flooders`` connections allow, interleaved (alone, flooded,
+alone, flooded, alone). Reported: the normal stations' status p50/p99 in each run, the median p99
+flooded over the median p99 alone, and the flooder's answers (mostly 429).
 
 Every generated config gives each station its own key (a keys file): stations are rate-limited
 per key, as deployed.
@@ -351,24 +351,29 @@ def flood(opts) -> dict:
     keys = station_keys(opts.stations)
     normal = [keys[f"s{n:02d}"] for n in range(opts.stations)]
     proc = start_server([str(Path(sys.executable).with_name("qwen-serve")), str(config)], url, work / "server.log")
-    runs = {}
+    runs: list[dict] = []
     try:
-        for name in ("alone", "flooded", "alone_again"):
+        asyncio.run(load(url, normal, opts.stations, 10, opts.poll, opts.preset))  # warm-up, not counted
+        for n, flooded in enumerate([False, True, False, True, False]):  # interleaved: drift hits both
             flooder = None
-            if name == "flooded":
+            if flooded:
                 flooder = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "hammer", "--url", url,
                                             "--key", keys["flood"], "--seconds", str(opts.seconds + 5),
                                             "--connections", str(opts.flooders)], stdout=subprocess.PIPE, text=True)
                 time.sleep(2)  # the flood is on before the stations start
-            runs[name] = asyncio.run(load(url, normal, opts.stations, opts.seconds, opts.poll, opts.preset))
+            run = asyncio.run(load(url, normal, opts.stations, opts.seconds, opts.poll, opts.preset))
+            run["flooded"] = flooded
             if flooder is not None:
                 out, _ = flooder.communicate(timeout=opts.seconds + 120)
-                runs[name]["flooder"] = json.loads(out.strip().splitlines()[-1])
-            print(name, json.dumps({k: v for k, v in runs[name].items() if k != "errors"}), flush=True)
+                run["flooder"] = json.loads(out.strip().splitlines()[-1])
+            runs.append(run)
+            print(n, json.dumps({k: v for k, v in run.items() if k not in ("errors", "requests")}), flush=True)
     finally:
         stop_server(proc)
-    calm_p99 = (runs["alone"]["status_p99_ms"] + runs["alone_again"]["status_p99_ms"]) / 2
-    return {**runs, "p99_flooded_over_alone": round(runs["flooded"]["status_p99_ms"] / calm_p99, 2),
+    alone = statistics.median(r["status_p99_ms"] for r in runs if not r["flooded"])
+    flood_p99 = statistics.median(r["status_p99_ms"] for r in runs if r["flooded"])
+    return {"runs": runs, "status_p99_ms_alone_median": alone, "status_p99_ms_flooded_median": flood_p99,
+            "p99_flooded_over_alone": round(flood_p99 / alone, 2),
             "date": time.strftime("%Y-%m-%d"), "command": "bench/load.py flood " + " ".join(sys.argv[2:])}
 
 
@@ -415,7 +420,7 @@ def main(argv=None) -> int:
     if opts.out:
         opts.out.write_text(json.dumps(result, indent=1))
     runs = {"run": lambda: [result], "compare": lambda: [result["ray"], result["plain"]],
-            "flood": lambda: [result["alone"], result["flooded"], result["alone_again"]]}[opts.cmd]()
+            "flood": lambda: result["runs"]}[opts.cmd]()
     bad = [r for r in runs if r["server_errors"] or r["jobs_lost"] or r["jobs_duplicated"]]
     return 1 if bad else 0
 

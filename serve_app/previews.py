@@ -113,6 +113,7 @@ class Previewer:
         self.cuda = torch.device(device).type == "cuda"
         self.previous = None  # (latents, sigma) after the previous step
         self.pending = None  # (step, event, pinned host copy): a preview the device may still be making
+        self.host = None
         scale = min(1.0, MAX_SIDE / max(self.h, self.w))
         self.size = (max(1, round(self.w * scale)), max(1, round(self.h * scale)))
 
@@ -134,7 +135,9 @@ class Previewer:
         if not self.cuda:
             self._emit(step, None, rgb)
             return
-        host = torch.empty(rgb.shape, dtype=torch.uint8, pin_memory=True)
+        if self.host is None:  # two pinned buffers, reused: a copy in flight never shares one with the next
+            self.host = [torch.empty(rgb.shape, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
+        host = self.host[step % 2]
         host.copy_(rgb, non_blocking=True)
         event = torch.cuda.Event()
         event.record()

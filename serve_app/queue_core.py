@@ -46,6 +46,7 @@ EMA_WEIGHT = 0.3  # weight of the newest measurement in a preset's running avera
 SCHEDULING = ("fifo", "fair")
 DEFAULT_STATION = "default"
 RANK = {name: n for n, name in enumerate(PRIORITIES)}  # low 0, normal 1, high 2
+RECENT_PRESETS = 20  # preset affinity: which presets were asked for lately
 
 
 def iso(ts: float | None) -> str | None:
@@ -120,6 +121,7 @@ class JobQueue:
         self._keys: dict[tuple[str, str], str] = {}  # (station, idempotency key) -> job id
         self._tickets: dict[str, int] = {}  # job id -> submission number (requeue keeps that order)
         self._next_ticket = 0
+        self._recent: deque[str] = deque(maxlen=RECENT_PRESETS)  # presets of the latest submits
         self.worker_slots = 1
         self.completed_total = 0
         self.failed_total = 0
@@ -191,6 +193,7 @@ class JobQueue:
         self._jobs[job_id] = job
         self._ticket(job_id)
         self._queued.append(job_id)
+        self._recent.append(preset)
         self._order = None
         if start_within_s is not None:
             start = self.estimated_start(job)
@@ -210,8 +213,9 @@ class JobQueue:
 
         ``idle``: every worker now waiting for a job, each with the preset it holds (``worker_id``
         with ``preset`` is added). The next ``len(idle)`` jobs in ``order()`` are matched to them:
-        each job, in order, to a waiting worker that holds its preset if there is one, else to one
-        whose preset none of those jobs needs, else to any; ``worker_id`` gets the job matched to it
+        each job, in order, to a waiting worker that holds its preset if there is one, else to the
+        one whose preset is least in demand (none of those jobs needs it, and the fewest of the
+        latest ``RECENT_PRESETS`` submits asked for it); ``worker_id`` gets the job matched to it
         (None when there are fewer jobs than waiting workers and it got none). Every caller that
         sees the same waiting workers computes the same match, so each takes its own part."""
         workers = dict(idle or {})
@@ -246,8 +250,9 @@ class JobQueue:
         for n, job_id in enumerate(order):
             later = set(wanted[n + 1:])
             holder = next((w for w in free if workers[w] == wanted[n]), None)
-            if holder is None:  # someone must switch: one whose preset no coming job needs
-                holder = next((w for w in free if workers[w] not in later), free[0])
+            if holder is None:  # someone must switch: the one whose preset is least in demand
+                # (needed by none of these jobs, then the least asked for lately)
+                holder = min(free, key=lambda w: (workers[w] in later, self._recent.count(workers[w])))
             free.remove(holder)
             out[holder] = job_id
         return out

@@ -1,6 +1,8 @@
 """Per-station rate limits through the real Serve app: a station over its rate gets 429 with
 Retry-After and a sentence, while another station's requests are served."""
 
+import time
+
 import pytest
 import yaml
 
@@ -16,10 +18,13 @@ def test_a_flooding_station_is_refused_and_the_others_are_served(cluster, deploy
                  rate_limit={"requests_per_second": 1, "burst": 5},
                  worker={"num_cpus": 0, "resources": {"parking": 1}})
     flood, calm = api.as_key(KEYS["flood"]), api.as_key(KEYS["calm"])
-    answers = [flood.http.get("/api/v1/queue") for _ in range(20)]
+    start = time.monotonic()
+    answers = [flood.http.get("/api/v1/queue") for _ in range(10)]
+    elapsed = time.monotonic() - start
     codes = [r.status_code for r in answers]
-    assert codes[:5] == [200] * 5 and set(codes) == {200, 429}
-    assert 5 <= codes.count(200) <= 7, codes  # the burst, and what refilled while the loop ran
+    assert codes[:6] == [200] * 5 + [429], codes  # the burst, then refused
+    assert codes.count(200) <= 5 + elapsed * 1 + 1, (codes, elapsed)  # never more than the rate allows
+    assert elapsed >= 0.5  # a refusal is held until a token is due (at most a second), not answered at once
     refused = next(r for r in answers if r.status_code == 429)
     assert refused.headers["Retry-After"] == "1"
     assert refused.json()["detail"].startswith("Too many requests from station flood: at most 1 per second")

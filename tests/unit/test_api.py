@@ -2,6 +2,7 @@
 errors are mapped once at the edge, and every app is its own (no module-level state)."""
 
 import asyncio
+import time
 import httpx
 import pytest
 
@@ -111,15 +112,18 @@ def test_a_station_over_its_rate_gets_429_and_others_are_served(tmp_path):
     async def main():
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            start = time.monotonic()
             flood = [await client.get("/api/v1/status/j1", headers={"X-API-Key": "key-of-the-flooder-0123456"})
-                     for _ in range(10)]
+                     for _ in range(5)]
+            flood_s = time.monotonic() - start
             calm = await client.get("/api/v1/status/j1", headers={"X-API-Key": "key-of-a-calm-one-0123456"})
             index = await client.get("/", headers={"X-API-Key": "key-of-the-flooder-0123456"})
-            return flood, calm, index  # public routes are not counted
+            return flood, flood_s, calm, index  # public routes are not counted
 
-    flood, calm, index = asyncio.run(main())
-    assert [r.status_code for r in flood] == [200] * 3 + [429] * 7
-    assert flood[-1].headers["Retry-After"] == "100"  # one request per 100 s
+    flood, flood_s, calm, index = asyncio.run(main())
+    assert [r.status_code for r in flood] == [200] * 3 + [429] * 2
+    assert 95 <= int(flood[-1].headers["Retry-After"]) <= 100  # one request per 100 s
+    assert flood_s >= 2.0  # each refusal is held a second: a flooder's connection sends one a second
     assert flood[-1].json()["detail"].startswith("Too many requests from station flood: at most 0.01 per second")
     assert len([c for c in service.calls if c[0] == "status"]) == 4  # refused ones never reach the queue
     assert calm.status_code == 200 and index.status_code == 200

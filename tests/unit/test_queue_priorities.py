@@ -166,3 +166,14 @@ def test_affinity_counts_fewer_switches_on_a_mixed_stream():
     before, after = switches(False), switches(True)
     print("switches per 100 rounds, before and after:", before, after)
     assert after * 2 <= before, (before, after)
+
+
+def test_the_worker_that_switches_holds_the_preset_asked_for_least_lately():
+    q = make()
+    for n in range(6):  # lately: mostly a, some b
+        add(q, f"old{n}", preset="a" if n % 3 else "b")
+        q.claim("w9")
+    add(q, "needs-c", preset="c")
+    idle = {"w1": "a", "w2": "b"}  # neither holds c: w2 switches, keeping the popular a
+    assert q.claim("w1", "a", idle) is None
+    assert q.claim("w2", "b", idle).id == "needs-c"
