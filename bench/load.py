@@ -256,9 +256,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_config(folder: Path, port: int, models: Path, stations: int) -> Path:
+def write_config(folder: Path, port: int, models: Path, stations: int, rate: float | None = None) -> Path:
     """config/serve.yaml on ``port`` with the speck preset as default and a keys file with one key per
-    station (``station_keys``)."""
+    station (``station_keys``); ``rate``: requests per second per station instead of the file's limit
+    (bursts of three seconds' worth)."""
     config = yaml.safe_load((ROOT / "config" / "serve.yaml").read_text())
     config["http_options"]["port"] = port
     args = config["applications"][0]["args"]
@@ -268,6 +269,8 @@ def write_config(folder: Path, port: int, models: Path, stations: int) -> Path:
     args.update(state_dir=str(folder / "state"), models_dir=str(models), default_preset="speck",
                 presets={**copy.deepcopy(args.get("presets", {})), "speck": SPECK}, graceful_stop_seconds=5,
                 api_keys_file=str(keys))
+    if rate is not None:
+        args["rate_limit"] = {"requests_per_second": rate, "burst": max(1, int(rate * 3))}
     path = folder / "serve.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -347,7 +350,7 @@ def flood(opts) -> dict:
     models = Path(opts.models).resolve() if opts.models else work / "models"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    config = write_config(work, port, models, opts.stations)
+    config = write_config(work, port, models, opts.stations, opts.rate)
     keys = station_keys(opts.stations)
     normal = [keys[f"s{n:02d}"] for n in range(opts.stations)]
     proc = start_server([str(Path(sys.executable).with_name("qwen-serve")), str(config)], url, work / "server.log")
@@ -371,8 +374,9 @@ def flood(opts) -> dict:
     finally:
         stop_server(proc)
     alone = statistics.median(r["status_p99_ms"] for r in runs if not r["flooded"])
+    rate = yaml.safe_load(config.read_text())["applications"][0]["args"].get("rate_limit")
     flood_p99 = statistics.median(r["status_p99_ms"] for r in runs if r["flooded"])
-    return {"runs": runs, "status_p99_ms_alone_median": alone, "status_p99_ms_flooded_median": flood_p99,
+    return {"runs": runs, "rate_limit": rate, "status_p99_ms_alone_median": alone, "status_p99_ms_flooded_median": flood_p99,
             "p99_flooded_over_alone": round(flood_p99 / alone, 2),
             "date": time.strftime("%Y-%m-%d"), "command": "bench/load.py flood " + " ".join(sys.argv[2:])}
 
@@ -395,6 +399,7 @@ def main(argv=None) -> int:
             p.add_argument("--models", help="where the tiny model is (built there if missing)")
         if name == "flood":
             p.add_argument("--flooders", type=int, default=4, help="the flooding station's connections")
+            p.add_argument("--rate", type=float, help="rate_limit.requests_per_second (default: the config's)")
     p = sub.add_parser("plain")
     p.add_argument("config", type=Path)
     p.add_argument("--port", type=int, default=8000)
@@ -404,6 +409,8 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=30)
     p.add_argument("--connections", type=int, default=4)
     opts = parser.parse_args(argv)
+    # A SIGTERM (a timeout) unwinds like an exception, so the server this run started is stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if opts.cmd == "plain":
         asyncio.run(plain_serve(opts.config, opts.port))
         return 0

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 API = "/api/v1"
 PUBLIC_PATHS = frozenset({"/", f"{API}/health", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"})
 DISCONNECT_POLL_S = 0.5  # how often a waiting /edit checks that its client is still there
-RATE_LIMIT_PAUSE_S = 1.0  # the longest a refused request (429 over the rate limit) is held before the answer
+RATE_LIMIT_PAUSE_S = 1.0  # how long a refused request (429 over the rate limit) is held before the answer
 UI_DIR = pathlib.Path(__file__).parent / "ui"  # the stations' web page: plain HTML, CSS and JS
 
 # What each error status means; every route documents exactly the ones it can answer (checked by
@@ -308,9 +308,9 @@ def make_app(service: EditService, settings: Settings) -> FastAPI:
         if caller is None:
             raise Unauthorized()
         if limiter and (wait := limiter.take(caller.station)):
-            # Answered after a pause (at most RATE_LIMIT_PAUSE_S, never past the wait): a client
-            # that ignores Retry-After gets few refusals per connection, not as many as it can send.
-            await asyncio.sleep(min(wait, RATE_LIMIT_PAUSE_S))
+            # Answered after RATE_LIMIT_PAUSE_S (the shortest Retry-After anyway): a client that
+            # ignores Retry-After gets one refusal a second per connection, not as many as it can send.
+            await asyncio.sleep(RATE_LIMIT_PAUSE_S)
             raise RateLimited(caller.station, limit.requests_per_second, limit.burst, wait)
         return caller
 
