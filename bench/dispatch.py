@@ -106,7 +106,8 @@ def bursts(client: httpx.Client, image: bytes, plan: list[str]) -> None:
             while client.get(f"/status/{job}").json()["status"] not in ("completed", "failed", "cancelled"):
                 time.sleep(0.05)
         while not all(w["state"] == "ready" for w in client.get("/health").json()["workers"]):
-            time.sleep(0.05)  # both workers back to waiting before the next burst
+            time.sleep(0.05)
+        time.sleep(0.3)  # "ready" comes with the outcome report; the next long poll follows it shortly
 
 
 def saturated(client: httpx.Client, image: bytes, plan: list[str]) -> None:
