@@ -2,7 +2,12 @@
 own engine (serve_app.pipeline.EditEngine), runs interleaved so drift hits both alike.
 
     .venv/bin/python bench/preview_cost.py                       # the tiny model on CPU
-    python bench/preview_cost.py --preset qwen-4step --models DIR --runs 5   # a GPU with real weights
+    python3 bench/preview_cost.py --random-full --runs 5         # a GPU: the full-size model, random weights
+    python bench/preview_cost.py --preset qwen-4step --models DIR --runs 5   # real weights (checks the factors)
+
+``--random-full`` builds the published architecture at full size with random bf16 weights (as
+bench/gpu_edit.py does; ``--smoke`` for its toy size on CPU) and runs a 4-step, 1024x1024 edit on it:
+the cost share is real, the projection check is not (a random VAE).
 
 Reports the seconds per denoising step with and without previews, their difference as a share of
 a step, and the preview alone (projection + JPEG) timed on a job's real latents. On the tiny model a
@@ -38,6 +43,8 @@ def main() -> int:
     ap.add_argument("--models", default=None, help="models folder (the tiny model is built there if missing)")
     ap.add_argument("--resolution", type=int, default=None, help="working area side (default: the preset's)")
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--random-full", action="store_true", help="the full-size architecture, random weights")
+    ap.add_argument("--smoke", action="store_true", help="with --random-full: its toy size, on CPU")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
@@ -49,8 +56,19 @@ def main() -> int:
     from serve_app.presets import build_registry
 
     over = {args.preset: {"resolution": args.resolution}} if args.resolution else {}
+    engine = EditEngine(args.models or tempfile.mkdtemp(prefix="preview-bench-"), profile="bf16")
+    if args.random_full:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("gpu_edit", ROOT / "bench" / "gpu_edit.py")
+        gpu_edit = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(gpu_edit)
+        pipe, _, _ = gpu_edit.build_pipeline(engine.device, engine.dtype, args.smoke)
+        engine.use_pipeline(pipe, "random/full-size")
+        over = {"random": {"base": "random/full-size", "steps": 4, "cfg_scale": 1.0, "nominal_seconds": 2.0,
+                           "resolution": args.resolution or (256 if args.smoke else 1024)}}
+        args.preset = "random"
     preset = build_registry(over)[args.preset]
-    engine = EditEngine(args.models or tempfile.mkdtemp(prefix="preview-bench-"))
     image = photo(min(preset.resolution, 1024))
     sync = torch.cuda.synchronize if engine.device == "cuda" else (lambda: None)
 
