@@ -8,7 +8,7 @@ after the queue said it has room. Every refusal is a 4xx, never a 500.
 import hashlib
 import re
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Protocol
 
 from .config import Settings
@@ -66,6 +66,12 @@ class CheckedEdit:
     deadline_seconds: float | None = None
     priority: str | None = None  # one of PRIORITIES; None: the key's
     previews: bool = False
+
+
+# The form's text fields whose bytes must be UTF-8: every field of EditFields sent in the body (the
+# Cancel-After header is not), and /edit's return_image.
+CHECKED_TEXT = frozenset({f.name for f in fields(EditFields)} - {"images", "undecodable", "cancel_after"}
+                         | {"return_image"})
 
 
 def parse_priority(raw: str | None) -> str | None:
@@ -158,12 +164,10 @@ def check_edit(form: EditFields, settings: Settings) -> CheckedEdit:
     """The form's text fields and the count and declared sizes of its images, checked (in the
     order a station would fix them: missing fields first)."""
     limits = settings.ingress
-    for name in sorted(form.undecodable):
-        if name in FIELD_NAMES or name in ("seed", "preset", "model", "webhook_url", "webhook_events", "return_image",
-                                           "start_within_seconds", "deadline_seconds", "priority",
-                                           "previews"):
-            raise BadRequest(f"{FIELD_NAMES.get(name, repr(name))} is not valid UTF-8 text; "
-                             "send it encoded as UTF-8.")
+    broken = sorted(form.undecodable & CHECKED_TEXT)
+    if broken:
+        raise BadRequest(f"{FIELD_NAMES.get(broken[0], repr(broken[0]))} is not valid UTF-8 text; "
+                         "send it encoded as UTF-8.")
     if not form.images:
         raise Unprocessable("Invalid request: 'image' is required: attach the picture as a file field named image.")
     if len(form.images) > settings.max_images:

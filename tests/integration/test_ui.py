@@ -1,7 +1,7 @@
 """Issue 6, the station page in a real browser: Debian's Chromium, headless, driven by Playwright
 (the Python package, with the system browser: nothing is downloaded). Against the real Serve app on
 the tiny model: enter the key, submit a job through the page, see the queue position or steps
-advance, see the result image rendered beside the input, and cancel a second job.
+advance and live previews, see the result image rendered beside the input, and cancel a second job.
 
 Skipped where no Chromium is installed, except in CI (``.ci/run`` installs it and sets
 QWEN_REQUIRE_BROWSER, so a missing browser fails there)."""
@@ -59,12 +59,19 @@ def test_station_page_edits_shows_progress_and_result_and_cancels(api, page, tmp
     # Live: the page shows the job's denoising steps advancing (from the events stream)...
     page.wait_for_function("window.qwenEditSeen.some(v => v.status === 'processing' && v.step > 0)")
     assert page.locator("#job-state").inner_text().startswith(("Editing: step", "Queued"))
+    # ...and the picture forming: live previews in the result's place while it runs...
+    page.wait_for_function("document.querySelector('#result-caption').textContent.startsWith('Preview, step')"
+                           " && document.querySelector('#result').naturalWidth > 0")
     # ...then the result, rendered beside the input, with a download link.
     page.wait_for_function("document.querySelector('#job-state').dataset.status === 'completed'")
+    # (the result replaces the preview: its caption says Result and the download link appears)
     page.wait_for_function("(() => { const i = document.querySelector('#result');"
-                           " return !i.hidden && i.complete && i.naturalWidth > 0; })()")
+                           " return !document.querySelector('#download').hidden"
+                           " && document.querySelector('#result-caption').textContent === 'Result'"
+                           " && !i.classList.contains('preview') && i.complete && i.naturalWidth > 0; })()")
     assert page.locator("#input-view").evaluate("i => i.naturalWidth") > 0
     assert page.locator("#download").get_attribute("download").endswith(".png")
+    assert page.locator("#result-caption").inner_text() == "Result"
     assert "Done in" in page.locator("#job-state").inner_text() and "seed 7" in page.locator("#job-state").inner_text()
     first = page.evaluate("window.qwenEditSeen.at(-1).job_id")
     assert api.status(first).json()["status"] == "completed"

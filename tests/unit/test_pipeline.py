@@ -8,25 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serve_app.pipeline import EditEngine, public_error
+from serve_app.pipeline import public_error
 from serve_app.presets import build_registry
 from serve_app.tiny_model import TEMPLATE_DROP_TOKENS, SYSTEM_PREFIX, ensure_tiny_model
-
-
-def photo(w=512, h=512, seed=0):
-    buf = io.BytesIO()
-    Image.fromarray((np.random.RandomState(seed).rand(h, w, 3) * 255).astype("uint8")).save(buf, "PNG")
-    return buf.getvalue()
-
-
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    return EditEngine(str(tmp_path_factory.mktemp("models")))
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return build_registry({"tiny": {"resolution": 256}})["tiny"]
+from tests.helpers import photo
 
 
 def test_tiny_model_is_a_hub_style_snapshot(engine, tiny):
@@ -43,7 +28,7 @@ def test_tiny_model_is_a_hub_style_snapshot(engine, tiny):
 
 
 def test_same_seed_same_pixels_and_fast(engine, tiny):
-    image = photo()
+    image = photo(512, 512)
     engine.run(tiny, image, "warm up", seed=1)
     start = time.perf_counter()
     a = engine.run(tiny, image, "make the sky blue", seed=42)
@@ -91,7 +76,7 @@ def _pixels(result):
 
 
 def test_lora_fuses_and_round_trip_restores_the_base_exactly(engine, lora_presets):
-    reg, image = lora_presets, photo(seed=5)
+    reg, image = lora_presets, photo(512, 512, seed=5)
     weight = dict(engine.pipe.transformer.named_modules())["transformer_blocks.0.attn.to_q"].weight
     base_weight = weight.detach().clone()
     base = _pixels(engine.run(reg["tiny"], image, "edit", seed=3))
@@ -116,12 +101,12 @@ def test_lora_for_another_model_is_an_error(engine, lora_presets):
     with pytest.raises(LoraMismatch, match="does not fit this model"):
         engine.ensure(lora_presets["alien"])
     # the engine still serves afterwards
-    assert engine.run(lora_presets["tiny"], photo(), "edit", seed=1).png.startswith(b"\x89PNG")
+    assert engine.run(lora_presets["tiny"], photo(512, 512), "edit", seed=1).png.startswith(b"\x89PNG")
 
 
 def test_multi_image_jobs(engine, tiny):
-    one = engine.run(tiny, [photo(seed=1)], "edit", seed=9)
-    three = engine.run(tiny, [photo(seed=1), photo(320, 240, seed=2), photo(256, 256, seed=3)], "combine", seed=9)
+    one = engine.run(tiny, [photo(512, 512, seed=1)], "edit", seed=9)
+    three = engine.run(tiny, [photo(512, 512, seed=1), photo(320, 240, seed=2), photo(256, 256, seed=3)], "combine", seed=9)
     assert three.png.startswith(b"\x89PNG") and three.width == three.height  # sized from the last image
     assert _pixels(one).shape == (256, 256, 3)
 

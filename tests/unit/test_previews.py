@@ -9,29 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from serve_app.pipeline import EditEngine
-from serve_app.presets import build_registry
 from serve_app.previews import FIT_R2, WAN21_BIAS, WAN21_RGB, Previewer, Projection
-
-
-def photo(w=320, h=192, seed=0):
-    buf = io.BytesIO()
-    Image.fromarray((np.random.RandomState(seed).rand(h, w, 3) * 255).astype("uint8")).save(buf, "PNG")
-    return buf.getvalue()
-
-
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    return EditEngine(str(tmp_path_factory.mktemp("models")))
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return build_registry({"tiny": {"resolution": 256}})["tiny"]
+from tests.helpers import photo
 
 
 def test_one_preview_per_step_small_jpegs_and_the_same_result(engine, tiny):
-    image = photo()
+    image = photo(320, 192)
     plain = engine.generate(tiny, [image], "make the sky blue", seed=3)
     previews = []
     with_previews = engine.generate(tiny, [image], "make the sky blue", seed=3,
