@@ -98,7 +98,9 @@ def main() -> int:
     ray.get(parked.ready.remote(), timeout=60)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(app_args), name="capacity", route_prefix="/", _blocking=False)
+        # Not waiting for RUNNING: the parked worker never starts.
+        serve.run_many([serve.RunTarget(build_app(app_args), name="capacity", route_prefix="/")],
+                       wait_for_applications_running=False)
         client = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", headers={"X-API-Key": KEY}, timeout=30)
         deadline = time.monotonic() + 120
         while True:
