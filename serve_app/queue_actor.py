@@ -255,6 +255,7 @@ class QueueActor:
         starts), failed with ``error`` after that."""
         if job.attempts < MAX_ATTEMPTS:
             self.core.requeue(job.id)
+            self.previews.pop(job.id, None)  # the next run makes its own
             await self._persist(job)
             log.warning("[JobQueue] Job %s: %s; queued again (attempt %d of %d next)", job.id[:8], why,
                         job.attempts + 1, MAX_ATTEMPTS, extra=for_job(job.id))
@@ -540,6 +541,7 @@ class QueueActor:
         left = self.core.running()
         for job in left:
             self.core.requeue(job.id, charge=False)
+            self.previews.pop(job.id, None)
             await self._persist(job)
             self._worker_freed(job.worker_id)
             log.warning("[JobQueue] Job %s did not finish within the grace period; queued again for "

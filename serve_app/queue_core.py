@@ -273,7 +273,7 @@ class JobQueue:
         if not charge:
             job.attempts = max(0, job.attempts - 1)
         job.status, job.started_at, job.worker_id = JobStatus.QUEUED, None, None
-        job.step, job.step_seconds = 0, None
+        job.step, job.step_seconds, job.preview_step = 0, None, None
         ticket = self._tickets[job.id]
         at = next((i for i, other in enumerate(self._queued) if self._tickets[other] > ticket), len(self._queued))
         self._queued.insert(at, job.id)

@@ -325,3 +325,14 @@ def test_deadlines_cancel_a_job_not_started_or_not_finished_in_time_with_the_rea
     assert refused.value.headers["Retry-After"] == "5"
     assert q.occupancy == 1 and "late" not in {j.id for j in q.jobs_for("default", True, 100)}
     assert q.submit("fits", instruction="x", preset="fast", seed=4, start_within_s=11).start_by == clock.t + 11
+
+
+def test_a_requeued_job_starts_its_progress_and_previews_over():
+    q, _ = make()
+    job = q.submit("p", instruction="x", preset="fast", seed=1, previews=True)
+    q.claim("w")
+    q.progress("p", 2, 4, 0.5)
+    job.preview_step = 2
+    q.requeue("p")
+    assert (job.step, job.step_seconds, job.preview_step, job.previews) == (0, None, None, True)
+    assert q.view(job).preview_step is None
