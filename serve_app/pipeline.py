@@ -447,12 +447,15 @@ class EditEngine:
             previewer = Previewer(self.preview_projection(), height, width, self.pipe.vae_scale_factor, self.device,
                                   on_preview)
         if on_step is not None or previewer is not None:
+            sigmas: list[float] = []  # the schedule, read from the device once (at step 1), not every step
+
             def callback(pipe, i, t, callback_kwargs):
                 if previewer is not None:
                     scheduler = pipe.scheduler
                     index = getattr(scheduler, "step_index", None)  # already moved past step i
-                    sigmas = getattr(scheduler, "sigmas", None)
-                    sigma = float(sigmas[index]) if index is not None and sigmas is not None else None
+                    if not sigmas and getattr(scheduler, "sigmas", None) is not None:
+                        sigmas.extend(scheduler.sigmas.tolist())
+                    sigma = sigmas[index] if index is not None and index < len(sigmas) else None
                     previewer.step(i + 1, callback_kwargs["latents"], sigma)
                 if on_step is not None:
                     on_step(i + 1, preset.steps)
