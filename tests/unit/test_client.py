@@ -1,5 +1,6 @@
 """The Python client's retry and error rules, against a scripted server (httpx.MockTransport)."""
 
+import base64
 import json
 
 import httpx
@@ -95,6 +96,18 @@ def test_wait_follows_the_events_stream_to_the_end():
     steps = []
     assert c.wait("j1", on_update=lambda v: steps.append((v.status, v.step))).status == "completed"
     assert steps == [("queued", 0), ("processing", 0), ("processing", 1), ("completed", 2)] and len(seen) == 1
+
+
+def test_wait_hands_preview_events_to_on_preview_and_the_rest_to_on_update():
+    jpeg = b"\xff\xd8\xff\xe0 a tiny jpeg"
+    preview = {"job_id": "j1", "step": 1, "image": "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()}
+    events = (f"event: status\ndata: {json.dumps({**VIEW, 'status': 'processing', 'position': None})}\n\n"
+              f"event: preview\ndata: {json.dumps(preview)}\n\n"
+              f"event: completed\ndata: {json.dumps({**VIEW, 'status': 'completed', 'position': None})}\n\n")
+    c, _ = make((200, events.encode(), {"content-type": "text/event-stream"}))
+    shown, updates = [], []
+    done = c.wait("j1", on_update=lambda v: updates.append(v.status), on_preview=lambda *a: shown.append(a))
+    assert done.status == "completed" and updates == ["processing", "completed"] and shown == [(1, jpeg)]
 
 
 def test_edit_raises_job_failed_for_a_failed_job(monkeypatch):
