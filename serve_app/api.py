@@ -272,7 +272,8 @@ INDEX = {
     "endpoints": {
         "health": f"{API}/health", "models": f"{API}/models", "load_model": f"{API}/load-model",
         "submit": f"{API}/submit", "status": f"{API}/status/{{job_id}}",
-        "result": f"{API}/status/{{job_id}}/result", "preview": f"{API}/status/{{job_id}}/preview", "queue": f"{API}/queue", "edit": f"{API}/edit",
+        "result": f"{API}/status/{{job_id}}/result", "preview": f"{API}/status/{{job_id}}/preview",
+        "queue": f"{API}/queue", "edit": f"{API}/edit",
         "events": f"{API}/status/{{job_id}}/events", "cancel": f"DELETE {API}/status/{{job_id}}",
         "jobs": f"{API}/jobs", "ui": "/ui/",
     },
@@ -398,7 +399,7 @@ def make_app(service: EditService, settings: Settings) -> FastAPI:
                         if view is None:
                             yield format_sse_event(comment="heartbeat")
                             continue
-                        if last is None or view.terminal or view.signature()[:-1] != last.signature()[:-1]:
+                        if last is None or view.terminal or view.status_signature() != last.status_signature():
                             yield format_sse_event(event=_event_name(view, last), data_str=json.dumps(view.as_dict()))
                         if (view.preview_step is not None and not view.terminal
                                 and (last is None or view.preview_step != last.preview_step)):

@@ -70,11 +70,16 @@ class JobView:
     def terminal(self) -> bool:
         return self.status in TERMINAL
 
-    def signature(self) -> tuple:
-        """What a station following the job is told about when it changes (ETAs, which tick with
-        time, are left out): two views with the same signature are the same news."""
+    def status_signature(self) -> tuple:
+        """What a status event tells (ETAs, which tick with time, are left out): two views with the
+        same status signature are the same status news."""
         return (self.status.value, self.position, self.step, self.total_steps, self.error, self.result_path,
-                self.worker, self.preview_step)
+                self.worker)
+
+    def signature(self) -> tuple:
+        """What a station following the job is told about when it changes: its status, and a new
+        live preview. Two views with the same signature are the same news."""
+        return (*self.status_signature(), self.preview_step)
 
     def as_dict(self) -> dict:
         """JSON-ready: the status as its string."""
