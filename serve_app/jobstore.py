@@ -33,8 +33,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     result_name TEXT, error TEXT, worker_id TEXT, station TEXT NOT NULL, idempotency_key TEXT,
     fingerprint TEXT, webhook_url TEXT, step INTEGER NOT NULL DEFAULT 0, total_steps INTEGER,
     step_seconds REAL, run_seconds REAL, attempts INTEGER NOT NULL DEFAULT 0, webhook_events TEXT,
-    start_by REAL, finish_by REAL, priority TEXT NOT NULL DEFAULT 'normal', passes INTEGER NOT NULL DEFAULT 0,
-    previews INTEGER NOT NULL DEFAULT 0
+    start_by REAL, finish_by REAL, priority TEXT NOT NULL DEFAULT 'normal', previews INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS inputs (
     job_id TEXT NOT NULL, idx INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (job_id, idx)
@@ -42,12 +41,12 @@ CREATE TABLE IF NOT EXISTS inputs (
 """
 # Columns added since the first release, with their types: added to an older file when it is opened.
 ADDED_COLUMNS = {"webhook_events": "TEXT", "start_by": "REAL", "finish_by": "REAL",
-                 "priority": "TEXT NOT NULL DEFAULT 'normal'", "passes": "INTEGER NOT NULL DEFAULT 0",
-                 "previews": "INTEGER NOT NULL DEFAULT 0"}
-# Job fields kept in the jobs table (payload lives in ``inputs``; the latest preview's step lives in
-# memory with the preview); seeds up to 2**64-1 overflow SQLite's signed 64-bit integers, so they
-# are stored as text.
-COLUMNS = [f.name for f in fields(Job) if f.name not in ("payload", "preview_step")]
+                 "priority": "TEXT NOT NULL DEFAULT 'normal'", "previews": "INTEGER NOT NULL DEFAULT 0"}
+# Job fields kept in the jobs table. Not kept: the payload (it lives in ``inputs``), the latest
+# preview's step (in memory with the preview) and the passes counted for the starvation bound (in
+# memory: a restart counts them again from zero, as the README says). Seeds up to 2**64-1 overflow
+# SQLite's signed 64-bit integers, so they are stored as text.
+COLUMNS = [f.name for f in fields(Job) if f.name not in ("payload", "preview_step", "passes")]
 
 
 class StateLock:

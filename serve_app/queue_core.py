@@ -84,7 +84,7 @@ class Job:
     start_by: float | None = None  # not started by then: cancelled (start_within_seconds)
     finish_by: float | None = None  # not finished by then: cancelled (deadline_seconds)
     priority: str = "normal"
-    passes: int = 0  # jobs of higher priority that started before it while it waited
+    passes: int = 0  # jobs of higher priority that started before it while it waited (in memory only)
     previews: bool = False  # the station asked for live previews
     preview_step: int | None = None  # the latest preview's step (kept in memory only, as the preview)
 
