@@ -84,10 +84,10 @@ class Projection:
         r2 = _r2(published, y)
         if r2 >= FIT_R2:
             return cls(WAN21_RGB, WAN21_BIAS, "wan21", r2)
-        ones = torch.ones(z.shape[0], 1)
-        solution = torch.linalg.lstsq(torch.cat([z, ones], 1), y).solution  # (17, 3)
+        design = torch.cat([z, torch.ones(z.shape[0], 1)], 1)  # the 16 channels and a constant for the bias
+        solution = torch.linalg.lstsq(design, y).solution  # (17, 3)
         fitted = cls(tuple(map(tuple, solution[:-1].tolist())), tuple(solution[-1].tolist()), "fitted",
-                     _r2(torch.cat([z, ones], 1) @ solution, y))
+                     _r2(design @ solution, y))
         log.info("previews: the Wan 2.1 factors do not fit this VAE (R^2 %.2f); fitted its own (R^2 %.2f)",
                  r2, fitted.r2)
         return fitted

@@ -204,7 +204,6 @@ class JobQueue:
                 raise StartTooLate(start, start_within_s)
         if idempotency_key is not None:
             self._keys[(station, idempotency_key)] = job_id
-        self._order = None
         return job
 
     def claim(self, worker_id: str, preset: str | None = None,
