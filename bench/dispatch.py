@@ -25,9 +25,7 @@ import argparse
 import copy
 import io
 import json
-import os
 import random
-import socket
 import tempfile
 import threading
 import time
@@ -38,6 +36,8 @@ import httpx
 import numpy as np
 import yaml
 from PIL import Image
+
+from loopback import free_port, use_loopback_env  # bench/loopback.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "bench-key-0123456789"
@@ -155,15 +155,11 @@ def main() -> None:
     ap.add_argument("--mix", choices=("uniform", "skewed"), default="uniform")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    for k, v in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-                 "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "1.0", "HF_HUB_OFFLINE": "1"}.items():
-        os.environ.setdefault(k, v)
+    use_loopback_env()
     import ray
     from ray import serve
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     models = Path(tempfile.mkdtemp(prefix="bench-models-"))
     rnd = random.Random(11)
     weights = (1, 1, 1) if args.mix == "uniform" else (6, 3, 1)

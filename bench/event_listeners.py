@@ -17,8 +17,6 @@ import argparse
 import asyncio
 import copy
 import io
-import os
-import socket
 import statistics
 import tempfile
 import time
@@ -27,6 +25,8 @@ from pathlib import Path
 import httpx
 import yaml
 from PIL import Image
+
+from loopback import free_port, use_loopback_env  # bench/loopback.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "bench-key-0123456789"
@@ -83,17 +83,13 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=5)
     ap.add_argument("--listeners", type=int, default=50)
     args = ap.parse_args()
-    for k, v in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
-                 "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "1.0"}.items():
-        os.environ.setdefault(k, v)
+    use_loopback_env()
     import ray
     from ray import serve
 
     from serve_app.deployments import build_app
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     state = Path(tempfile.mkdtemp(prefix="bench-state-"))
     (state / "api_key").write_text(KEY)
     config = copy.deepcopy(yaml.safe_load((ROOT / "config" / "serve.yaml").read_text())["applications"][0]["args"])

@@ -38,7 +38,6 @@ import io
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,6 +47,8 @@ import uuid
 from pathlib import Path
 
 import yaml
+
+from loopback import RAY_ENV, free_port  # bench/loopback.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECK = {"base": "builtin:tiny", "steps": 1, "cfg_scale": 1.0, "resolution": 64, "nominal_seconds": 0.2}
@@ -250,12 +251,6 @@ async def plain_serve(config: Path, port: int) -> None:
 
 # --- compare ----------------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def write_config(folder: Path, port: int, models: Path, stations: int, rate: float | None = None) -> Path:
     """config/serve.yaml on ``port`` with the speck preset as default and a keys file with one key per
     station (``station_keys``); ``rate``: requests per second per station instead of the file's limit
@@ -291,9 +286,7 @@ def wait_healthy(url: str, timeout: float) -> None:
 
 
 def start_server(command: list[str], url: str, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1",
-           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "1.0",
-           "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **RAY_ENV, "PYTHONUNBUFFERED": "1"}
     with open(log, "ab") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=log.parent,
                                 start_new_session=True)

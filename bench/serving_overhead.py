@@ -14,8 +14,6 @@ Prints both rates and their ratio (served / direct). Loopback only, bounded in j
 import argparse
 import copy
 import io
-import os
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +22,8 @@ import httpx
 import numpy as np
 import yaml
 from PIL import Image
+
+from loopback import free_port, use_loopback_env  # bench/loopback.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "bench-key-0123456789"
@@ -58,9 +58,7 @@ def served(args, models: Path, image: bytes) -> float:
 
     from serve_app.deployments import build_app
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     state = Path(tempfile.mkdtemp(prefix="bench-state-"))
     (state / "api_key").write_text(KEY)
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -104,10 +102,7 @@ def main() -> None:
                     help="seconds before retrying a submit refused with 429 (default: its Retry-After)")
     ap.add_argument("--served-only", action="store_true")
     args = ap.parse_args()
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    os.environ.setdefault("RAY_SERVE_CONTROL_LOOP_INTERVAL_S", "1.0")  # as `make serve` runs it
+    use_loopback_env()
     models = Path(tempfile.mkdtemp(prefix="bench-models-"))
     image = photo()
     d = 1.0 if args.served_only else direct(args, models, image)
