@@ -613,7 +613,7 @@ class QueueActor:
             return task
         finally:
             self._waiting.pop(worker_id, None)
-            if not isinstance(task, JobTask) and self.core.stats()["queued_count"]:
+            if not isinstance(task, JobTask) and self.core.order():
                 self._notify()  # a job matched to this worker goes to another one now
 
     def _idle(self) -> dict[str, str | None]:
