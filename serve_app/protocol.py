@@ -65,6 +65,9 @@ class JobView:
     attempts: int
     priority: str
     preview_step: int | None  # the step of the latest live preview (jobs that asked for previews)
+    # The queue's version when this view was made (``JobQueue.changes``): which of two views of a job
+    # is newer. Not part of the status object stations see.
+    version: int = 0
 
     @property
     def terminal(self) -> bool:
@@ -82,8 +85,23 @@ class JobView:
         return (*self.status_signature(), self.preview_step)
 
     def as_dict(self) -> dict:
-        """JSON-ready: the status as its string."""
-        return {**dataclasses.asdict(self), "status": self.status.value}
+        """JSON-ready, as stations see it: the status as its string, no ``version``."""
+        out = dataclasses.asdict(self)
+        del out["version"]
+        return {**out, "status": self.status.value}
+
+
+@dataclass(frozen=True)
+class Changes:
+    """The queue's change feed, as the ingress replicas' mirrors get it (``QueueActor.changes``)."""
+
+    epoch: str  # the queue replica that answered; a new one starts its versions anew
+    version: int  # everything below is as of this version of that replica
+    full: bool  # views holds every job: the mirror replaces what it held
+    views: list[JobView]  # every unfinished job, and the finished ones that changed since the asked version
+    removed: list[str]  # jobs removed since then (expired)
+    stats: dict  # ``GET /queue``'s body
+    health: dict  # what ``/health`` is made from
 
 
 class WorkerState(str, Enum):

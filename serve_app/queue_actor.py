@@ -32,6 +32,7 @@ import asyncio
 import functools
 import logging
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +47,7 @@ from .jobstore import JobStore, StateLock
 from .logs import for_job, use_serve_handlers
 from .metrics import QueueMetrics
 from .presets import Preset, require_available, resolve
-from .protocol import (DEFAULT_WEBHOOK_EVENTS, JobDone, JobFailed, JobRequest, JobStatus, JobTask, JobView,
+from .protocol import (DEFAULT_WEBHOOK_EVENTS, Changes, JobDone, JobFailed, JobRequest, JobStatus, JobTask, JobView,
                        LoadDone, LoadTask, Outcome, PreviewReport, StepReport, WorkerState)
 from .queue_core import Job, JobQueue
 from .storage import ResultStore, result_name, storage_reason
@@ -113,6 +114,7 @@ class QueueActor:
         self.storage_problem: str | None = None
         self.store_failure: tuple[str, int] | None = None
         self.metrics = QueueMetrics()
+        self.epoch = uuid.uuid4().hex  # names this replica's versions in the change feed
         self._changed = asyncio.Event()
         self._sched_checked, self._sched_reason = -1e9, None
         self._cleanup_task = asyncio.get_running_loop().create_task(self._cleanup_loop())
@@ -449,7 +451,24 @@ class QueueActor:
 
     async def queue_stats(self) -> dict:
         await self._expire()
+        return self._stats()
+
+    def _stats(self) -> dict:
         return {**self.core.stats(), "preset_switches": self.preset_switches}
+
+    async def changes(self, epoch: str | None, since: int | None, timeout: float) -> Changes:
+        """The change feed of the ingress replicas' mirrors (``mirror.Mirror``): a long poll that
+        answers as soon as anything changed after version ``since`` of this queue replica's
+        ``epoch``, or after ``timeout`` seconds with the same (every unfinished job's view made
+        anew: ETAs tick), with the queue's stats and health. Another epoch (this replica replaced
+        an earlier one) or none: everything."""
+        if epoch != self.epoch:
+            since = None
+        elif since == self.core.version:
+            await self._until(lambda: self.core.version != since, timeout)
+        core = self.core.changes(since)
+        return Changes(self.epoch, core.version, core.full, core.views, core.removed,
+                       self._stats(), await self.health())
 
     async def check_room(self, caller: Caller) -> None:
         """Raise ``QueueFull`` / ``StationLimit`` now if a submit would be refused, so the ingress can
@@ -515,7 +534,10 @@ class QueueActor:
             reason = "; ".join(sorted(set(request.errors.values()))) or "no worker finished loading in time"
             raise ServiceUnavailable(f"Loading {preset.name} failed: {reason}")
         self.default_preset = preset.name
+        version = self.core.touch()  # the mirrors' health shows the new default from this version on
+        self._notify()
         return {
+            "version": version,
             "status": "success",
             "message": f"Model {preset.name} loaded successfully",
             "model": preset.name,
@@ -659,12 +681,11 @@ class QueueActor:
 
     async def preview(self, worker_id: str, report: PreviewReport) -> None:
         """A live preview of a running job (sent without waiting, like progress); the latest is kept."""
-        job = self._held_job(worker_id, report.job_id, quiet=True)
-        if job is None or not job.previews or (job.preview_step or 0) >= report.step:
+        if self._held_job(worker_id, report.job_id, quiet=True) is None:
             return
-        self.previews[job.id] = (report.step, report.jpeg)
-        job.preview_step = report.step
-        self._notify()
+        if self.core.preview(report.job_id, report.step) is not None:
+            self.previews[report.job_id] = (report.step, report.jpeg)
+            self._notify()
 
     async def get_preview(self, job_id: str, caller: Caller) -> tuple[int, bytes]:
         """(step, JPEG) of the job's latest live preview; 404 with the reason when there is none."""

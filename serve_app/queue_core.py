@@ -25,6 +25,10 @@ Guarantees (each checked by tests/unit/test_queue_core.py):
 - TTL: a finished job is removed ``cleanup_age_s`` after it finished; ``expire()`` returns the removed
   jobs so the caller can delete their files. The input payload is dropped as soon as a job finishes.
 - Counters of completed and failed jobs include jobs that were cleaned up since.
+- Change feed: ``version`` grows with every change of a job or of the counters; ``changes(since)``
+  returns every unfinished job's view, the finished jobs changed after ``since`` and the ids removed
+  after it, so a reader that applies each answer holds every job's current view (``full`` when
+  ``since`` is too old to answer as a delta). Each view carries the version it was made at.
 """
 
 import bisect
@@ -47,6 +51,7 @@ SCHEDULING = ("fifo", "fair")
 DEFAULT_STATION = "default"
 RANK = {name: n for n, name in enumerate(PRIORITIES)}  # low 0, normal 1, high 2
 RECENT_PRESETS = 20  # preset affinity: which presets were asked for lately
+REMOVALS_KEPT = 10_000  # the change feed remembers this many removed ids; an older reader resyncs
 
 
 def iso(ts: float | None) -> str | None:
@@ -87,6 +92,17 @@ class Job:
     passes: int = 0  # jobs of higher priority that started before it while it waited (in memory only)
     previews: bool = False  # the station asked for live previews
     preview_step: int | None = None  # the latest preview's step (kept in memory only, as the preview)
+    changed: int = 0  # the queue's version at this job's latest change (in memory only: the change feed)
+
+
+@dataclass(frozen=True)
+class Delta:
+    """``JobQueue.changes``: what changed after a version."""
+
+    version: int
+    full: bool  # views holds every job: the reader replaces what it held
+    views: list[JobView]  # every unfinished job, and the finished ones changed after ``since``
+    removed: list[str]  # jobs removed after ``since`` (expired, or a submit that could not be stored)
 
 
 class JobQueue:
@@ -122,11 +138,53 @@ class JobQueue:
         self._tickets: dict[str, int] = {}  # job id -> submission number (requeue keeps that order)
         self._next_ticket = 0
         self._recent: deque[str] = deque(maxlen=RECENT_PRESETS)  # presets of the latest submits
-        self.worker_slots = 1
+        self._worker_slots = 1
+        self.version = 0  # grows with every change (the change feed)
+        self._removals: deque[tuple[int, str]] = deque()  # (version, job id) of removed jobs
+        self._removals_floor = 0  # removals at or before this version were forgotten
         self.completed_total = 0
         self.failed_total = 0
         self.cancelled_total = 0
         self.refused_total = 0
+
+    # --- the change feed ---------------------------------------------------------------------
+
+    def _bump(self, *jobs: Job) -> None:
+        self.version += 1
+        for job in jobs:
+            job.changed = self.version
+
+    def touch(self) -> int:
+        """Count a change the queue's owner made outside the jobs (one a change-feed reader must
+        see, such as the default preset); returns the new version."""
+        self._bump()
+        return self.version
+
+    def _removed(self, job_ids: list[str]) -> None:
+        self._bump()
+        self._removals.extend((self.version, job_id) for job_id in job_ids)
+        while len(self._removals) > REMOVALS_KEPT:
+            self._removals_floor = self._removals.popleft()[0]
+
+    def changes(self, since: int | None) -> Delta:
+        """What changed after version ``since`` (None: everything). Unfinished jobs are always
+        included whole (positions and ETAs move with every change)."""
+        full = since is None or since < self._removals_floor or since > self.version
+        views = self.active_views()
+        views += [self.view(job) for job in self._jobs.values()
+                  if job.status.terminal and (full or job.changed > since)]
+        removed = [] if full else [job_id for version, job_id in self._removals if version > since]
+        return Delta(self.version, full, views, removed)
+
+    @property
+    def worker_slots(self) -> int:
+        return self._worker_slots
+
+    @worker_slots.setter
+    def worker_slots(self, n: int) -> None:
+        if n != self._worker_slots:  # ETAs change with it
+            self._worker_slots = n
+            self._bump()
 
     # --- admission and lifecycle -------------------------------------------------------------
 
@@ -143,10 +201,12 @@ class JobQueue:
         own maximum of jobs in; both carry the seconds until a slot should free up."""
         if self.occupancy >= self.max_size:
             self.refused_total += 1
+            self._bump()
             raise QueueFull(self.max_size, self.retry_after())
         if (station is not None and self.max_per_station is not None
                 and self.station_occupancy(station) >= self.max_per_station):
             self.refused_total += 1
+            self._bump()
             raise StationLimit(station, self.max_per_station, self.retry_after())
 
     def find_idempotent(self, station: str, key: str | None, fingerprint: str | None) -> Job | None:
@@ -201,9 +261,11 @@ class JobQueue:
                 self._unqueue(job)
                 del self._jobs[job_id], self._tickets[job_id]
                 self.refused_total += 1
+                self._bump()
                 raise StartTooLate(start, start_within_s)
         if idempotency_key is not None:
             self._keys[(station, idempotency_key)] = job_id
+        self._bump(job)
         return job
 
     def claim(self, worker_id: str, preset: str | None = None,
@@ -239,6 +301,7 @@ class JobQueue:
         job.worker_id = worker_id
         job.attempts += 1
         self._running[job.id] = job
+        self._bump(job)
         return job
 
     def _match(self, order: list[str], workers: dict[str, str | None]) -> dict[str, str]:
@@ -277,6 +340,7 @@ class JobQueue:
         at = next((i for i, other in enumerate(self._queued) if self._tickets[other] > ticket), len(self._queued))
         self._queued.insert(at, job.id)
         self._order = None
+        self._bump(job)
         return job
 
     def discard(self, job_id: str) -> None:
@@ -288,6 +352,7 @@ class JobQueue:
         if job.idempotency_key is not None:
             self._keys.pop((job.station, job.idempotency_key), None)
         self._order = None
+        self._removed([job_id])
 
     def restore(self, jobs: list[Job]) -> None:
         """Rebuild from stored jobs, given in submission order: queued ones queue again in that
@@ -309,6 +374,7 @@ class JobQueue:
             if job.idempotency_key is not None:
                 self._keys[(job.station, job.idempotency_key)] = job.id
         self._order = None
+        self._bump(*jobs)
 
     def _unqueue(self, job: Job) -> None:
         self._queued.remove(job.id)
@@ -323,6 +389,17 @@ class JobQueue:
         job.step, job.total_steps = max(job.step, min(step, total)), max(total, 1)
         if step_seconds is not None and step_seconds > 0:
             job.step_seconds = step_seconds
+        self._bump(job)
+        return job
+
+    def preview(self, job_id: str, step: int) -> Job | None:
+        """Record that a running job that asked for previews has one for ``step``; None when it is
+        not running, did not ask, or already has a later one (reports travel without waiting)."""
+        job = self._running.get(job_id)
+        if job is None or not job.previews or (job.preview_step or 0) >= step:
+            return None
+        job.preview_step = step
+        self._bump(job)
         return job
 
     def cancel(self, job_id: str, reason: str | None = None) -> tuple[Job, bool]:
@@ -347,6 +424,7 @@ class JobQueue:
         job.payload = None
         job.error = reason
         self.cancelled_total += 1
+        self._bump(job)
         return job, was_running
 
     def overdue(self) -> list[tuple[Job, str]]:
@@ -368,12 +446,14 @@ class JobQueue:
         job.result_name = result_name
         job.step = job.total_steps or job.step
         self.completed_total += 1
+        self._bump(job)
         return job
 
     def fail(self, job_id: str, error: str, run_seconds: float | None = None) -> Job:
         job = self._finish(job_id, JobStatus.FAILED, run_seconds, measure=False)
         job.error = error
         self.failed_total += 1
+        self._bump(job)
         return job
 
     def _finish(self, job_id: str, status: JobStatus, run_seconds: float | None, measure: bool = True) -> Job:
@@ -402,6 +482,8 @@ class JobQueue:
             del self._tickets[job.id]
             if job.idempotency_key is not None:
                 self._keys.pop((job.station, job.idempotency_key), None)
+        if gone:
+            self._removed([job.id for job in gone])
         return gone
 
     # --- reads ---------------------------------------------------------------------------------
@@ -511,13 +593,24 @@ class JobQueue:
             heapq.heapreplace(frees, frees[0] + self.average_seconds(self._jobs[ahead].preset))
         return frees[0]
 
-    def estimated_wait(self, job: Job) -> int:
-        """Whole seconds until ``job``'s result should be ready (queue wait plus its own run time)."""
+    def _starts(self) -> dict[str, float]:
+        """``estimated_start`` of every queued job, in one pass over the order."""
+        frees, starts = self._slot_free_times(), {}
+        for job_id in self.order():
+            starts[job_id] = frees[0]
+            heapq.heapreplace(frees, frees[0] + self.average_seconds(self._jobs[job_id].preset))
+        return starts
+
+    def estimated_wait(self, job: Job, start: float | None = None) -> int:
+        """Whole seconds until ``job``'s result should be ready (queue wait plus its own run time);
+        ``start``: its ``estimated_start`` when the caller has it."""
         if job.status.terminal:
             return 0
         if job.status is JobStatus.PROCESSING:
             return math.ceil(self._remaining(job))
-        return math.ceil(self.estimated_start(job) + self.average_seconds(job.preset))
+        if start is None:
+            start = self.estimated_start(job)
+        return math.ceil(start + self.average_seconds(job.preset))
 
     def retry_after(self) -> int:
         """Whole seconds until a place in the queue should free up (at least 1)."""
@@ -552,14 +645,14 @@ class JobQueue:
             "scheduling": self.scheduling,
         }
 
-    def eta_seconds(self, job: Job) -> float | None:
+    def eta_seconds(self, job: Job, start: float | None = None) -> float | None:
         """Seconds until the result: queued, time to start plus run time; processing, the remaining
         steps times this job's measured step time (the preset's average until a step was measured)."""
         if job.status.terminal:
             return None
         if job.status is JobStatus.PROCESSING:
             return round(self._remaining(job), 1)
-        return float(self.estimated_wait(job))
+        return float(self.estimated_wait(job, start))
 
     def progress_of(self, job: Job) -> float:
         if job.status is JobStatus.COMPLETED:
@@ -568,8 +661,16 @@ class JobQueue:
             return round(job.step / job.total_steps, 4)
         return 0.0
 
-    def view(self, job: Job) -> JobView:
-        """The contract's status object for one job, as of now."""
+    def active_views(self) -> list[JobView]:
+        """The views of every queued and processing job (queued ones in start order), as of now."""
+        starts = self._starts()
+        return ([self.view(job) for job in self._running.values()]
+                + [self.view(self._jobs[job_id], start) for job_id, start in starts.items()])
+
+    def view(self, job: Job, start: float | None = None) -> JobView:
+        """The contract's status object for one job, as of now (``start``: its ``estimated_start``
+        when the caller has it)."""
+        wait = None if job.status.terminal else self.estimated_wait(job, start)
         return JobView(
             job_id=job.id,
             status=job.status,
@@ -582,15 +683,16 @@ class JobQueue:
             error=job.error,
             instruction=job.instruction,
             model=job.preset,
-            estimated_wait_seconds=None if job.status.terminal else self.estimated_wait(job),
+            estimated_wait_seconds=wait,
             worker=job.worker_id[-8:] if job.worker_id else None,
             progress=self.progress_of(job),
             step=job.step,
             total_steps=job.total_steps,
-            eta_seconds=self.eta_seconds(job),
+            eta_seconds=self.eta_seconds(job, start),
             station=job.station,
             run_seconds=job.run_seconds,
             attempts=job.attempts,
             priority=job.priority,
             preview_step=job.preview_step,
+            version=self.version,
         )

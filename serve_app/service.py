@@ -1,8 +1,9 @@
 """What the HTTP routes do, with no HTTP in it: one ``EditService`` per ingress replica.
 
 It checks a station's edit (``forms``), calls the queue (each call typed here, with a timeout, a
-queue error re-raised as the ``ApiError`` it is), follows jobs for the events stream (``events``),
-and cancels the job of an /edit whose client went away. The routes in ``api`` only translate
+queue error re-raised as the ``ApiError`` it is), answers status, queue stats, health and the events
+streams from this replica's mirror of the queue when it can (``mirror``: no queue hop), follows jobs
+for the events stream (``events``), and cancels the job of an /edit whose client went away. The routes in ``api`` only translate
 between HTTP and these methods. No FastAPI and no Ray import: the queue handle is injected (a Serve
 ``DeploymentHandle``, or in ``bench/load.py plain`` the queue object itself).
 """
@@ -21,6 +22,7 @@ from .events import JobEvents
 from .forms import EditFields, check_edit, check_idempotency_key, fingerprint
 from .images import check_upload
 from .logs import for_job
+from .mirror import Mirror
 from .presets import missing_weights
 from .protocol import JobRequest, JobStatus, JobView, WorkerState
 
@@ -35,6 +37,7 @@ class EditService:
         self.queue = queue  # .method.remote(*args) -> awaitable, as a Serve DeploymentHandle
         self.settings = settings
         self.events = JobEvents(self._watch, HEARTBEAT_S)
+        self.mirror = Mirror(self._changes, settings.cleanup_age_seconds)
         self._background: set[asyncio.Task] = set()
 
     async def _call(self, method: str, *args, timeout: float = QUICK_CALL_S):
@@ -46,8 +49,24 @@ class EditService:
                 raise err from None
             raise
 
+    async def _changes(self, epoch: str | None, since: int | None, timeout: float):
+        return await self._call("changes", epoch, since, timeout, timeout=timeout + QUICK_CALL_S)
+
     async def _watch(self, job_id: str, last: tuple | None, timeout: float) -> JobView | None:
-        return await self._call("watch", job_id, FEED, last, timeout, timeout=timeout + QUICK_CALL_S)
+        """The job's view once its signature differs from ``last``, None after ``timeout``: from the
+        mirror while it knows the job, else the queue's own long poll (which raises when the job is gone)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            view = self.mirror.job(job_id, FEED)
+            left = deadline - loop.time()
+            if view is None:
+                return await self._call("watch", job_id, FEED, last, max(left, 0), timeout=max(left, 0) + QUICK_CALL_S)
+            if last is None or view.signature() != tuple(last):
+                return view
+            if left <= 0:
+                return None
+            await self.mirror.changed(left)
 
     # --- jobs --------------------------------------------------------------------------------------
 
@@ -71,7 +90,9 @@ class EditService:
                              checked.system_prompt, idempotency_key, key_of, checked.webhook_url,
                              checked.webhook_events, checked.start_within_seconds, checked.deadline_seconds,
                              priority, checked.previews)
-        return await self._call("submit", request, caller)
+        view, created = await self._call("submit", request, caller)
+        self.mirror.note(view)  # read your writes: this replica's next status read shows the job
+        return view, created
 
     async def edit(self, form: EditFields, caller: Caller, idempotency_key: str | None) -> JobView:
         """Submit and wait up to ``edit_timeout_seconds`` for the job to complete. Raises
@@ -142,10 +163,17 @@ class EditService:
                 delay = min(delay * 2, 10.0)
 
     async def status(self, job_id: str, caller: Caller) -> JobView:
-        return await self._call("status", job_id, caller)
+        self.mirror.start()
+        view = self.mirror.job(job_id, caller)
+        if view is None:  # the mirror cannot answer: not fresh, or a job it has not heard of yet
+            view = await self._call("status", job_id, caller)
+            self.mirror.note(view)
+        return view
 
     async def cancel(self, job_id: str, caller: Caller) -> JobView:
-        return await self._call("cancel", job_id, caller)
+        view = await self._call("cancel", job_id, caller)
+        self.mirror.note(view)
+        return view
 
     async def result(self, job_id: str, caller: Caller) -> tuple[str, bytes, JobView]:
         """(the result file's name, its PNG bytes, the job's view)."""
@@ -165,14 +193,16 @@ class EditService:
         return await self._call("station_jobs", caller, limit)
 
     async def queue_stats(self) -> dict:
-        return await self._call("queue_stats")
+        self.mirror.start()
+        return self.mirror.queue_stats() or await self._call("queue_stats")
 
     # --- the service -------------------------------------------------------------------------------
 
     async def health(self) -> tuple[dict, bool]:
         """(/health's body, whether it is healthy enough to answer 200)."""
+        self.mirror.start()
         try:
-            h = await self._call("health", timeout=5.0)
+            h = self.mirror.queue_health() or await self._call("health", timeout=5.0)
         except Exception:
             return {"status": "degraded", "warnings": ["The job queue is not reachable."], "current_model": None,
                     "model_loaded": False, "is_loading": False, "is_generating": False,
@@ -183,7 +213,8 @@ class EditService:
         return {"status": status, **h}, True
 
     async def models(self) -> dict:
-        h = await self._call("health")
+        self.mirror.start()
+        h = self.mirror.queue_health() or await self._call("health")
         models = {}
         for name, p in self.settings.presets.items():
             missing = missing_weights(p)
@@ -193,4 +224,6 @@ class EditService:
                         "load-model. Presets with available=false need their weights on the server first."}
 
     async def load_model(self, name: str) -> dict:
-        return await self._call("load_model", name, timeout=self.settings.load_timeout_seconds + QUICK_CALL_S)
+        answer = await self._call("load_model", name, timeout=self.settings.load_timeout_seconds + QUICK_CALL_S)
+        self.mirror.require(answer.pop("version"))  # health shows the new default from here on
+        return answer
