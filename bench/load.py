@@ -1,6 +1,6 @@
 """Load: many stations submitting and polling at once, on loopback, bounded in stations and time.
 
-    .venv/bin/python bench/load.py compare [--stations 20] [--seconds 60] [--out FILE]
+    .venv/bin/python bench/load.py compare [--stations 20] [--seconds 60] [--variants ray,haproxy,plain] [--out FILE]
     .venv/bin/python bench/load.py run --url URL --key KEY [--key KEY2 ...] [--stations 20] [--seconds 60]
     .venv/bin/python bench/load.py plain CONFIG [--port 8000]
     .venv/bin/python bench/load.py flood [--stations 20] [--seconds 30] [--flooders 4] [--out FILE]
@@ -18,7 +18,8 @@ under plain uvicorn, without Ray: the queue and worker are called directly inste
 deployment handles. What Ray Serve costs shows as the ratio of ``run`` against each.
 
 ``compare``: both, one after the other on this machine (``qwen-serve`` with a generated config, then
-``plain`` with the same one), the same load on each, and the ratios; JSON to ``--out``.
+``plain`` with the same one), the same load on each, and the ratios; JSON to ``--out``. The variant
+``haproxy`` is ``qwen-serve`` with ``http_proxy: haproxy`` (Serve's direct ingress).
 
 ``flood``: one ``qwen-serve`` with the default rate limit, each station with its own key: after a
 10 s warm-up, the stations' load alone and while one more station (its own key, another process)
@@ -251,7 +252,8 @@ async def plain_serve(config: Path, port: int) -> None:
 
 # --- compare ----------------------------------------------------------------------------------------
 
-def write_config(folder: Path, port: int, models: Path, stations: int, rate: float | None = None) -> Path:
+def write_config(folder: Path, port: int, models: Path, stations: int, rate: float | None = None,
+                 http_proxy: str = "python") -> Path:
     """config/serve.yaml on ``port`` with the speck preset as default and a keys file with one key per
     station (``station_keys``); ``rate``: requests per second per station instead of the file's limit
     (bursts of three seconds' worth)."""
@@ -263,7 +265,7 @@ def write_config(folder: Path, port: int, models: Path, stations: int, rate: flo
     keys.write_text(yaml.safe_dump(station_keys(stations)))
     args.update(state_dir=str(folder / "state"), models_dir=str(models), default_preset="speck",
                 presets={**copy.deepcopy(args.get("presets", {})), "speck": SPECK}, graceful_stop_seconds=5,
-                api_keys_file=str(keys))
+                api_keys_file=str(keys), http_proxy=http_proxy)
     if rate is not None:
         args["rate_limit"] = {"requests_per_second": rate, "burst": max(1, int(rate * 3))}
     path = folder / "serve.yaml"
@@ -320,19 +322,21 @@ def compare(opts) -> dict:
     work = Path(tempfile.mkdtemp(prefix="qwen-load-"))
     models = Path(opts.models).resolve() if opts.models else work / "models"
     results = {}
-    for name in ("ray", "plain"):
+    variants = opts.variants.split(",")
+    for name in variants:
         port = free_port()
         folder = work / name
         folder.mkdir()
-        config = write_config(folder, port, models, opts.stations)
-        command = ([str(Path(sys.executable).with_name("qwen-serve")), str(config)] if name == "ray"
+        config = write_config(folder, port, models, opts.stations, http_proxy="haproxy" if name == "haproxy" else "python")
+        command = ([str(Path(sys.executable).with_name("qwen-serve")), str(config)] if name != "plain"
                    else [sys.executable, str(Path(__file__).resolve()), "plain", str(config), "--port", str(port)])
         results[name] = run_server(command, f"http://127.0.0.1:{port}", folder / "server.log", opts)
         print(name, json.dumps(results[name]), flush=True)
-    ray_, plain = results["ray"], results["plain"]
-    results["ratios_ray_over_plain"] = {
-        k: round(ray_[k] / plain[k], 2) if plain[k] else None
-        for k in ("status_p50_ms", "status_p99_ms", "status_per_second", "jobs_per_minute")}
+    plain = results.get("plain")
+    for name in (v for v in variants if v != "plain" and plain):
+        results[f"ratios_{name}_over_plain"] = {
+            k: round(results[name][k] / plain[k], 2) if plain[k] else None
+            for k in ("status_p50_ms", "status_p99_ms", "status_per_second", "jobs_per_minute")}
     results["date"] = time.strftime("%Y-%m-%d")
     results["command"] = "bench/load.py compare " + " ".join(sys.argv[2:])
     return results
@@ -390,6 +394,10 @@ def main(argv=None) -> int:
                            help="repeat for several keys: station n sends the n-th (modulo)")
         else:
             p.add_argument("--models", help="where the tiny model is (built there if missing)")
+        if name == "compare":
+            p.add_argument("--variants", default="ray,plain",
+                           help="comma-separated, run in this order: ray (qwen-serve, Serve's Python proxy), "
+                                "haproxy (qwen-serve with http_proxy: haproxy), plain (uvicorn, no Ray)")
         if name == "flood":
             p.add_argument("--flooders", type=int, default=4, help="the flooding station's connections")
             p.add_argument("--rate", type=float, help="rate_limit.requests_per_second (default: the config's)")
@@ -419,7 +427,7 @@ def main(argv=None) -> int:
     print(json.dumps(result, indent=1))
     if opts.out:
         opts.out.write_text(json.dumps(result, indent=1))
-    runs = {"run": lambda: [result], "compare": lambda: [result["ray"], result["plain"]],
+    runs = {"run": lambda: [result], "compare": lambda: [result[v] for v in opts.variants.split(",")],
             "flood": lambda: result["runs"]}[opts.cmd]()
     bad = [r for r in runs if r["server_errors"] or r["jobs_lost"] or r["jobs_duplicated"]]
     return 1 if bad else 0

@@ -5,6 +5,7 @@ frozen ``Settings`` every deployment is built with, each value in one place and 
 absolute on the machine that builds the app.
 """
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -103,6 +104,10 @@ class AppArgs(BaseModel):
                                          description="on SIGTERM (qwen-serve), running jobs get this long to "
                                                      "finish; the rest are queued again for the next start")
     ingress_replicas: int = Field(1, ge=1, le=64)
+    http_proxy: Literal["python", "haproxy"] = Field(
+        "python", description="haproxy: Ray Serve's direct ingress, HAProxy in front of the ingress replicas "
+                              "(the binary ships with ray[serve] on Linux); applied by qwen-serve when it "
+                              "starts the cluster (RAY_SERVE_ENABLE_HA_PROXY=1)")
     rate_limit: RateLimitArgs | None = Field(default_factory=RateLimitArgs,
                                              description="per-station request limit (429 with Retry-After "
                                                          "beyond it); null: none")
@@ -132,7 +137,7 @@ class AppArgs(BaseModel):
 
 
 class QueueSettings(BaseModel):
-    """What only the queue reads."""
+    """What the queue enforces (the ingress reads ``max_jobs_per_station`` too: a hint that skips a hop)."""
     model_config = ConfigDict(frozen=True)
 
     results_dir: str
@@ -229,6 +234,9 @@ def build_settings(args: AppArgs | dict | None) -> Settings:
     webhook-secret files (creating them on first start) and prints where the keys come from."""
     if not isinstance(args, AppArgs):
         args = AppArgs.model_validate(args or {})
+    if args.http_proxy == "haproxy" and os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") != "1":
+        print("http_proxy: haproxy is applied by qwen-serve when it starts the cluster; this cluster serves "
+              "through the proxy it was started with (start it with RAY_SERVE_ENABLE_HA_PROXY=1)", flush=True)
     presets = build_registry(args.presets)
     default = resolve(presets, args.default_preset).name if args.default_preset else None
     keyring, key_message = load_keyring(args.path(args.api_key_file, "api_key"),

@@ -2,13 +2,16 @@
 
 ``check_upload`` reads the header before decoding any pixel, so a decompression bomb (a small file
 declaring a huge canvas) is refused without allocating it. Every refusal is an ``InvalidImage`` (400)
-whose sentence follows the contract's wording and says what to fix.
+whose sentence follows the contract's wording and says what to fix. ``check_and_decode`` keeps the
+check's decode as the job's input (RGB pixels, EXIF orientation applied), so an upload is decoded
+once: in the ingress, not again in the worker (``to_rgb`` takes either form).
 """
 
 import io
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InvalidImage
@@ -64,6 +67,16 @@ def check_size(size: int, limits: UploadLimits) -> None:
 
 def check_upload(data: bytes, limits: UploadLimits) -> ImageInfo:
     """Validate an upload fully (size, format, dimensions, decodability) or raise ``InvalidImage``."""
+    return _checked(data, limits, keep=False)[0]
+
+
+def check_and_decode(data: bytes, limits: UploadLimits) -> tuple[ImageInfo, np.ndarray]:
+    """``check_upload``, and the pixels that check decoded as the job will use them: an RGB
+    ``uint8`` array (height x width x 3) with the EXIF orientation applied, as ``decode`` gives."""
+    return _checked(data, limits, keep=True)
+
+
+def _checked(data: bytes, limits: UploadLimits, keep: bool):
     if not data:
         raise _invalid("the file is empty")
     check_size(len(data), limits)
@@ -94,14 +107,26 @@ def check_upload(data: bytes, limits: UploadLimits) -> ImageInfo:
                 im.load()
             except Exception:
                 raise _invalid("the file is truncated or corrupt") from None
-            return ImageInfo(im.format, width, height)
+            info = ImageInfo(im.format, width, height)
+            return info, (np.asarray(_rgb(im)) if keep else None)
+
+
+def _rgb(im: Image.Image) -> Image.Image:
+    return ImageOps.exif_transpose(im).convert("RGB")
 
 
 def decode(data: bytes) -> Image.Image:
     """An RGB image with its EXIF orientation applied (the input must have passed ``check_upload``)."""
     with Image.open(io.BytesIO(data)) as im:
-        im = ImageOps.exif_transpose(im)
-        return im.convert("RGB")
+        return _rgb(im)
+
+
+def to_rgb(upload) -> Image.Image:
+    """A job input as the pipeline takes it: from the upload's bytes (decoded here), or from the
+    pixels ``check_and_decode`` made of them."""
+    if isinstance(upload, (bytes, bytearray, memoryview)):
+        return decode(bytes(upload))
+    return Image.fromarray(np.asarray(upload, dtype=np.uint8))
 
 
 def encode_png(image: Image.Image, compress_level: int = 1) -> bytes:

@@ -46,7 +46,7 @@ ADDED_COLUMNS = {"webhook_events": "TEXT", "start_by": "REAL", "finish_by": "REA
 # preview's step (in memory with the preview) and the passes counted for the starvation bound (in
 # memory: a restart counts them again from zero, as the README says). Seeds up to 2**64-1 overflow
 # SQLite's signed 64-bit integers, so they are stored as text.
-COLUMNS = [f.name for f in fields(Job) if f.name not in ("payload", "preview_step", "passes", "changed")]
+COLUMNS = [f.name for f in fields(Job) if f.name not in ("payload", "pixels", "preview_step", "passes", "changed")]
 
 
 class StateLock:

@@ -17,6 +17,7 @@ instead of starting a local one (as ``serve run --address``).
 
 import argparse
 import logging
+import os
 import pkgutil
 import signal
 import sys
@@ -86,6 +87,18 @@ def drain(app_names: list[str], grace: dict[str, float]) -> None:
                  outcome["finished"], len(outcome["requeued"]), outcome["queued"])
 
 
+def use_haproxy(address: str | None) -> None:
+    """``http_proxy: haproxy``: Serve reads the switch from the environment its controller starts
+    in, so it is set before the local cluster starts; a cluster joined with ``--address`` keeps the
+    proxy it was started with."""
+    if address is None:
+        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+        log.info("http_proxy: haproxy (Serve's direct ingress, HAProxy in front of the ingress replicas)")
+    elif os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") != "1":
+        log.warning("http_proxy: haproxy applies only to a cluster started with RAY_SERVE_ENABLE_HA_PROXY=1; "
+                    "the cluster at %s serves through the proxy it was started with", address)
+
+
 def plan(config, path: Path) -> int:
     """``--plan``: each of this project's apps planned against its card (``memplan.config_plan``)."""
     from .config import AppArgs
@@ -122,8 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(opts.config)
         # This project's apps: their args are checked before any Ray process starts.
-        grace = {app.name: AppArgs.model_validate(app.args or {}).graceful_stop_seconds
-                 for app in config.applications if app.import_path == OUR_BUILDER}
+        ours = {app.name: AppArgs.model_validate(app.args or {}) for app in config.applications
+                if app.import_path == OUR_BUILDER}
+        grace = {name: args.graceful_stop_seconds for name, args in ours.items()}
     except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
         parser.error(f"{opts.config}: {exc}")
     if opts.plan:
@@ -132,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray import serve
 
+    if any(args.http_proxy == "haproxy" for args in ours.values()):
+        use_haproxy(opts.address)
     stop = _Stop()
     extra = {"_metrics_export_port": opts.metrics_port} if opts.metrics_port and not opts.address else {}
     ray.init(address=opts.address, namespace="serve", **extra)

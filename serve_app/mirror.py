@@ -159,6 +159,14 @@ class Mirror:
         """``GET /queue``'s body, or None: ask the queue."""
         return self._current(self.stats)
 
+    def has_room(self, station: str, max_per_station: int | None) -> bool:
+        """Whether the queue, as of the latest answer, has room for one more job of ``station``
+        (False also when the mirror cannot tell). A hint: the queue's submit decides."""
+        if not self.fresh or self.stats is None or self.stats["queue_size"] >= self.stats["max_queue_size"]:
+            return False
+        return max_per_station is None or sum(
+            1 for i in self._open if self.views[i].station == station) < max_per_station
+
     def queue_health(self) -> dict | None:
         """The queue's part of ``/health``, or None: ask the queue."""
         return self._current(self.health)

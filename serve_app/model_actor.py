@@ -29,6 +29,7 @@ import uuid
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from . import transfer
 from .config import Settings
 from .logs import for_job, use_serve_handlers
 from .metrics import WorkerMetrics
@@ -66,6 +67,7 @@ class ModelWorker:
                               else self.engine.device == "cuda")
         self.jobs_done = 0
         self.jobs_prepared_ahead = 0  # claimed on a previous job's last step, prepared meanwhile
+        self.inputs_refetched = 0  # jobs whose decoded images were gone: their upload was decoded here
         self.metrics = WorkerMetrics()
         self.engine.on_load = self.metrics.loaded
         loop = asyncio.get_running_loop()
@@ -171,13 +173,30 @@ class ModelWorker:
         self._touch(task.job_id)
         self.jobs_prepared_ahead += 1
         try:
-            prepared = await asyncio.to_thread(self.engine.prepare, task.preset, task.images, task.instruction,
-                                               task.system_prompt)
+            prepared = await asyncio.to_thread(self.engine.prepare, task.preset, await self._uploads(task),
+                                               task.instruction, task.system_prompt)
         except Exception:  # generate does the work again and reports what is wrong with the job
             log.warning("[ModelWorker] preparing job %s ahead failed", task.job_id[:8], exc_info=True,
                         extra=for_job(task.job_id))
             prepared = None
         return task, prepared
+
+    async def _uploads(self, task: JobTask) -> list:
+        """The job's images: the pixels the ingress decoded (from Ray's object store), or the
+        uploaded bytes (to decode) when it sent none or they are gone with the replica that sent
+        them. Raises ``JobCancelled`` when the job is no longer this worker's."""
+        if task.pixels is None:
+            return task.images
+        try:
+            return await transfer.fetch(task.pixels)
+        except Exception as exc:
+            log.warning("[ModelWorker] job %s: its decoded images are gone (%s); decoding its upload instead",
+                        task.job_id[:8], type(exc).__name__, extra=for_job(task.job_id))
+        self.inputs_refetched += 1
+        images = await self._call_queue("inputs", self.id, task.job_id)
+        if images is None:  # cancelled or declared lost meanwhile
+            raise JobCancelled(task.job_id)
+        return images
 
     async def _load(self, task: LoadTask) -> None:
         try:
@@ -265,7 +284,8 @@ class ModelWorker:
         try:
             # Only a job that asked for previews passes on_preview: the others compute none of it.
             extra = {"on_preview": self._preview_sender(task.job_id)} if task.previews else {}
-            image = await asyncio.to_thread(self.engine.generate, task.preset, task.images, task.instruction,
+            uploads = None if prepared is not None else await self._uploads(task)
+            image = await asyncio.to_thread(self.engine.generate, task.preset, uploads, task.instruction,
                                             task.seed, task.system_prompt, self._step_reporter(task, cancelled),
                                             prepared, **extra)
         except JobCancelled:
@@ -346,7 +366,7 @@ class ModelWorker:
 
         return {"id": self.id, "device": self.engine.device, "preset": self._preset_name,
                 "gpu_ids": ray.get_gpu_ids(), "jobs_done": self.jobs_done,
-                "jobs_prepared_ahead": self.jobs_prepared_ahead,
+                "jobs_prepared_ahead": self.jobs_prepared_ahead, "inputs_refetched": self.inputs_refetched,
                 "attention_backend": self.engine.attention_backend,
                 "profile": self.engine.profile and self.engine.profile.name,
                 "node_id": ray.get_runtime_context().get_node_id()}

@@ -352,9 +352,10 @@ class EditEngine:
     def _held_key(self) -> tuple:
         return (id(self.pipe), self.base, self.held)
 
-    def prepare(self, preset: Preset, images_bytes: list[bytes], instruction: str,
+    def prepare(self, preset: Preset, uploads: list, instruction: str,
                 system_prompt: str | None = None) -> Prepared:
-        """A job's host-side work, done ahead: decode the uploads and, when this engine already holds
+        """A job's host-side work, done ahead: the uploads as images (``images.to_rgb``: decoded here
+        from their bytes, or the pixels the ingress decoded) and, when this engine already holds
         the preset's base in a resident profile (the text encoder is shared by every preset of a base;
         LoRAs touch only the transformer), encode the prompt as the pipeline would (the Qwen2-VL
         processor on the CPU, the text encoder on a side CUDA stream). Safe to call while another job
@@ -362,7 +363,7 @@ class EditEngine:
         import torch
 
         torch.set_num_threads(self.threads)
-        inputs = [images.decode(b) for b in images_bytes]
+        inputs = [images.to_rgb(u) for u in uploads]
         prompt = f"{system_prompt.strip()}\n{instruction}" if system_prompt and system_prompt.strip() else instruction
         held = self._held_key()
         pipe = self.pipe
@@ -405,7 +406,7 @@ class EditEngine:
             self._projection = (self.base, Projection.for_vae(self.pipe.vae, self.device, self.pipe.vae.dtype))
         return self._projection[1]
 
-    def generate(self, preset: Preset, images_bytes: list[bytes], instruction: str, seed: int,
+    def generate(self, preset: Preset, uploads: list, instruction: str, seed: int,
                  system_prompt: str | None = None, on_step=None, prepared: Prepared | None = None,
                  on_preview=None):
         """The edited PIL image. Same inputs and seed give identical pixels (a per-job generator),
@@ -423,7 +424,7 @@ class EditEngine:
         torch.set_num_threads(self.threads)
         self.ensure(preset)
         if prepared is None:
-            prepared = self.prepare(preset, images_bytes, instruction, system_prompt)
+            prepared = self.prepare(preset, uploads, instruction, system_prompt)
         inputs, prompt = prepared.images, prepared.prompt
         area = preset.resolution * preset.resolution
         # The pipeline sizes the output from the last image; so do we, at the preset's working area.

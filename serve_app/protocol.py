@@ -11,6 +11,7 @@ no torch.
 import dataclasses
 from dataclasses import dataclass
 from enum import Enum, StrEnum
+from typing import Any
 
 from .presets import Preset
 
@@ -150,19 +151,24 @@ class JobRequest:
     deadline_seconds: float | None = None  # not finished by then: cancelled
     priority: str = "normal"  # one of PRIORITIES, at most the caller's
     previews: bool = False  # live previews after each step
+    pixels: Any = None  # the decoded images (``transfer.share``: a reference into Ray's object store)
 
 
 @dataclass(frozen=True)
 class JobTask:
-    """A job for a worker to run."""
+    """A job for a worker to run: its images as the ingress decoded them (``pixels``, a reference
+    into Ray's object store), or as uploaded (``images``: bytes, to decode) when there are no pixels
+    (a job restored from the database). A worker that cannot fetch the pixels asks the queue for the
+    bytes (``QueueActor.inputs``)."""
 
     job_id: str
     preset: Preset
-    images: list[bytes]
+    images: list[bytes] | None
     instruction: str
     seed: int
     system_prompt: str | None
     previews: bool = False
+    pixels: Any = None
 
 
 @dataclass(frozen=True)

@@ -338,12 +338,21 @@ class QueueActor:
         require_available(preset)
         return preset
 
-    async def find_idempotent(self, caller: Caller, key: str, fingerprint: str) -> JobView | None:
-        """The view of the job an earlier identical request with this key created (422 if that
-        request was a different one), or None: lets a retry skip the queue-full check and decoding."""
+    async def admit(self, caller: Caller, key: str | None, fingerprint: str | None) -> JobView | None:
+        """Before the ingress decodes an upload, when its mirror does not show room: the view of the
+        job an earlier identical request with this key created (422 if that request was a different
+        one), whatever the occupancy; else ``QueueFull`` / ``StationLimit`` now if a submit would be
+        refused; else None. ``submit`` still decides, atomically."""
         await self._expire()
         job = self.core.find_idempotent(caller.station, key, fingerprint)
-        return None if job is None else self.core.view(job)
+        if job is not None:
+            return self.core.view(job)
+        try:
+            self.core.check_room(caller.station)
+        except (QueueFull, StationLimit):
+            self.metrics.outcome("refused")
+            raise
+        return None
 
     async def submit(self, request: JobRequest, caller: Caller) -> tuple[JobView, bool]:
         """(the job's view, whether it was created now): False when an idempotent retry got the
@@ -361,7 +370,8 @@ class QueueActor:
         # for concurrent duplicates) is atomic.
         try:
             job = self.core.submit(r.job_id, instruction=r.instruction, preset=chosen.name, seed=r.seed,
-                                   system_prompt=r.system_prompt, payload=r.images, station=caller.station,
+                                   system_prompt=r.system_prompt, payload=r.images, pixels=r.pixels,
+                                   station=caller.station,
                                    idempotency_key=r.idempotency_key, fingerprint=r.fingerprint,
                                    webhook_url=r.webhook_url, webhook_events=",".join(r.webhook_events),
                                    total_steps=chosen.steps, start_within_s=r.start_within_seconds,
@@ -458,27 +468,18 @@ class QueueActor:
 
     async def changes(self, epoch: str | None, since: int | None, timeout: float) -> Changes:
         """The change feed of the ingress replicas' mirrors (``mirror.Mirror``): a long poll that
-        answers as soon as anything changed after version ``since`` of this queue replica's
-        ``epoch``, or after ``timeout`` seconds with the same (every unfinished job's view made
-        anew: ETAs tick), with the queue's stats and health. Another epoch (this replica replaced
-        an earlier one) or none: everything."""
+        answers at the queue's next change (a job's, or one that health shows, such as a stop or a
+        load) when nothing changed after version ``since`` of this queue replica's ``epoch`` yet,
+        at once otherwise, and after ``timeout`` seconds regardless (every unfinished job's view is
+        made anew: ETAs tick), with the queue's stats and health. Another epoch (this replica
+        replaced an earlier one) or none: everything."""
         if epoch != self.epoch:
             since = None
         elif since == self.core.version:
-            await self._until(lambda: self.core.version != since, timeout)
+            await self._wait_change(timeout)
         core = self.core.changes(since)
         return Changes(self.epoch, core.version, core.full, core.views, core.removed,
                        self._stats(), await self.health())
-
-    async def check_room(self, caller: Caller) -> None:
-        """Raise ``QueueFull`` / ``StationLimit`` now if a submit would be refused, so the ingress can
-        skip decoding the upload (the expensive part of a refusal). ``submit`` still decides, atomically."""
-        await self._expire()
-        try:
-            self.core.check_room(caller.station)
-        except (QueueFull, StationLimit):
-            self.metrics.outcome("refused")
-            raise
 
     async def health(self) -> dict:
         workers = self._alive_workers()
@@ -656,8 +657,16 @@ class QueueActor:
         self.metrics.started(job.preset, (job.started_at or job.created_at) - job.created_at)
         log.info("[JobQueue] Processing job %s - %s", job.id[:8], job.instruction[:50], extra=for_job(job.id))
         self._webhook(job, "started")
-        return JobTask(job.id, self.presets[job.preset], job.payload, job.instruction, job.seed, job.system_prompt,
-                       job.previews)
+        # The decoded images by reference when the ingress sent them (the bytes then stay here);
+        # else the bytes, to decode.
+        return JobTask(job.id, self.presets[job.preset], None if job.pixels is not None else job.payload,
+                       job.instruction, job.seed, job.system_prompt, job.previews, job.pixels)
+
+    async def inputs(self, worker_id: str, job_id: str) -> list[bytes] | None:
+        """The uploaded bytes of a job this worker holds (its pixels could not be fetched: the
+        ingress replica that sent them is gone); None when the job is no longer its."""
+        job = self._held_job(worker_id, job_id)
+        return None if job is None else job.payload
 
     def _held_job(self, worker_id: str, job_id: str, quiet: bool = False) -> Job | None:
         """The job, if this worker still holds it; None for a late report (cancelled, declared lost,

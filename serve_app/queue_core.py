@@ -76,6 +76,7 @@ class Job:
     error: str | None = None
     worker_id: str | None = None
     payload: Any = field(default=None, repr=False)  # the input image bytes, until the job finishes
+    pixels: Any = field(default=None, repr=False)  # the decoded inputs' reference (in memory only), until then
     station: str = DEFAULT_STATION
     idempotency_key: str | None = None
     fingerprint: str | None = None  # of the request that created the job (idempotent retries)
@@ -225,7 +226,8 @@ class JobQueue:
         return job
 
     def submit(self, job_id: str, *, instruction: str, preset: str, seed: int,
-               system_prompt: str | None = None, payload: Any = None, station: str = DEFAULT_STATION,
+               system_prompt: str | None = None, payload: Any = None, pixels: Any = None,
+               station: str = DEFAULT_STATION,
                idempotency_key: str | None = None, fingerprint: str | None = None,
                webhook_url: str | None = None, webhook_events: str | None = None,
                total_steps: int | None = None, start_within_s: float | None = None,
@@ -244,7 +246,8 @@ class JobQueue:
         if priority not in RANK:
             raise ValueError(f"priority must be one of {PRIORITIES}")
         job = Job(id=job_id, instruction=instruction, preset=preset, seed=seed,
-                  system_prompt=system_prompt, created_at=self._clock(), payload=payload, station=station,
+                  system_prompt=system_prompt, created_at=self._clock(), payload=payload, pixels=pixels,
+                  station=station,
                   idempotency_key=idempotency_key, fingerprint=fingerprint, webhook_url=webhook_url,
                   webhook_events=webhook_events, total_steps=total_steps, priority=priority, previews=previews)
         now = job.created_at
@@ -421,7 +424,7 @@ class JobQueue:
             self._unqueue(job)
         job.status = JobStatus.CANCELLED
         job.completed_at = self._clock()
-        job.payload = None
+        job.payload = job.pixels = None
         job.error = reason
         self.cancelled_total += 1
         self._bump(job)
@@ -463,7 +466,7 @@ class JobQueue:
         now = self._clock()
         job.status = status
         job.completed_at = now
-        job.payload = None
+        job.payload = job.pixels = None
         job.run_seconds = round(run_seconds, 3) if run_seconds is not None else None
         if measure:
             took = run_seconds if run_seconds is not None else now - (job.started_at or now)

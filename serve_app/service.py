@@ -15,12 +15,13 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+from . import transfer
 from .auth import Caller, job_priority
 from .config import Settings
 from .errors import ApiError, EditTimeout, JobNotFound, ServiceUnavailable, api_error_of
 from .events import JobEvents
 from .forms import EditFields, check_edit, check_idempotency_key, fingerprint
-from .images import check_upload
+from .images import check_and_decode
 from .logs import for_job
 from .mirror import Mirror
 from .presets import missing_weights
@@ -77,22 +78,28 @@ class EditService:
         checked = check_edit(form, self.settings)
         priority = job_priority(checked.priority, caller)
         data = [await f.read() for f in form.images]
-        key_of = None
-        if idempotency_key is not None:
-            key_of = fingerprint(data, form, checked)
-            existing = await self._call("find_idempotent", caller, idempotency_key, key_of)
-            if existing is not None:  # a retry: its job, whatever the queue's occupancy
+        key_of = None if idempotency_key is None else fingerprint(data, form, checked)
+        self.mirror.start()
+        if not self.mirror.has_room(caller.station, self.settings.queue.max_jobs_per_station):
+            # Full, or the mirror cannot tell: ask the queue before decoding (a refusal costs no decode;
+            # a keyed retry gets its job whatever the occupancy). With room, the submit is the one call.
+            existing = await self._call("admit", caller, idempotency_key, key_of)
+            if existing is not None:
                 return existing, False
-        await self._call("check_room", caller)  # a full queue refuses before the images are decoded
-        for one in data:
-            await asyncio.to_thread(check_upload, one, self.settings.ingress.upload_limits)
+        pixels = await asyncio.to_thread(self._decode, data)
         request = JobRequest(job_id or str(uuid.uuid4()), data, checked.instruction, checked.seed, checked.preset,
                              checked.system_prompt, idempotency_key, key_of, checked.webhook_url,
                              checked.webhook_events, checked.start_within_seconds, checked.deadline_seconds,
-                             priority, checked.previews)
+                             priority, checked.previews, pixels)
         view, created = await self._call("submit", request, caller)
         self.mirror.note(view)  # read your writes: this replica's next status read shows the job
         return view, created
+
+    def _decode(self, data: list[bytes]):
+        """(A thread.) Check each upload; the pixels each check decoded are the job's input, shared
+        once (``transfer``): the worker does not decode the upload again."""
+        limits = self.settings.ingress.upload_limits
+        return transfer.share([check_and_decode(one, limits)[1] for one in data])
 
     async def edit(self, form: EditFields, caller: Caller, idempotency_key: str | None) -> JobView:
         """Submit and wait up to ``edit_timeout_seconds`` for the job to complete. Raises

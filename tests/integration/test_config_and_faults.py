@@ -1,7 +1,9 @@
-"""The GPU config's placement, config validation, and a worker dying mid-job."""
+"""The GPU config's placement, config validation, a worker dying mid-job, and decoded images gone
+with the ingress replica that shared them."""
 
 import time
 
+import httpx
 import pytest
 from pydantic import ValidationError
 from ray import serve
@@ -103,3 +105,31 @@ def test_a_worker_whose_profile_cannot_run_stays_up_and_says_why(deploy, api):
         assert [(w["id"], w["state"]) for w in later] == [(worker["id"], "unusable")]
     finally:
         serve.delete("fp8")
+
+
+def test_a_job_whose_decoded_images_are_gone_decodes_its_upload_with_the_same_pixels(api):
+    """The ingress decodes each upload once and shares the pixels by reference; the replica that made
+    that reference owns it. Killed before the job starts, the reference is gone: the worker asks
+    the queue for the stored upload and decodes it, and the result is the same as by the usual path."""
+    api.drain()
+    blocker = api.submit(IMAGE, preset="long").json()["job_id"]
+    wait_for(lambda: api.status(blocker).json()["status"] == "processing", timeout=120)
+    queued = api.submit(IMAGE, seed=7).json()["job_id"]
+    before = worker_info("main")["inputs_refetched"]
+    kill_replica("main", "Ingress")  # Serve starts another; the queued job's pixels went with this one
+
+    def answers():
+        try:
+            return api.status(queued).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(answers, timeout=120, every=0.5)
+    api.http.delete(f"/api/v1/status/{blocker}")
+    assert api.wait(queued, timeout=120)["status"] == "completed"
+    assert worker_info("main")["inputs_refetched"] == before + 1
+    again = api.submit(IMAGE, seed=7).json()["job_id"]  # the usual path: pixels from the ingress
+    assert api.wait(again, timeout=120)["status"] == "completed"
+    assert worker_info("main")["inputs_refetched"] == before + 1
+    first, second = (api.http.get(f"/api/v1/status/{j}/result").content for j in (queued, again))
+    assert first == second and first.startswith(b"\x89PNG")

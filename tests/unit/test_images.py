@@ -87,3 +87,17 @@ def test_modes_become_rgb():
     buf = io.BytesIO()
     Image.new("RGBA", (20, 20), (1, 2, 3, 0)).save(buf, "PNG")
     assert decode(buf.getvalue()).mode == "RGB"
+
+
+@pytest.mark.parametrize("data", [jpeg(64, 32, exif_orientation=6), png(40, 24), jpeg(50, 30)],
+                         ids=["jpeg-rotated", "png", "jpeg"])
+def test_the_checks_decode_is_the_jobs_input(data):
+    """The pixels the ingress keeps from its check are exactly what the worker would decode."""
+    import numpy as np
+
+    from serve_app.images import check_and_decode, to_rgb
+
+    info, pixels = check_and_decode(data, LIMITS)
+    assert info == check_upload(data, LIMITS) and pixels.dtype == np.uint8 and pixels.shape[2] == 3
+    assert np.array_equal(pixels, np.asarray(decode(data)))
+    assert np.array_equal(np.asarray(to_rgb(pixels)), np.asarray(to_rgb(data)))

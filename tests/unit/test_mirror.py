@@ -211,3 +211,19 @@ def test_pump_keeps_the_mirror_fresh_and_stops_serving_when_the_feed_fails():
         await m.stop()
 
     asyncio.run(asyncio.wait_for(main(), 10))
+
+
+def test_room_hint_follows_the_queue_and_each_station_limit():
+    q = core(max_size=3, max_per_station=2)
+    feed = Feed(q)
+    m = Mirror(feed, cleanup_age_s=60, clock=Clock())
+    assert not m.has_room("a", 2)  # cannot tell yet: ask the queue
+    submit(q, "j0", "a")
+    sync(m, feed)
+    assert m.has_room("a", 2) and m.has_room("b", 2)
+    submit(q, "j1", "a")
+    sync(m, feed)
+    assert not m.has_room("a", 2) and m.has_room("a", None) and m.has_room("b", 2)
+    submit(q, "j2", "b")
+    sync(m, feed)
+    assert not m.has_room("b", 2) and not m.has_room("c", None)  # full

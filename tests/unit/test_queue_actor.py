@@ -8,7 +8,6 @@ def test_every_queue_method_for_jobs_takes_the_caller_explicitly():
     from serve_app.queue_actor import QueueActor
 
     cls = QueueActor.func_or_class
-    for name in ("submit", "status", "cancel", "watch", "result", "wait", "station_jobs", "check_room",
-                 "find_idempotent"):
+    for name in ("submit", "status", "cancel", "watch", "result", "wait", "station_jobs", "admit"):
         caller = inspect.signature(getattr(cls, name)).parameters["caller"]
         assert caller.default is inspect.Parameter.empty, name
