@@ -41,8 +41,8 @@ from ray import serve
 
 from .auth import Caller, job_priority
 from .config import Settings
-from .errors import (LoadInProgress, NoModelLoaded, PreviewNotReady, QueueFull, ResultNotReady, ServiceUnavailable,
-                     StartTooLate, StationLimit)
+from .errors import (ApiError, LoadInProgress, NoModelLoaded, PreviewNotReady, QueueFull, ResultNotReady,
+                     ServiceUnavailable, StartTooLate, StationLimit)
 from .jobstore import JobStore, StateLock
 from .logs import for_job, use_serve_handlers
 from .metrics import QueueMetrics
@@ -60,6 +60,20 @@ LOST = "worker lost: the model worker stopped while running this job; submit it 
 MAX_ATTEMPTS = 2  # a job interrupted by a lost worker runs once more, then fails with LOST
 LEASE_EXPIRED = ("the model worker made no progress on this job for {seconds:g} seconds (its lease ran out) "
                  "twice; submit it again")
+
+
+def answers(method):
+    """For the methods the ingress calls: an ``ApiError`` (a 404, a full queue's 429, ...) is the
+    call's answer, returned rather than raised, so Serve does not log each refusal as a failed
+    request with its traceback; the ingress raises it again (``EditService._call``)."""
+    @functools.wraps(method)
+    async def answer(*args, **kwargs):
+        try:
+            return await method(*args, **kwargs)
+        except ApiError as err:
+            return err
+
+    return answer
 
 
 @dataclass
@@ -338,6 +352,7 @@ class QueueActor:
         require_available(preset)
         return preset
 
+    @answers
     async def admit(self, caller: Caller, key: str | None, fingerprint: str | None) -> JobView | None:
         """Before the ingress decodes an upload, when its mirror does not show room: the view of the
         job an earlier identical request with this key created (422 if that request was a different
@@ -354,6 +369,7 @@ class QueueActor:
             raise
         return None
 
+    @answers
     async def submit(self, request: JobRequest, caller: Caller) -> tuple[JobView, bool]:
         """(the job's view, whether it was created now): False when an idempotent retry got the
         job an identical earlier request created."""
@@ -395,10 +411,12 @@ class QueueActor:
                  job.id[:8], self.core.occupancy, chosen.name, caller.station, extra=for_job(job.id))
         return self.core.view(job), True
 
+    @answers
     async def status(self, job_id: str, caller: Caller) -> JobView:
         await self._expire()
         return self.core.view(self.core.get_for(job_id, caller.station, caller.admin))
 
+    @answers
     async def cancel(self, job_id: str, caller: Caller) -> JobView:
         """Cancel a job (see ``JobQueue.cancel``); a running job's worker hears it on ``cancel_signal``."""
         await self._expire()
@@ -424,6 +442,7 @@ class QueueActor:
             job, was_running = self.core.cancel(job.id, reason)
             await self._cancelled(job, was_running, "on its deadline")
 
+    @answers
     async def watch(self, job_id: str, caller: Caller, last: tuple | None, timeout: float) -> JobView | None:
         """Long poll for the events stream: the job's view as soon as it differs from ``last`` (a
         ``JobView.signature``), or None after ``timeout`` seconds (the stream sends a heartbeat then)."""
@@ -433,6 +452,7 @@ class QueueActor:
 
         return await self._until(changed, timeout)
 
+    @answers
     async def result(self, job_id: str, caller: Caller) -> tuple[str, bytes, JobView]:
         await self._expire()
         job = self.core.get_for(job_id, caller.station, caller.admin)
@@ -445,6 +465,7 @@ class QueueActor:
             raise ResultNotReady(f"The result of job {job_id} is no longer on this server.") from None
         return job.result_name, data, self.core.view(job)
 
+    @answers
     async def wait(self, job_id: str, timeout: float, caller: Caller) -> JobView:
         """The job's status once it is finished, or when ``timeout`` passes, whichever is first."""
         def finished():
@@ -454,6 +475,7 @@ class QueueActor:
         return (await self._until(finished, timeout, poll=5.0)
                 or self.core.view(self.core.get_for(job_id, caller.station, caller.admin)))
 
+    @answers
     async def station_jobs(self, caller: Caller, limit: int = 20) -> list[JobView]:
         """The caller's recent jobs, newest first (an admin's: every station's)."""
         await self._expire()
@@ -506,6 +528,7 @@ class QueueActor:
                          **w.placement} for w in workers],
         }
 
+    @answers
     async def load_model(self, name: str) -> dict:
         preset = resolve(self.presets, name)
         require_available(preset)
@@ -696,6 +719,7 @@ class QueueActor:
             self.previews[report.job_id] = (report.step, report.jpeg)
             self._notify()
 
+    @answers
     async def get_preview(self, job_id: str, caller: Caller) -> tuple[int, bytes]:
         """(step, JPEG) of the job's latest live preview; 404 with the reason when there is none."""
         job = self.core.get_for(job_id, caller.station, caller.admin)

@@ -143,6 +143,10 @@ class JobQueue:
         self.version = 0  # grows with every change (the change feed)
         self._removals: deque[tuple[int, str]] = deque()  # (version, job id) of removed jobs
         self._removals_floor = 0  # removals at or before this version were forgotten
+        # Finished jobs in the order they finished: (version, id) for the change feed and (time, id)
+        # for expiry, so neither walks every job kept for the cleanup age.
+        self._ended: deque[tuple[int, str]] = deque()
+        self._expiring: deque[tuple[float, str]] = deque()
         self.completed_total = 0
         self.failed_total = 0
         self.cancelled_total = 0
@@ -154,6 +158,12 @@ class JobQueue:
         self.version += 1
         for job in jobs:
             job.changed = self.version
+
+    def _ended_now(self, job: Job) -> None:
+        """``job`` just reached a final state (and was bumped)."""
+        self._ended.append((job.changed, job.id))
+        if job.completed_at is not None:
+            self._expiring.append((job.completed_at, job.id))
 
     def touch(self) -> int:
         """Count a change the queue's owner made outside the jobs (one a change-feed reader must
@@ -172,8 +182,17 @@ class JobQueue:
         included whole (positions and ETAs move with every change)."""
         full = since is None or since < self._removals_floor or since > self.version
         views = self.active_views()
-        views += [self.view(job) for job in self._jobs.values()
-                  if job.status.terminal and (full or job.changed > since)]
+        if full:
+            views += [self.view(job) for job in self._jobs.values() if job.status.terminal]
+        else:
+            ended = []
+            for version, job_id in reversed(self._ended):  # newest first, back to ``since``
+                if version <= since:
+                    break
+                job = self._jobs.get(job_id)
+                if job is not None and job.changed == version:  # (not requeued or removed since)
+                    ended.append(self.view(job))
+            views += reversed(ended)
         removed = [] if full else [job_id for version, job_id in self._removals if version > since]
         return Delta(self.version, full, views, removed)
 
@@ -378,6 +397,8 @@ class JobQueue:
                 self._keys[(job.station, job.idempotency_key)] = job.id
         self._order = None
         self._bump(*jobs)
+        for job in sorted((j for j in jobs if j.status.terminal), key=lambda j: j.completed_at or 0.0):
+            self._ended_now(job)
 
     def _unqueue(self, job: Job) -> None:
         self._queued.remove(job.id)
@@ -428,6 +449,7 @@ class JobQueue:
         job.error = reason
         self.cancelled_total += 1
         self._bump(job)
+        self._ended_now(job)
         return job, was_running
 
     def overdue(self) -> list[tuple[Job, str]]:
@@ -450,6 +472,7 @@ class JobQueue:
         job.step = job.total_steps or job.step
         self.completed_total += 1
         self._bump(job)
+        self._ended_now(job)
         return job
 
     def fail(self, job_id: str, error: str, run_seconds: float | None = None) -> Job:
@@ -457,6 +480,7 @@ class JobQueue:
         job.error = error
         self.failed_total += 1
         self._bump(job)
+        self._ended_now(job)
         return job
 
     def _finish(self, job_id: str, status: JobStatus, run_seconds: float | None, measure: bool = True) -> Job:
@@ -478,8 +502,11 @@ class JobQueue:
         """Remove finished jobs older than the cleanup age; returns them (their files are the caller's).
         Their idempotency keys go with them."""
         cutoff = self._clock() - self.cleanup_age_s
-        gone = [j for j in self._jobs.values()
-                if j.status.terminal and j.completed_at is not None and j.completed_at <= cutoff]
+        gone = []
+        while self._expiring and self._expiring[0][0] <= cutoff:  # oldest first: no walk over every job
+            job = self._jobs.get(self._expiring.popleft()[1])
+            if job is not None and job.status.terminal:
+                gone.append(job)
         for job in gone:
             del self._jobs[job.id]
             del self._tickets[job.id]
@@ -487,6 +514,8 @@ class JobQueue:
                 self._keys.pop((job.station, job.idempotency_key), None)
         if gone:
             self._removed([job.id for job in gone])
+            while self._ended and self._ended[0][1] not in self._jobs:
+                self._ended.popleft()
         return gone
 
     # --- reads ---------------------------------------------------------------------------------

@@ -42,13 +42,18 @@ class EditService:
         self._background: set[asyncio.Task] = set()
 
     async def _call(self, method: str, *args, timeout: float = QUICK_CALL_S):
+        """The queue's answer; a refusal it answered (``queue_actor.answers``) or raised is raised
+        here as the ``ApiError`` it is."""
         try:
-            return await asyncio.wait_for(getattr(self.queue, method).remote(*args), timeout)
+            answer = await asyncio.wait_for(getattr(self.queue, method).remote(*args), timeout)
         except Exception as exc:
             err = api_error_of(exc)
             if err is not None:
                 raise err from None
             raise
+        if isinstance(answer, ApiError):
+            raise answer
+        return answer
 
     async def _changes(self, epoch: str | None, since: int | None, timeout: float):
         return await self._call("changes", epoch, since, timeout, timeout=timeout + QUICK_CALL_S)
@@ -99,7 +104,8 @@ class EditService:
         """(A thread.) Check each upload; the pixels each check decoded are the job's input, shared
         once (``transfer``): the worker does not decode the upload again."""
         limits = self.settings.ingress.upload_limits
-        return transfer.share([check_and_decode(one, limits)[1] for one in data])
+        pixels = [check_and_decode(one, limits)[1] for one in data]
+        return transfer.share(pixels, sum(p.nbytes for p in pixels))
 
     async def edit(self, form: EditFields, caller: Caller, idempotency_key: str | None) -> JobView:
         """Submit and wait up to ``edit_timeout_seconds`` for the job to complete. Raises

@@ -4,6 +4,7 @@ The ingress decodes each upload when it checks it (``images.check_and_decode``).
 those pixels into Ray's object store once; the queue passes on only the reference, and the worker
 reads the pixels from the store (zero-copy on the same node) instead of decoding the upload again.
 The upload's bytes go to the queue as before, once: it stores them (the job survives a restart).
+Pixels under ``INLINE_BYTES`` travel inside the calls instead, as Ray would send them anyway.
 
 What holds: the reference is owned by the ingress replica that made it, so it is lost if that
 replica ends before the job starts (a redeploy, a crash); ``fetch`` then raises and the worker asks
@@ -14,9 +15,16 @@ they are.
 
 from typing import Any
 
+# Smaller values travel inside the calls (Ray inlines arguments under 100 KB itself, and a put of
+# a small object costs more than sending it twice).
+INLINE_BYTES = 100 * 1024
 
-def share(value: Any) -> Any:
-    """``value`` in the object store (its reference), or ``value`` itself when Ray is not running here."""
+
+def share(value: Any, size: int) -> Any:
+    """``value`` (``size`` bytes) in the object store (its reference); ``value`` itself when it is
+    small or Ray is not running here."""
+    if size < INLINE_BYTES:
+        return value
     try:
         import ray
     except ImportError:  # (a plain server without Ray installed)
