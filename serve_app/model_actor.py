@@ -257,9 +257,7 @@ class ModelWorker:
             except Exception:
                 log.debug("[ModelWorker] %s report for %s lost", method, report.job_id[:8])
 
-        task = asyncio.get_running_loop().create_task(send())
-        self._background.add(task)  # keep a reference until it is sent
-        task.add_done_callback(self._background.discard)
+        self._in_background(send())
 
     def _send_progress(self, job_id: str, step: int, total: int, took: float | None) -> None:
         self._send_report("progress", StepReport(job_id, step, total, took))
@@ -300,21 +298,29 @@ class ModelWorker:
         finally:
             listener.cancel()
         self._touch(task.job_id)
-        if self.engine.device == "cpu":  # no accelerator to keep busy: overlapping only adds contention
-            await self._finish(task, image, start)
+        if self.engine.device == "cpu":
+            # No accelerator to keep busy: encoding beside the next job would only compete for the
+            # cores, so it is done now. The report (a wait on the queue storing the file) is not.
+            report = await self._encode(task, image, start)
+            self._in_background(self._report_outcome(report))
             return
-        finish = asyncio.get_running_loop().create_task(self._finish(task, image, start))
-        self._background.add(finish)
-        finish.add_done_callback(self._background.discard)
+        self._in_background(self._finish(task, image, start))
 
-    async def _finish(self, task: JobTask, image, start: float) -> None:
+    def _in_background(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)  # (the loop keeps only a weak reference to a task)
+        task.add_done_callback(self._background.discard)
+
+    async def _encode(self, task: JobTask, image, start: float) -> JobDone | JobFailed:
         try:
             png = await asyncio.to_thread(self.engine.encode, image)
         except Exception as exc:
-            await self._report_outcome(JobFailed(task.job_id, public_error(exc), time.perf_counter() - start))
-            return
+            return JobFailed(task.job_id, public_error(exc), time.perf_counter() - start)
         self.jobs_done += 1
-        await self._report_outcome(JobDone(task.job_id, png, time.perf_counter() - start))
+        return JobDone(task.job_id, png, time.perf_counter() - start)
+
+    async def _finish(self, task: JobTask, image, start: float) -> None:
+        await self._report_outcome(await self._encode(task, image, start))
 
     async def _report_outcome(self, report: JobDone | JobFailed) -> None:
         """A job's outcome, delivered (``_call_queue``); the job is no longer this replica's after."""

@@ -31,10 +31,12 @@ def test_drain_requeues_a_job_that_outlives_the_grace_period(deploy):
         assert 0.9 <= time.monotonic() - t0 < 10  # waited out the grace period, not more
         assert outcome == {"finished": 0, "requeued": [running], "queued": 2}
 
-        first, second = api.status(running).json(), api.status(queued).json()
+        # The drain was not a write through the ingress: its mirror shows it within a feed round trip.
+        first = wait_for(lambda: (v := api.status(running).json())["status"] == "queued" and v, timeout=5)
+        second = api.status(queued).json()
         assert (first["status"], first["position"], first["attempts"]) == ("queued", 1, 0)
         assert (second["status"], second["position"]) == ("queued", 2)
-        health = api.http.get("/api/v1/health").json()
+        health = wait_for(lambda: (h := api.http.get("/api/v1/health").json())["warnings"] and h, timeout=5)
         assert any("stopping" in w for w in health["warnings"]), health
 
         # Accepted (it is stored for the next start) but nothing starts, and the worker let go.
