@@ -270,9 +270,7 @@ class QueueActor:
         """A running job its worker will not finish: queued again once (``attempts`` counts the
         starts), failed with ``error`` after that."""
         if job.attempts < MAX_ATTEMPTS:
-            self.core.requeue(job.id)
-            self.previews.pop(job.id, None)  # the next run makes its own
-            await self._persist(job)
+            await self._requeue(job)
             log.warning("[JobQueue] Job %s: %s; queued again (attempt %d of %d next)", job.id[:8], why,
                         job.attempts + 1, MAX_ATTEMPTS, extra=for_job(job.id))
             self._notify()
@@ -281,6 +279,13 @@ class QueueActor:
         await self._persist(job)
         log.warning("[JobQueue] Job %s failed - %s", job.id[:8], error, extra=for_job(job.id))
         self._finished(job)
+
+    async def _requeue(self, job: Job, charge: bool = True) -> None:
+        """A running job queued again (``JobQueue.requeue``), recorded; its preview goes with the run
+        (the next run makes its own)."""
+        self.core.requeue(job.id, charge)
+        self.previews.pop(job.id, None)
+        await self._persist(job)
 
     def unschedulable(self) -> str | None:
         """Why no model worker can run: every live worker is unusable (its profile cannot run on its
@@ -586,10 +591,7 @@ class QueueActor:
         await self._until(lambda: not self.core.running(), self.settings.queue.graceful_stop_seconds, poll=1.0)
         left = self.core.running()
         for job in left:
-            self.core.requeue(job.id, charge=False)
-            self.previews.pop(job.id, None)
-            await self._persist(job)
-            self._worker_freed(job.worker_id)
+            await self._requeue(job, charge=False)
             log.warning("[JobQueue] Job %s did not finish within the grace period; queued again for "
                         "the next start", job.id[:8], extra=for_job(job.id))
         self._notify()
