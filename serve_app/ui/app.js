@@ -232,11 +232,17 @@ function row(view) {
   return tr;
 }
 
+let refreshes = 0; // the latest refresh's number: an older one's answer arriving later is dropped
+
 async function refresh() {
   if (!key()) return;
+  const mine = ++refreshes;
   try {
     const [jobs, queue] = await Promise.all([
       call("jobs?limit=20").then((r) => r.json()), call("queue").then((r) => r.json())]);
+    // A timer refresh sent before a cancel can answer after the cancel's own refresh; drawing it
+    // would put the job back as running until the next tick.
+    if (mine !== refreshes) return;
     $("jobs").replaceChildren(...jobs.jobs.map(row));
     $("q-queued").textContent = queue.queued_count;
     $("q-processing").textContent = queue.processing_count;
