@@ -210,6 +210,9 @@ class LocalHandle:
     def __init__(self, target):
         self._target = target
 
+    def options(self, **_):
+        return self  # (Ray calls or gRPC: one process has neither)
+
     def __getattr__(self, name):
         method = getattr(self._target, name)
 

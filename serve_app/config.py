@@ -108,6 +108,10 @@ class AppArgs(BaseModel):
         "python", description="haproxy: Ray Serve's direct ingress, HAProxy in front of the ingress replicas "
                               "(the binary ships with ray[serve] on Linux); applied by qwen-serve when it "
                               "starts the cluster (RAY_SERVE_ENABLE_HA_PROXY=1)")
+    internal_calls: Literal["grpc", "ray"] = Field(
+        "grpc", description="how the ingress and the workers call the queue: grpc (Serve's gRPC transport "
+                            "for the small, frequent calls; images and object references still go as Ray "
+                            "calls) or ray (Ray actor calls only)")
     rate_limit: RateLimitArgs | None = Field(default_factory=RateLimitArgs,
                                              description="per-station request limit (429 with Retry-After "
                                                          "beyond it); null: none")
@@ -119,6 +123,15 @@ class AppArgs(BaseModel):
                                           "next to the HTTP proxy); default: any node")
     worker: WorkerArgs = Field(default_factory=WorkerArgs)
     presets: dict[str, dict] = Field(default_factory=dict, description="added or changed presets")
+
+    def cluster_env(self) -> dict[str, str]:
+        """The environment Serve must start its cluster with for ``http_proxy`` (Serve reads the
+        switch once, when its processes start). ``internal_calls`` needs none: each call picks its
+        transport (``queue_client``)."""
+        env = {}
+        if self.http_proxy == "haproxy":
+            env["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+        return env
 
     @field_validator("max_body_mb")
     @classmethod
@@ -204,6 +217,7 @@ class Settings(BaseModel):
     load_timeout_seconds: float
     job_lease_seconds: float
     max_images: int
+    internal_calls: Literal["grpc", "ray"]  # the ingress's and workers' queue calls (queue_client)
     queue: QueueSettings
     worker: WorkerSettings
     ingress: IngressSettings
@@ -251,7 +265,7 @@ def build_settings(args: AppArgs | dict | None) -> Settings:
     return Settings(
         presets=presets, default_preset=default, max_queue_size=args.max_queue_size,
         cleanup_age_seconds=args.cleanup_age_seconds, load_timeout_seconds=args.load_timeout_seconds,
-        job_lease_seconds=args.job_lease_seconds, max_images=args.max_images,
+        job_lease_seconds=args.job_lease_seconds, max_images=args.max_images, internal_calls=args.internal_calls,
         queue=QueueSettings(
             results_dir=str(args.path(args.results_dir, "results")), jobs_db=str(args.path(None, "jobs.sqlite3")),
             scheduling=args.scheduling, max_jobs_per_station=args.max_jobs_per_station,

@@ -15,6 +15,7 @@ from ray.serve.handle import DeploymentHandle
 from .api import make_app
 from .config import Settings
 from .logs import use_serve_handlers
+from .queue_client import QueueClient
 from .service import EditService
 
 
@@ -29,7 +30,7 @@ class Ingress:
         if upload_dir:  # multipart spools files over 1 MB to the temp folder: keep them in the state folder
             os.makedirs(upload_dir, exist_ok=True)
             tempfile.tempdir = upload_dir
-        self.service = EditService(queue, settings)
+        self.service = EditService(QueueClient(queue, settings.internal_calls == "grpc"), settings)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return make_app(self.service, self.settings)

@@ -87,16 +87,19 @@ def drain(app_names: list[str], grace: dict[str, float]) -> None:
                  outcome["finished"], len(outcome["requeued"]), outcome["queued"])
 
 
-def use_haproxy(address: str | None) -> None:
-    """``http_proxy: haproxy``: Serve reads the switch from the environment its controller starts
-    in, so it is set before the local cluster starts; a cluster joined with ``--address`` keeps the
-    proxy it was started with."""
+def use_cluster_env(env: dict[str, str], address: str | None) -> None:
+    """Serve reads the ``http_proxy`` switch (``AppArgs.cluster_env``) from the environment its
+    processes start in, so it is set before a local cluster starts; a cluster joined with
+    ``--address`` keeps what it was started with (a warning names what differs)."""
     if address is None:
-        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
-        log.info("http_proxy: haproxy (Serve's direct ingress, HAProxy in front of the ingress replicas)")
-    elif os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") != "1":
-        log.warning("http_proxy: haproxy applies only to a cluster started with RAY_SERVE_ENABLE_HA_PROXY=1; "
-                    "the cluster at %s serves through the proxy it was started with", address)
+        os.environ.update(env)
+        for name, value in sorted(env.items()):
+            log.info("cluster setting %s=%s (from the config's http_proxy)", name, value)
+        return
+    differs = [f"{name}={value}" for name, value in sorted(env.items()) if os.environ.get(name) != value]
+    if differs:
+        log.warning("the config asks for %s, which applies only to a cluster started with it; the cluster at "
+                    "%s keeps the proxy it was started with", ", ".join(differs), address)
 
 
 def plan(config, path: Path) -> int:
@@ -146,8 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray import serve
 
-    if any(args.http_proxy == "haproxy" for args in ours.values()):
-        use_haproxy(opts.address)
+    use_cluster_env({k: v for args in ours.values() for k, v in args.cluster_env().items()}, opts.address)
     stop = _Stop()
     extra = {"_metrics_export_port": opts.metrics_port} if opts.metrics_port and not opts.address else {}
     ray.init(address=opts.address, namespace="serve", **extra)

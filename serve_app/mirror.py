@@ -4,7 +4,8 @@ One pump per replica keeps one long poll open on the queue's change feed (``Queu
 the queue answers as soon as anything changed after the version the mirror holds, and at least
 every ``refresh_s`` seconds with every unfinished job's view made anew (ETAs tick with time), so a
 status poll, ``GET /queue``, ``/health`` and the events streams are answered inside the replica.
-Answers come at most every ``batch_s`` (20 ms): under load, the changes made meanwhile come in one.
+Answers come at most every ``batch_s`` (100 ms): under load, the changes made meanwhile come in one
+(each answer costs the queue replica a call; a denoising step on a GPU takes longer than that).
 
 Guarantees:
 - Served only while fresh: the mirror's last answer came less than ``stale_s`` seconds ago and the
@@ -15,8 +16,9 @@ Guarantees:
 - Read your writes, in this replica: a view this replica's own write got back (a submit, a cancel)
   is noted at once, and an older answer of the feed never replaces a newer view (each view carries
   the queue's version). A job the mirror does not know (submitted through another ingress replica a
-  moment ago, or never) is asked of the queue. Stats and health after such a write come from the
-  queue until the mirror has reached that write's version.
+  moment ago, or never) is asked of the queue. Stats, health and the other jobs' views after such a
+  write come from the queue until the mirror has reached that write's version (a submit or cancel
+  moves other jobs' positions), and the feed is asked for it at once, not after ``batch_s``.
 
 No Ray, no HTTP: the feed call is injected, so this is unit-tested with a fake queue.
 """
@@ -32,7 +34,8 @@ from .protocol import Changes, JobView
 
 log = logging.getLogger(__name__)
 REFRESH_S = 1.0  # the queue answers at least this often, changed or not
-BATCH_S = 0.02  # at most one answer per this long: under load, changes arriving meanwhile come in one answer
+BATCH_S = 0.1  # at most one answer per this long: under load, changes arriving meanwhile come in one answer
+# (0.02 s cost 6 % of the jobs per minute under bench/load.py's 20 stations: BENCHMARKS.md, "Load")
 STALE_S = 3.0  # no answer for this long: the mirror serves nothing until the next one
 
 # fetch(epoch, since, timeout) -> the changes after version ``since`` of ``epoch`` (see QueueActor.changes)
@@ -53,23 +56,26 @@ class Mirror:
         self._synced_at: float | None = None  # clock of the last answer; None: not fresh
         self._required = 0  # stats and health only from this version on (this replica's last write)
         self._changed = asyncio.Event()
+        self._behind = asyncio.Event()  # set by a write of this replica the feed has not brought yet
         self._task: asyncio.Task | None = None
+        self._stopped = False
 
     # --- keeping it -----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the pump on the running loop (once; again if it ever ended)."""
-        if self._task is None or self._task.done():
+        """Start the pump on the running loop (once; again if it ever ended, unless stopped)."""
+        if not self._stopped and (self._task is None or self._task.done()):
             self._task = asyncio.get_running_loop().create_task(self._pump())
 
     async def stop(self) -> None:
+        self._stopped = True  # (the pump also ends at its next turn should a cancel be swallowed in a wait)
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def _pump(self) -> None:
         delay, said = 0.1, False
-        while True:
+        while not self._stopped:
             try:
                 changes = await self._fetch(self.epoch, self.version, self.refresh_s)
             except asyncio.CancelledError:
@@ -88,8 +94,15 @@ class Mirror:
                 log.info("[Ingress] The queue's change feed answers again")
             delay, said = 0.1, False
             self.apply(changes)
-            # This replica's own writes are noted at once (``note``); others' wait at most this long.
-            await asyncio.sleep(self.batch_s)
+            # At most one answer per batch_s, unless this replica wrote meanwhile: then the feed is
+            # asked at once, so the write's effect on other jobs (positions) shows without delay.
+            if (self.version or 0) < self._required:
+                continue
+            self._behind.clear()
+            try:
+                await asyncio.wait_for(self._behind.wait(), self.batch_s)
+            except asyncio.TimeoutError:
+                pass
 
     def apply(self, changes: Changes) -> None:
         """Take one answer of the feed."""
@@ -133,8 +146,11 @@ class Mirror:
         self._publish()
 
     def require(self, version: int) -> None:
-        """Stats and health come from the queue until the mirror has reached ``version``."""
+        """Stats, health and the views of other jobs come from the queue until the mirror has
+        reached ``version`` (a write changes other jobs too: the positions behind it)."""
         self._required = max(self._required, version)
+        if (self.version or 0) < self._required:
+            self._behind.set()
 
     def _publish(self) -> None:
         self._changed.set()
@@ -152,9 +168,17 @@ class Mirror:
         if not self.fresh:
             return None
         view = self.views.get(job_id)
-        if view is not None and not caller.admin and view.station != caller.station:
+        if view is None:
+            return None
+        if not caller.admin and view.station != caller.station:
             raise JobNotFound(job_id, self.cleanup_age_s)
-        return view
+        # A view older than this replica's last write may have changed by it: ask the queue.
+        return view if view.version >= self._required or (self.version or 0) >= self._required else None
+
+    @property
+    def catching_up(self) -> bool:
+        """Fresh, but behind this replica's last write: the feed's next answer (asked at once) brings it."""
+        return self.fresh and (self.version or 0) < self._required
 
     def _current(self, value):
         return value if self.fresh and (self.version or 0) >= self._required else None

@@ -36,6 +36,7 @@ from .metrics import WorkerMetrics
 from .pipeline import JobCancelled, ProfileUnavailable, public_error
 from .protocol import (HEARTBEAT_S, JobDone, JobFailed, JobTask, LoadDone, LoadTask, Outcome, PreviewReport,
                        StepReport, WorkerState)
+from .queue_client import QueueClient
 
 log = logging.getLogger(__name__)
 POLL_S = 5.0
@@ -46,7 +47,7 @@ REPORT_BACKOFF_MAX_S = 10.0
 class ModelWorker:
     async def __init__(self, queue: DeploymentHandle, app_settings: Settings):
         use_serve_handlers()
-        self.queue = queue
+        self.queue = QueueClient(queue, app_settings.internal_calls == "grpc")  # per method: gRPC or Ray calls
         settings = app_settings.worker
         try:
             self.id = serve.get_replica_context().replica_id.unique_id
@@ -373,6 +374,7 @@ class ModelWorker:
         return {"id": self.id, "device": self.engine.device, "preset": self._preset_name,
                 "gpu_ids": ray.get_gpu_ids(), "jobs_done": self.jobs_done,
                 "jobs_prepared_ahead": self.jobs_prepared_ahead, "inputs_refetched": self.inputs_refetched,
+                "internal_calls": self.queue.transport,
                 "attention_backend": self.engine.attention_backend,
                 "profile": self.engine.profile and self.engine.profile.name,
                 "node_id": ray.get_runtime_context().get_node_id()}

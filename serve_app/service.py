@@ -67,6 +67,9 @@ class EditService:
         while True:
             view = self.mirror.job(job_id, FEED)
             left = deadline - loop.time()
+            if view is None and self.mirror.catching_up and left > 0:
+                await self.mirror.changed(left)  # (a write of this replica: the feed brings it in a moment)
+                continue
             if view is None:
                 return await self._call("watch", job_id, FEED, last, max(left, 0), timeout=max(left, 0) + QUICK_CALL_S)
             if last is None or view.signature() != tuple(last):

@@ -23,7 +23,10 @@ import yaml
 from tests.helpers import KEY, LONG, ROOT, SLOW, SPECK, config_args, free_port, merged, wait_http
 
 ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-       "HF_HUB_OFFLINE": "1"}
+       "HF_HUB_OFFLINE": "1",
+       # An object reference pickled outside Ray's serializer (sent by gRPC: serve_app/queue_client.py)
+       # would pin its object for good; here it raises instead, so every test catches a misrouted call.
+       "RAY_allow_out_of_band_object_ref_serialization": "0"}
 STATION_KEYS = {"A": "station-a-key-" + "a" * 20, "B": "station-b-key-" + "b" * 20, "ops": "operators-key-" + "o" * 20}
 
 

@@ -110,8 +110,12 @@ def test_a_worker_whose_profile_cannot_run_stays_up_and_says_why(deploy, api):
 def test_a_job_whose_decoded_images_are_gone_decodes_its_upload_with_the_same_pixels(api):
     """The ingress decodes each upload once and shares the pixels by reference; the replica that made
     that reference owns it. Killed before the job starts, the reference is gone: the worker asks
-    the queue for the stored upload and decodes it, and the result is the same as by the usual path."""
+    the queue for the stored upload and decodes it, and the result is the same as by the usual path.
+    The app makes its small queue calls by gRPC (``internal_calls: grpc``, the default) while the
+    reference travels as a Ray call: this cluster refuses out-of-band references (conftest), so a
+    reference sent by gRPC would fail the submit."""
     api.drain()
+    assert worker_info("main")["internal_calls"] == "grpc"
     blocker = api.submit(IMAGE, preset="long").json()["job_id"]
     wait_for(lambda: api.status(blocker).json()["status"] == "processing", timeout=120)
     queued = api.submit(IMAGE, seed=7).json()["job_id"]

@@ -31,42 +31,53 @@ def test_a_missing_config_file_is_named(tmp_path, capsys):
     assert exit_.value.code == 2 and "nope.yaml" in capsys.readouterr().err
 
 
-def test_http_proxy_haproxy_switches_serve_before_the_cluster_starts(tmp_path, monkeypatch):
-    """Serve reads the switch from the environment its processes start with: qwen-serve sets it
-    before ray.init, for a cluster it starts."""
+SWITCHES = ("RAY_SERVE_ENABLE_HA_PROXY",)
+
+
+def _env_at_init(tmp_path, monkeypatch, **args) -> dict:
+    """Serve's switches as the environment had them when qwen-serve called ray.init."""
+    import os
+
     import ray
 
-    monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "0")  # (restored after: main sets it)
+    for name in SWITCHES:
+        monkeypatch.setenv(name, "0")  # (restored after: main sets them)
     seen = {}
 
     def init(address=None, **kw):
-        import os
-
-        seen["env"], seen["address"] = os.environ.get("RAY_SERVE_ENABLE_HA_PROXY"), address
+        seen.update({name: os.environ.get(name) for name in SWITCHES}, address=address)
         raise RuntimeError("stop before starting anything")
 
     monkeypatch.setattr(ray, "init", init)
     with pytest.raises(RuntimeError, match="stop before"):
-        main([_config(tmp_path, http_proxy="haproxy", state_dir=str(tmp_path))])
-    assert seen == {"env": "1", "address": None}
+        main([_config(tmp_path, state_dir=str(tmp_path), **args)])
+    return seen
 
 
-def test_http_proxy_haproxy_on_a_joined_cluster_only_warns(tmp_path, monkeypatch, caplog):
+def test_http_proxy_haproxy_switches_serve_before_the_cluster_starts(tmp_path, monkeypatch):
+    """Serve reads the switch from the environment its processes start with: qwen-serve sets it
+    before ray.init, for a cluster it starts."""
+    seen = _env_at_init(tmp_path, monkeypatch, http_proxy="haproxy")
+    assert seen["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and seen["address"] is None
+    assert _env_at_init(tmp_path, monkeypatch)["RAY_SERVE_ENABLE_HA_PROXY"] == "0"  # python: untouched
+
+
+def test_cluster_settings_on_a_joined_cluster_only_warn(tmp_path, monkeypatch, caplog):
     import os
 
-    from serve_app.launcher import use_haproxy
+    from serve_app.launcher import use_cluster_env
 
-    monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "0")  # (restored after: main sets it)
+    monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "0")
     with caplog.at_level("WARNING"):
-        use_haproxy("ray://head:10001")
+        use_cluster_env({"RAY_SERVE_ENABLE_HA_PROXY": "1"}, "ray://head:10001")
     assert os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
-    assert "the proxy it was started with" in caplog.text
+    assert "RAY_SERVE_ENABLE_HA_PROXY=1" in caplog.text and "keeps the proxy it was started with" in caplog.text
 
 
 def test_the_app_says_when_its_http_proxy_setting_cannot_apply(tmp_path, monkeypatch, capsys):
     from serve_app.config import build_settings
 
-    monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "0")  # (restored after: main sets it)
+    monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "0")
     build_settings({"state_dir": str(tmp_path), "http_proxy": "haproxy"})
     assert "http_proxy: haproxy is applied by qwen-serve" in capsys.readouterr().out
     monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "1")

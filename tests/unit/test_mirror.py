@@ -227,3 +227,40 @@ def test_room_hint_follows_the_queue_and_each_station_limit():
     submit(q, "j2", "b")
     sync(m, feed)
     assert not m.has_room("b", 2) and not m.has_room("c", None)  # full
+
+
+def test_after_a_write_other_jobs_come_from_the_queue_until_the_feed_brings_it():
+    """A submit ahead of others (fair order, priorities) or a cancel moves the positions of jobs it
+    did not name: their views in the mirror predate the write, so they are not served until the
+    mirror has reached it (the station would otherwise see two jobs at one position)."""
+    q = core(scheduling="fair")
+    feed = Feed(q)
+    m = Mirror(feed, cleanup_age_s=60, clock=Clock())
+    submit(q, "a1")
+    submit(q, "a2")
+    sync(m, feed)
+    assert m.job("a2", A).position == 2
+    submit(q, "b1", station="b")  # fair: b was never served, so b1 goes ahead of a2
+    m.note(q.view(q.get("b1")))
+    assert m.job("b1", B).position == 2  # the write itself: read your writes
+    assert m.job("a2", A) is None and m.catching_up  # moved by it: asked of the queue
+    sync(m, feed)
+    assert m.job("a2", A).position == 3 and not m.catching_up
+
+
+def test_pump_asks_the_feed_at_once_after_a_write_not_after_the_batch():
+    async def main():
+        q = core()
+        feed = Feed(q)
+        m = Mirror(feed, cleanup_age_s=60, batch_s=30.0)  # a batch far longer than the test
+        m.start()
+        while not m.fresh:
+            await asyncio.sleep(0.005)
+        submit(q, "ja")
+        m.note(q.view(q.get("ja")))
+        while m.catching_up:
+            await asyncio.sleep(0.005)
+        assert m.queue_stats()["queue_size"] == 1
+        await m.stop()
+
+    asyncio.run(asyncio.wait_for(main(), 5))
