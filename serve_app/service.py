@@ -5,8 +5,8 @@ queue error re-raised as the ``ApiError`` it is), answers status, queue stats, h
 streams from this replica's mirror of the queue when it can (``mirror``: no queue hop), follows jobs
 for the events stream (``events``), and cancels the job of an /edit whose client went away. The
 routes in ``api`` only translate between HTTP and these methods. No FastAPI and no Ray import: the
-queue handle is injected (a Serve ``DeploymentHandle``, or in ``bench/load.py plain`` the queue
-object itself).
+queue handle is injected (a ``queue_client.QueueClient`` over Serve's handle, or in
+``bench/load.py plain`` the queue object itself).
 """
 
 import asyncio
