@@ -65,7 +65,7 @@ def test_haproxy_mode_serves_twenty_stations_without_loss(tmp_path):
         assert result["server_errors"] == 0 and result["errors"] == [], result
         assert result["jobs_lost"] == 0 and result["jobs_duplicated"] == 0, result
         assert result["jobs_completed"] == result["jobs_accepted"] == result["server_completed_delta"] >= 10, result
-        assert "http_proxy: haproxy" in (tmp_path / "server.log").read_text()
+        assert "cluster setting RAY_SERVE_ENABLE_HA_PROXY=1" in (tmp_path / "server.log").read_text()
     finally:
         server.send_signal(signal.SIGTERM)
         try:
