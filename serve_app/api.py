@@ -391,7 +391,7 @@ def make_app(service: EditService, settings: Settings) -> FastAPI:
         _, views = await service.follow(job_id, caller)  # 404 now (also another station's job)
 
         async def stream():
-            last = None
+            last, shown = None, 0  # shown: the step of the last preview sent
             try:
                 # aclosing: a client that goes away leaves the job's feed at once, not at garbage collection.
                 async with contextlib.aclosing(views):
@@ -405,7 +405,11 @@ def make_app(service: EditService, settings: Settings) -> FastAPI:
                                 and (last is None or view.preview_step != last.preview_step)):
                             try:
                                 step, jpeg = await service.preview(job_id, caller)
-                                yield _preview_event(job_id, step, jpeg)
+                                # The route has the latest preview, which may be newer than the view
+                                # that announced it: the next view would announce the same one again.
+                                if step > shown:
+                                    shown = step
+                                    yield _preview_event(job_id, step, jpeg)
                             except ApiError:
                                 pass  # it ended meanwhile: its final event follows
                         last = view
