@@ -131,6 +131,7 @@ class QueueActor:
         self.epoch = uuid.uuid4().hex  # names this replica's versions in the change feed
         self._changed = asyncio.Event()
         self._sched_checked, self._sched_reason = -1e9, None
+        self._timers: set[asyncio.Task] = set()  # deadline passes started by their timers
         self._cleanup_task = asyncio.get_running_loop().create_task(self._cleanup_loop())
         log.info("[JobQueue] Started - Max size: %d, Cleanup age: %ss - restored %d job(s) from %s",
                  settings.max_queue_size, int(settings.cleanup_age_seconds), self.core.stats()["total_jobs"],
@@ -411,6 +412,7 @@ class QueueActor:
             raise ServiceUnavailable("The server could not store the job (its disk may be full or "
                                      "read-only); nothing was queued. Try again later.") from None
         self._notify()
+        self._arm_deadlines(job)
         self.metrics.outcome("accepted")
         log.info("[JobQueue] Job %s submitted - Queue size: %d - preset %s - station %s",
                  job.id[:8], self.core.occupancy, chosen.name, caller.station, extra=for_job(job.id))
@@ -442,10 +444,31 @@ class QueueActor:
         self._finished(job)
 
     async def _enforce_deadlines(self) -> None:
-        """Cancel the jobs that missed their start or finish deadline (every cleanup pass: 1 s)."""
-        for job, reason in self.core.overdue():
-            job, was_running = self.core.cancel(job.id, reason)
+        """Cancel the jobs that missed their start or finish deadline. Runs when a job's deadline
+        falls due (``_arm_deadlines``) and on every cleanup pass (1 s), which catches a deadline whose
+        timer was lost with a restart. All are cancelled before the first await, so two passes at
+        once never cancel a job twice."""
+        ended = [self.core.cancel(job.id, reason) for job, reason in self.core.overdue()]
+        for job, was_running in ended:
             await self._cancelled(job, was_running, "on its deadline")
+
+    def _arm_deadlines(self, job: Job) -> None:
+        """Check ``job``'s deadlines the moment they fall due: a ``Cancel-After: 500ms`` means half a
+        second, not up to the next cleanup pass a second later."""
+        loop = asyncio.get_running_loop()
+        for due in (job.start_by, job.finish_by):
+            if due is not None:  # (a hair after: a deadline is missed once it has passed)
+                loop.call_later(max(0.0, due - job.created_at) + 0.005, self._deadline_due)
+
+    def _deadline_due(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._enforce_deadlines())
+        self._timers.add(task)  # (the loop keeps only a weak reference to a task)
+        task.add_done_callback(self._deadline_done)
+
+    def _deadline_done(self, task: asyncio.Task) -> None:
+        self._timers.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("[JobQueue] deadline pass failed: %r", task.exception())
 
     @answers
     async def watch(self, job_id: str, caller: Caller, last: tuple | None, timeout: float) -> JobView | None:

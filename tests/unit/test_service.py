@@ -133,3 +133,18 @@ def test_reads_go_to_the_queue_while_the_mirror_is_stale(tmp_path):
         await service.mirror.stop()
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_a_deadline_is_enforced_when_it_falls_due_not_on_the_next_cleanup_pass(tmp_path):
+    """The cleanup pass runs once a second; a 0.2 s deadline must not wait for it."""
+    async def main():
+        queue, settings = await queue_for(tmp_path)
+        service = EditService(Recording(queue), settings)
+        view, _ = await service.submit(EditFields([File(png())], "x", deadline_seconds="0.2"), STATION, None)
+        await asyncio.sleep(0.5)  # before the first cleanup pass (1 s after the queue started)
+        ended = await service.status(view.job_id, STATION)
+        assert ended.status.value == "cancelled"
+        assert ended.error == "Cancelled: not finished within 0.2s (deadline_seconds)."
+        await service.mirror.stop()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
