@@ -223,6 +223,13 @@ class Settings(BaseModel):
     ingress: IngressSettings
 
     @property
+    def worker_health_check_seconds(self) -> float:
+        """How often Serve asks each worker whether it is stuck (``ModelWorker.check_health``). Serve
+        replaces a replica after three failed checks, so a third of the lease (within 1 s and Serve's
+        default of 10 s) replaces a hung worker about one lease after its job's lease ran out."""
+        return min(10.0, max(1.0, self.job_lease_seconds / 3))
+
+    @property
     def worker_resources(self) -> dict[str, float]:
         """What one worker holds, in Ray's resource names (the queue checks the cluster has room)."""
         options = self.worker.actor_options

@@ -18,6 +18,7 @@ def build_app(args: AppArgs | dict | None):
     settings = build_settings(args)
     queue = QueueActor.options(ray_actor_options=settings.queue.actor_options).bind(settings)
     workers = ModelWorker.options(num_replicas=settings.worker.num_replicas,
+                                  health_check_period_s=settings.worker_health_check_seconds,
                                   ray_actor_options=settings.worker.actor_options).bind(queue, settings)
     return Ingress.options(num_replicas=settings.ingress.replicas,
                            ray_actor_options=settings.ingress.actor_options).bind(queue, workers, settings)

@@ -72,3 +72,15 @@ def test_each_setting_is_held_once():
             assert name not in top, f"{part.__name__}.{name} copies Settings.{name}"
             assert name not in seen, f"{name} is in both {seen[name]} and {part.__name__}"
             seen[name] = part.__name__
+
+
+@pytest.mark.parametrize("lease, period", [(300, 10.0), (3, 1.0), (15, 5.0)])
+def test_a_hung_worker_is_checked_every_third_of_the_lease_within_serves_bounds(lease, period, tmp_path):
+    """Serve replaces a replica after three failed health checks: about one lease after a job's ran out."""
+    from serve_app.deployments import build_app
+
+    settings = build_settings({"state_dir": str(tmp_path), "job_lease_seconds": lease})
+    assert settings.worker_health_check_seconds == period
+    app = build_app({"state_dir": str(tmp_path), "job_lease_seconds": lease})
+    workers = app._bound_deployment.init_args[1]._bound_deployment  # (Serve has no public reader for it)
+    assert workers.name == "ModelWorker" and workers._deployment_config.health_check_period_s == period
