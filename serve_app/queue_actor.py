@@ -131,7 +131,7 @@ class QueueActor:
         self.epoch = uuid.uuid4().hex  # names this replica's versions in the change feed
         self._changed = asyncio.Event()
         self._sched_checked, self._sched_reason = -1e9, None
-        self._timers: set[asyncio.Task] = set()  # deadline passes started by their timers
+        self._background: set[asyncio.Task] = set()  # deadline passes, hand-out commits
         self._cleanup_task = asyncio.get_running_loop().create_task(self._cleanup_loop())
         log.info("[JobQueue] Started - Max size: %d, Cleanup age: %ss - restored %d job(s) from %s",
                  settings.max_queue_size, int(settings.cleanup_age_seconds), self.core.stats()["total_jobs"],
@@ -229,9 +229,16 @@ class QueueActor:
         """Record ``job``'s state as it is now: the one path after every change of the core. A commit
         that fails (the state folder's disk full or read-only) is logged and shown in health; the
         queue carries on from memory, so no job is stuck on it."""
-        snapshot = self.jobs.snapshot(job)
+        await self._committed(job, self._persist_soon(job))
+
+    def _persist_soon(self, job: Job) -> asyncio.Future:
+        """``job``'s state as it is now, queued for the I/O thread at once (so in order with every
+        other write) without waiting for it; the commit's future (await it with ``_committed``)."""
+        return asyncio.get_running_loop().run_in_executor(self._io_pool, self.jobs.write, self.jobs.snapshot(job))
+
+    async def _committed(self, job: Job, commit: asyncio.Future) -> None:
         try:
-            await self._io(self.jobs.write, snapshot)
+            await commit
             self.db_problem = None
         except Exception as exc:
             log.error("[JobQueue] Job %s: could not record its state: %s", job.id[:8], exc, extra=for_job(job.id))
@@ -461,14 +468,17 @@ class QueueActor:
                 loop.call_later(max(0.0, due - job.created_at) + 0.005, self._deadline_due)
 
     def _deadline_due(self) -> None:
-        task = asyncio.get_running_loop().create_task(self._enforce_deadlines())
-        self._timers.add(task)  # (the loop keeps only a weak reference to a task)
-        task.add_done_callback(self._deadline_done)
+        self._in_background(self._enforce_deadlines())
 
-    def _deadline_done(self, task: asyncio.Task) -> None:
-        self._timers.discard(task)
+    def _in_background(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)  # (the loop keeps only a weak reference to a task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task) -> None:
+        self._background.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("[JobQueue] deadline pass failed: %r", task.exception())
+            log.error("[JobQueue] background work failed: %r", task.exception())
 
     @answers
     async def watch(self, job_id: str, caller: Caller, last: tuple | None, timeout: float) -> JobView | None:
@@ -693,9 +703,15 @@ class QueueActor:
         return self._waiting if self.settings.queue.preset_affinity else {}
 
     async def _hand_out(self, job: Job) -> JobTask:
-        """A job just claimed by its worker: leased, recorded, announced, and sent."""
+        """A job just claimed by its worker: leased, recorded, announced, and sent.
+
+        Sent without waiting for its commit: the I/O thread may be busy committing other stations'
+        uploads, and the worker should not idle behind them. The commit is queued first, so every
+        later write of this job lands after it. A queue crash before it lands restores the job as
+        queued with its attempt uncounted; the worker's report is then refused (``not yours``) and the
+        job runs again, as after any lost lease."""
         self.registry.grant(job.id)
-        await self._persist(job)
+        self._in_background(self._committed(job, self._persist_soon(job)))
         info = self._worker(job.worker_id)
         if info.preset is not None and info.preset != job.preset:  # it switches before it starts
             self.preset_switches += 1
