@@ -102,6 +102,14 @@ def wait_for(predicate, timeout=30.0, every=0.05, show=None):
     raise AssertionError("condition not met in time" + (f": {show()}" if show else ""))
 
 
+def remove_app(name: str) -> None:
+    """Delete a test's own app without waiting for its replicas to stop: Serve stops them in the
+    background, and an app left running would load the session's two cores for every later test."""
+    from ray import serve
+
+    serve.delete(name, _blocking=False)
+
+
 def worker_info(app_name: str, timeout: float = 120.0) -> dict:
     """``ModelWorker.info()`` of the app's worker, retried while the replica starts."""
     from ray import serve

@@ -20,7 +20,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.helpers import KEY, LONG, ROOT, SLOW, SPECK, config_args, free_port, merged, wait_http
+from tests.helpers import KEY, LONG, ROOT, SLOW, SPECK, config_args, free_port, merged, remove_app, wait_http
 
 ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
        "HF_HUB_OFFLINE": "1",
@@ -114,6 +114,10 @@ def _deploy(cluster, name: str, prefix: str, wait_workers: bool, config_file: st
 
     args = _args(cluster["root"], name, config_file, **over)
     app = build_app(args)
+    deadline = time.monotonic() + 60  # an app of this name that a test removed may still be stopping
+    while (gone := serve.status().applications.get(name)) is not None and gone.status == "DELETING":
+        assert time.monotonic() < deadline, f"app {name} still deleting after 60 s"
+        time.sleep(0.2)
     # Not waiting for RUNNING when the workers can never be placed (the frozen app).
     serve.run_many([serve.RunTarget(app, name=name, route_prefix=prefix, logging_config=logging_config)],
                    wait_for_applications_running=wait_workers)
@@ -150,6 +154,15 @@ def deploy(cluster):
     return lambda *a, **kw: _deploy(cluster, *a, **kw)
 
 
+@pytest.fixture
+def remove_after():
+    """``remove_after(name)``: the test's own app is removed when the test ends, passed or failed."""
+    names: list[str] = []
+    yield names.append
+    for name in names:
+        remove_app(name)
+
+
 @pytest.fixture(scope="session")
 def api(cluster) -> Api:
     loras = _make_loras(cluster["root"])
@@ -167,11 +180,12 @@ def frozen(cluster) -> Api:
                    worker={"num_cpus": 0, "resources": {"parking": 1}})
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def nowhere_api(cluster) -> Api:
     """Workers that need a resource no node has: they can never be scheduled."""
-    return _deploy(cluster, "nowhere", "/nowhere", wait_workers=False,
-                   worker={"num_cpus": 0, "resources": {"no-such-node": 1}})
+    yield _deploy(cluster, "nowhere", "/nowhere", wait_workers=False,
+                  worker={"num_cpus": 0, "resources": {"no-such-node": 1}})
+    remove_app("nowhere")
 
 
 @pytest.fixture(scope="session")
@@ -185,17 +199,19 @@ def multi_api(cluster) -> Api:
                    worker={"num_replicas": 2, "num_gpus": 1, "num_cpus": 0})
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ttl_api(cluster) -> Api:
-    return _deploy(cluster, "ttl", "/ttl", wait_workers=True, cleanup_age_seconds=2)
+    yield _deploy(cluster, "ttl", "/ttl", wait_workers=True, cleanup_age_seconds=2)
+    remove_app("ttl")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def gpu_api(cluster) -> Api:
     """config/serve.gpu.yaml on the faked GPU (no CPU reservation, so it fits next to the others),
     with no default preset: stations must call load-model first, as with the earlier deployment."""
-    return _deploy(cluster, "gpu", "/gpu", wait_workers=False, config_file="serve.gpu.yaml",
-                   worker={"num_cpus": 0}, default_preset=None)
+    yield _deploy(cluster, "gpu", "/gpu", wait_workers=False, config_file="serve.gpu.yaml",
+                  worker={"num_cpus": 0}, default_preset=None)
+    remove_app("gpu")
 
 
 @pytest.fixture(scope="session")

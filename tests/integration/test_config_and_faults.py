@@ -6,10 +6,9 @@ import time
 import httpx
 import pytest
 from pydantic import ValidationError
-from ray import serve
 
 from serve_app.deployments import build_app
-from tests.helpers import IMAGE, kill_replica, wait_for, worker_info
+from tests.helpers import IMAGE, kill_replica, remove_app, wait_for, worker_info
 
 pytestmark = pytest.mark.integration
 
@@ -104,7 +103,7 @@ def test_a_worker_whose_profile_cannot_run_stays_up_and_says_why(deploy, api):
         later = fp8.http.get("/api/v1/health").json()["workers"]
         assert [(w["id"], w["state"]) for w in later] == [(worker["id"], "unusable")]
     finally:
-        serve.delete("fp8")
+        remove_app("fp8")
 
 
 def test_a_job_whose_decoded_images_are_gone_decodes_its_upload_with_the_same_pixels(api):

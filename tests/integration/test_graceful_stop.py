@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.helpers import IMAGE, wait_for
+from tests.helpers import IMAGE, remove_app, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -48,4 +48,4 @@ def test_drain_requeues_a_job_that_outlives_the_grace_period(deploy):
         assert views[0]["step"] == 0
         assert api.http.get("/api/v1/queue").json()["processing_count"] == 0
     finally:
-        serve.delete("stopping")
+        remove_app("stopping")

@@ -4,10 +4,9 @@ holds a slot for longer than its lease after its last sign of progress."""
 import uuid
 
 import pytest
-from ray import serve
 
 from serve_app.queue_actor import LEASE_EXPIRED
-from tests.helpers import IMAGE, wait_for
+from tests.helpers import IMAGE, remove_app, wait_for
 
 pytestmark = pytest.mark.integration
 LEASE = 3
@@ -36,7 +35,7 @@ def test_a_hung_pipeline_loses_its_job_to_another_replica_and_is_replaced(deploy
         after = api.submit(IMAGE, preset="speck").json()["job_id"]
         assert api.wait(after, timeout=60)["status"] == "completed"
     finally:
-        serve.delete("hang")
+        remove_app("hang")
 
 
 def test_an_outcome_that_never_comes_runs_once_more_then_fails_with_a_sentence(deploy):
@@ -54,4 +53,4 @@ def test_an_outcome_that_never_comes_runs_once_more_then_fails_with_a_sentence(d
         after = api.submit(IMAGE, preset="speck").json()["job_id"]
         assert api.wait(after, timeout=90)["status"] == "completed"
     finally:
-        serve.delete("silent")
+        remove_app("silent")

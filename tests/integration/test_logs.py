@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from serve_app.logs import JOB_ID
-from tests.helpers import IMAGE, wait_for
+from tests.helpers import IMAGE, remove_app, wait_for
 
 
 def logs_folder() -> Path:
@@ -32,7 +32,8 @@ def serve_log_records(job_id: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def api(deploy):
     # the app's logging_config, as the YAML's would be: the queue's own code must not override it
-    return deploy("logs", "/logs", wait_workers=True, logging_config={"encoding": "JSON"}, worker={"num_cpus": 0})
+    yield deploy("logs", "/logs", wait_workers=True, logging_config={"encoding": "JSON"}, worker={"num_cpus": 0})
+    remove_app("logs")
 
 
 def test_a_jobs_lines_carry_its_id_in_the_replica_logs(api):

@@ -3,9 +3,8 @@ GPU workers do by default), forced on here on the CPU: FIFO, exact counts and pi
 
 
 import pytest
-from ray import serve
 
-from tests.helpers import IMAGE, worker_info
+from tests.helpers import IMAGE, remove_app, worker_info
 
 pytestmark = pytest.mark.integration
 
@@ -32,4 +31,4 @@ def test_jobs_prepared_ahead_run_in_order_with_the_same_pixels(deploy, api):
         mine = ahead.http.get(f"/api/v1/status/{ids[3]}/result").content
         assert mine.startswith(b"\x89PNG") and mine == api.http.get(f"/api/v1/status/{twin}/result").content
     finally:
-        serve.delete("ahead")
+        remove_app("ahead")

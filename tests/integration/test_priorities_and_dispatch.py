@@ -7,7 +7,7 @@ import time
 import pytest
 import yaml
 
-from tests.helpers import photo, wait_for
+from tests.helpers import photo, remove_app, wait_for
 
 pytestmark = pytest.mark.integration
 IMAGE = photo(64, 64)
@@ -21,7 +21,8 @@ def prio(cluster, deploy):
                                     "lo": {"key": KEYS["lo"], "priority": "low"}}))
     api = deploy("prio", "/prio", wait_workers=True, api_keys_file=str(keys), priority_max_passes=1,
                  worker={"num_cpus": 0})
-    return {name: api.as_key(key) for name, key in KEYS.items()}
+    yield {name: api.as_key(key) for name, key in KEYS.items()}
+    remove_app("prio")
 
 
 def _starts(jobs: list[tuple[object, str]], timeout: float = 120) -> list[str]:

@@ -10,13 +10,14 @@ pytestmark = pytest.mark.integration
 KEYS = {"flood": "station-flood-key-" + "f" * 20, "calm": "station-calm-key-" + "c" * 20}
 
 
-def test_a_flooding_station_is_refused_and_the_others_are_served(cluster, deploy):
+def test_a_flooding_station_is_refused_and_the_others_are_served(cluster, deploy, remove_after):
     keys = cluster["root"] / "rate-keys.yaml"
     keys.write_text(yaml.safe_dump(KEYS))
     # No worker ever starts (parked): the routes used here need only the ingress and the queue.
     api = deploy("rated", "/rated", wait_workers=False, api_keys_file=str(keys),
                  rate_limit={"requests_per_second": 1, "burst": 5},
                  worker={"num_cpus": 0, "resources": {"parking": 1}})
+    remove_after("rated")
     flood, calm = api.as_key(KEYS["flood"]), api.as_key(KEYS["calm"])
     start = time.monotonic()
     answers = [flood.http.get("/api/v1/queue") for _ in range(10)]

@@ -14,9 +14,10 @@ LONGER = {"base": "builtin:tiny", "steps": 150, "cfg_scale": 1.0, "resolution": 
 FINAL = ("completed", "failed", "cancelled")
 
 
-def test_a_redeploy_loses_no_job_and_keeps_their_order(deploy):
+def test_a_redeploy_loses_no_job_and_keeps_their_order(deploy, remove_after):
     common = {"worker": {"num_cpus": 0}, "presets": {"longer": LONGER}}
     api = deploy("redeploy", "/redeploy", wait_workers=True, **common)
+    remove_after("redeploy")
     running = api.submit(IMAGE, "a long one", preset="longer", seed=1).json()["job_id"]
     wait_for(lambda: api.status(running).json()["step"] >= 1, timeout=60)
     queued = [api.submit(IMAGE, f"queued {i}", preset="speck", seed=i).json()["job_id"] for i in range(3)]

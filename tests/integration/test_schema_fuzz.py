@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import KEY
+from tests.helpers import KEY, remove_app
 
 
 pytestmark = pytest.mark.integration
@@ -32,8 +32,6 @@ SECONDS = int(os.environ.get("FUZZ_SECONDS", "60"))
 
 @pytest.mark.timeout(SECONDS + 180)
 def test_every_route_keeps_its_documented_contract(deploy, tmp_path):
-    from ray import serve
-
     # num_cpus 0: the session's other apps already reserve the cluster's two CPUs (bookkeeping only)
     api = deploy("fuzz", "/fuzz", wait_workers=True, worker={"num_cpus": 0})
     command = [str(Path(sys.executable).with_name("schemathesis")), "run", f"{api.base}/openapi.json",
@@ -45,7 +43,7 @@ def test_every_route_keeps_its_documented_contract(deploy, tmp_path):
         run = subprocess.run(command, capture_output=True, text=True, timeout=SECONDS + 120, cwd=tmp_path,
                              env={**os.environ, "SCHEMATHESIS_HOOKS": ""})
     finally:
-        serve.delete("fuzz")
+        remove_app("fuzz")
     report = run.stdout[-12000:] + run.stderr[-3000:]
     print(report)
     assert run.returncode == 0, report
