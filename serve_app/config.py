@@ -125,12 +125,15 @@ class AppArgs(BaseModel):
     presets: dict[str, dict] = Field(default_factory=dict, description="added or changed presets")
 
     def cluster_env(self) -> dict[str, str]:
-        """The environment Serve must start its cluster with for ``http_proxy`` (Serve reads the
-        switch once, when its processes start). ``internal_calls`` needs none: each call picks its
-        transport (``queue_client``)."""
+        """The environment Serve must start its cluster with for ``http_proxy`` (Serve reads these
+        switches once, when its processes start). ``haproxy`` is Serve's direct ingress together
+        with its throughput-optimized mode, as Ray's docs pair them (replicas' user code and
+        handle routers on one event loop, GC frozen after start-up, request logs buffered), with
+        the replicas' log lines kept on the console. ``internal_calls`` needs none: each call picks
+        its transport (``queue_client``)."""
         env = {}
         if self.http_proxy == "haproxy":
-            env["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+            env.update(RAY_SERVE_ENABLE_HA_PROXY="1", RAY_SERVE_THROUGHPUT_OPTIMIZED="1", RAY_SERVE_LOG_TO_STDERR="1")
         return env
 
     @field_validator("max_body_mb")

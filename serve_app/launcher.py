@@ -16,6 +16,7 @@ instead of starting a local one (as ``serve run --address``).
 """
 
 import argparse
+import asyncio
 import logging
 import os
 import pkgutil
@@ -71,15 +72,19 @@ def build(app_schema):
 
 def drain(app_names: list[str], grace: dict[str, float]) -> None:
     """Drain every application that has a queue; report what happened to its jobs."""
+    # Awaited in an event loop, not with a blocking ``.result()``: in Serve's throughput-optimized
+    # mode (``http_proxy: haproxy``) a handle's router runs in its caller's loop, so needs one.
+    asyncio.run(_drain(app_names, grace))
+
+
+async def _drain(app_names: list[str], grace: dict[str, float]) -> None:
     from ray import serve
 
     for name in app_names:
         try:
             handle = serve.get_deployment_handle("QueueActor", app_name=name)
-            outcome = handle.drain.remote().result(timeout_s=grace.get(name, 30.0) + DRAIN_MARGIN_S)
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:  # an app without our queue, or a queue already gone
+            outcome = await asyncio.wait_for(handle.drain.remote(), grace.get(name, 30.0) + DRAIN_MARGIN_S)
+        except Exception as exc:  # an app without our queue, a queue already gone, or out of time
             log.warning("%s: no graceful stop (%s); its jobs run again at the next start", name,
                         type(exc).__name__)
             continue

@@ -58,8 +58,7 @@ def main() -> int:
         print(json.dumps(report))
         ok = report["status"] == "completed" and report["png"] and worker_node != head[:12]
         return 0 if ok else 1
-    finally:
-        serve.shutdown()
+    finally:  # (no serve.shutdown(): stopping each replica gracefully only delays the cluster's end)
         ray.shutdown()
         cluster.shutdown()
 

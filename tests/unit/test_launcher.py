@@ -31,7 +31,7 @@ def test_a_missing_config_file_is_named(tmp_path, capsys):
     assert exit_.value.code == 2 and "nope.yaml" in capsys.readouterr().err
 
 
-SWITCHES = ("RAY_SERVE_ENABLE_HA_PROXY",)
+SWITCHES = ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_LOG_TO_STDERR")
 
 
 def _env_at_init(tmp_path, monkeypatch, **args) -> dict:
@@ -58,8 +58,33 @@ def test_http_proxy_haproxy_switches_serve_before_the_cluster_starts(tmp_path, m
     """Serve reads the switch from the environment its processes start with: qwen-serve sets it
     before ray.init, for a cluster it starts."""
     seen = _env_at_init(tmp_path, monkeypatch, http_proxy="haproxy")
-    assert seen["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and seen["address"] is None
-    assert _env_at_init(tmp_path, monkeypatch)["RAY_SERVE_ENABLE_HA_PROXY"] == "0"  # python: untouched
+    assert all(seen[name] == "1" for name in SWITCHES) and seen["address"] is None
+    seen = _env_at_init(tmp_path, monkeypatch)
+    assert all(seen[name] == "0" for name in SWITCHES)  # python: untouched
+
+
+def test_the_graceful_stop_awaits_the_queue_in_an_event_loop(monkeypatch, caplog):
+    """In Serve's throughput-optimized mode (haproxy) a handle has no blocking ``.result()`` outside
+    an event loop; the launcher's drain awaits the answer instead."""
+    from ray import serve
+
+    from serve_app.launcher import drain
+
+    class Answer:  # awaitable only, as the handle's response is in that mode
+        def __await__(self):
+            yield from ()
+            return {"finished": 1, "requeued": ["j2"], "queued": 3}
+
+    class Handle:
+        class drain:
+            @staticmethod
+            def remote():
+                return Answer()
+
+    monkeypatch.setattr(serve, "get_deployment_handle", lambda name, app_name: Handle())
+    with caplog.at_level("INFO", logger="serve_app.launcher"):
+        drain(["app"], {"app": 1.0})
+    assert "app: 1 running job(s) finished, 1 queued again, 3 waiting for the next start" in caplog.text
 
 
 def test_cluster_settings_on_a_joined_cluster_only_warn(tmp_path, monkeypatch, caplog):
