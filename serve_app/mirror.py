@@ -96,7 +96,7 @@ class Mirror:
             self.apply(changes)
             # At most one answer per batch_s, unless this replica wrote meanwhile: then the feed is
             # asked at once, so the write's effect on other jobs (positions) shows without delay.
-            if (self.version or 0) < self._required:
+            if not self._caught_up:
                 continue
             self._behind.clear()
             try:
@@ -149,7 +149,7 @@ class Mirror:
         """Stats, health and the views of other jobs come from the queue until the mirror has
         reached ``version`` (a write changes other jobs too: the positions behind it)."""
         self._required = max(self._required, version)
-        if (self.version or 0) < self._required:
+        if not self._caught_up:
             self._behind.set()
 
     def _publish(self) -> None:
@@ -173,15 +173,20 @@ class Mirror:
         if not caller.admin and view.station != caller.station:
             raise JobNotFound(job_id, self.cleanup_age_s)
         # A view older than this replica's last write may have changed by it: ask the queue.
-        return view if view.version >= self._required or (self.version or 0) >= self._required else None
+        return view if view.version >= self._required or self._caught_up else None
 
     @property
     def catching_up(self) -> bool:
         """Fresh, but behind this replica's last write: the feed's next answer (asked at once) brings it."""
-        return self.fresh and (self.version or 0) < self._required
+        return self.fresh and not self._caught_up
 
     def _current(self, value):
-        return value if self.fresh and (self.version or 0) >= self._required else None
+        return value if self.fresh and self._caught_up else None
+
+    @property
+    def _caught_up(self) -> bool:
+        """The feed has brought this replica's last write (its version), or there was none."""
+        return (self.version or 0) >= self._required
 
     def queue_stats(self) -> dict | None:
         """``GET /queue``'s body, or None: ask the queue."""
