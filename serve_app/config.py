@@ -33,8 +33,8 @@ class WorkerArgs(BaseModel):
     warmup: bool = Field(False, description="run one edit at start so the first job pays no warm-up")
     engine: str = Field("serve_app.pipeline:EditEngine", pattern=r"^[\w.]+:[\w]+$",
                         description="the engine class (module:Class): EditEngine, or a subclass for tests")
-    prepare_ahead: bool | None = Field(None, description="claim the next job on the current one's last step and "
-                                                         "prepare it meanwhile (keeps a GPU busy); default: on GPUs")
+    prepare_ahead: bool | None = Field(None, description="prepare the next job (claimed on the current one's last "
+                                                         "step) meanwhile (keeps a GPU busy); default: on GPUs")
     profile: str = Field("auto", description="memory/precision profile (README, Profiles); auto: the fastest "
                                              "that fits the card's free memory")
     gpu_memory_gib: float | None = Field(None, gt=0, le=4096,

@@ -5,10 +5,15 @@ preset the job names (switching when the previous job used another). Inference r
 the replica stays responsive to Serve's health checks. A job that raises is reported as ``failed``
 with a one-line reason and the replica carries on with the next job.
 
-Keeping the GPU busy (``worker.prepare_ahead``, on by default on a GPU): when a job starts its last
-denoising step, the replica claims its next job at once and prepares it in another thread (uploads
-decoded, the prompt encoded on a side CUDA stream) while the GPU finishes; the next job then starts
-on the GPU without waiting for that CPU work. The PNG of the finished job is encoded meanwhile too.
+The next job is claimed ahead: when a job starts its last denoising step, the replica asks the queue
+for its next job at once, so that round trip overlaps the step instead of following it (the job is
+``processing`` from then on). The queue answers such a claim only when no idle worker is waiting,
+so a job never waits for a busy worker while another one could start it now.
+Keeping the GPU busy (``worker.prepare_ahead``, on by default on a GPU): the job claimed ahead is
+also prepared in another thread (uploads decoded, the prompt encoded on a side CUDA stream) while
+the GPU finishes; the next job then starts on the GPU without waiting for that CPU work. The PNG of
+the finished job is encoded meanwhile too. On a CPU the claim alone is made: preparing beside the
+last step would only compete with it for the same cores (BENCHMARKS.md).
 
 Progress: after every denoising step the pipeline's callback sends the step to the queue without
 waiting for an answer (a station's progress never costs the GPU a round trip). Cancel: while a job
@@ -67,7 +72,8 @@ class ModelWorker:
         self.prepare_ahead = (settings.prepare_ahead if settings.prepare_ahead is not None
                               else self.engine.device == "cuda")
         self.jobs_done = 0
-        self.jobs_prepared_ahead = 0  # claimed on a previous job's last step, prepared meanwhile
+        self.jobs_claimed_ahead = 0  # claimed on a previous job's last step
+        self.jobs_prepared_ahead = 0  # of those, prepared meanwhile (prepare_ahead)
         self.inputs_refetched = 0  # jobs whose decoded images were gone: their upload was decoded here
         self.metrics = WorkerMetrics()
         self.engine.on_load = self.metrics.loaded
@@ -159,8 +165,9 @@ class ModelWorker:
                 await self._run(task)
 
     def _claim_ahead(self) -> None:
-        """(On the event loop.) Start claiming and preparing the next job, once per running job."""
-        if self.prepare_ahead and self._ahead is None:
+        """(On the event loop.) Start claiming (and with prepare_ahead, preparing) the next job, once
+        per running job."""
+        if self._ahead is None:
             self._ahead = asyncio.get_running_loop().create_task(self._fetch_ahead())
 
     async def _fetch_ahead(self):
@@ -172,6 +179,9 @@ class ModelWorker:
         if not isinstance(task, JobTask):
             return None, None
         self._touch(task.job_id)
+        self.jobs_claimed_ahead += 1
+        if not self.prepare_ahead:
+            return task, None
         self.jobs_prepared_ahead += 1
         try:
             prepared = await asyncio.to_thread(self.engine.prepare, task.preset, await self._uploads(task),
@@ -373,7 +383,7 @@ class ModelWorker:
 
         return {"id": self.id, "device": self.engine.device, "preset": self._preset_name,
                 "gpu_ids": ray.get_gpu_ids(), "jobs_done": self.jobs_done,
-                "jobs_prepared_ahead": self.jobs_prepared_ahead, "inputs_refetched": self.inputs_refetched,
+                "jobs_claimed_ahead": self.jobs_claimed_ahead, "jobs_prepared_ahead": self.jobs_prepared_ahead, "inputs_refetched": self.inputs_refetched,
                 "internal_calls": self.queue.transport,
                 "attention_backend": self.engine.attention_backend,
                 "profile": self.engine.profile and self.engine.profile.name,

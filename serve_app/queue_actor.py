@@ -660,12 +660,12 @@ class QueueActor:
         """Long poll: the next thing this worker should do, or None after ``timeout`` seconds.
 
         A worker asks when it is idle; ``preset`` is the one it has loaded (None: none yet).
-        ``ahead``: a busy worker on its current job's last step asks for its next job now, to prepare
-        it while the GPU finishes (the job is ``processing`` from then on); answered at once, a job
-        or None, never a load."""
+        ``ahead``: a busy worker on its current job's last step asks for its next job now (the job
+        is ``processing`` from then on); answered at once, a job or None, never a load. None while
+        another worker waits for a job: that one can start it now, this one only after its step."""
         if ahead:
             self._worker(worker_id)
-            if self.stopping or self.load is not None:
+            if self.stopping or self.load is not None or any(w != worker_id for w in self._waiting):
                 return None
             job = self.core.claim(worker_id, preset, self._idle())
             return None if job is None else await self._hand_out(job)

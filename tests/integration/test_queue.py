@@ -26,8 +26,10 @@ def test_15_quick_submits_give_10_accepted_5_refused(api):
         assert r.json() == {"detail": FULL}
         assert int(r.headers["Retry-After"]) >= 1
     q = api.http.get("/api/v1/queue").json()
-    # the cap counts the running job: one processing plus nine waiting make ten
-    assert q["queue_size"] == 10 and q["processing_count"] == 1 and q["queued_count"] == 9
+    # the cap counts the running job: one processing plus nine waiting make ten (two plus eight
+    # while the worker claims its next job on the running one's last step)
+    assert q["queue_size"] == 10 and q["processing_count"] + q["queued_count"] == 10
+    assert q["processing_count"] in (1, 2), q
     # /edit goes through the same queue and cap: no bypass
     r = api.http.post("/api/v1/edit", files={"image": ("a.png", IMAGE, "image/png")}, data={"instruction": "x"})
     assert r.status_code == 429 and r.json() == {"detail": FULL} and "Retry-After" in r.headers

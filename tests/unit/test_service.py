@@ -148,3 +148,23 @@ def test_a_deadline_is_enforced_when_it_falls_due_not_on_the_next_cleanup_pass(t
         await service.mirror.stop()
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_a_claim_ahead_leaves_the_job_to_a_worker_waiting_for_one(tmp_path):
+    """A busy worker claiming its next job on its last step gets none while another worker waits:
+    the waiting one starts the job now; once none waits, the claim ahead gets the next job."""
+    async def main():
+        queue, settings = await queue_for(tmp_path)
+        service = EditService(Recording(queue), settings)
+        # "a" sorts first, so without the rule the matching would give the job to the busy worker
+        waiting = asyncio.ensure_future(queue.next_task("b-idle", "tiny", 10.0))
+        await asyncio.sleep(0.05)  # "b-idle" is now in its long poll
+        first, _ = await service.submit(EditFields([File(png())], "x"), STATION, None)
+        assert await queue.next_task("a-busy", "tiny", 0.0, True) is None
+        assert (await asyncio.wait_for(waiting, 5)).job_id == first.job_id
+        second, _ = await service.submit(EditFields([File(png())], "y"), STATION, None)
+        assert (await queue.next_task("a-busy", "tiny", 0.0, True)).job_id == second.job_id
+        assert (await queue.status(second.job_id, STATION)).status.value == "processing"
+        await service.mirror.stop()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
