@@ -23,8 +23,12 @@ serve: $(STAMP)  ## (qwen-serve = serve run + graceful SIGTERM) serve the API on
 serve-gpu: $(STAMP)  ## serve on a GPU machine with the real presets
 	RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1 $(VENV)/bin/qwen-serve config/serve.gpu.yaml
 
+# The main suite runs as two sessions at once (pytest-xdist, a file at a time each), each with its
+# own Ray cluster: alone, one session kept the two cores about half busy (waiting on replica starts,
+# leases and timers). The Ray CLI cluster tests come after, alone: their `ray stop` stops every Ray
+# process on the machine.
 test: $(STAMP)  ## the whole suite: unit and integration tests, then the Ray CLI cluster test (its own session)
-	$(RAY_ENV) $(PY) -m pytest -q -p no:cacheprovider
+	$(RAY_ENV) $(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
 	$(RAY_ENV) $(PY) -m pytest -q -p no:cacheprovider tests/cluster
 
 unit: $(STAMP)

@@ -136,12 +136,21 @@ def kill_replica(app_name: str, deployment: str = "ModelWorker", restart: bool =
 
 
 def replica_process(app: str, deployment: str = "QueueActor"):
-    """The app's (one) replica of a deployment, found by its process title (a psutil.Process)."""
+    """The app's (one) replica of a deployment in this process's cluster, found by its process title
+    among the processes its raylet started (another test session's cluster may have an app of the
+    same name on this machine): a psutil.Process."""
     import psutil
+    import ray
 
-    found = [p for p in psutil.process_iter(["cmdline"])
-             if any(f"ServeReplica:{app}:{deployment}" in part for part in (p.info["cmdline"] or []))]
-    assert len(found) == 1, [p.info["cmdline"] for p in found]
+    raylet = ray._private.worker._global_node.all_processes["raylet"][0].process.pid
+    found = []
+    for p in psutil.Process(raylet).children(recursive=True):
+        try:
+            if any(f"ServeReplica:{app}:{deployment}" in part for part in p.cmdline()):
+                found.append(p)
+        except psutil.Error:  # (a process that ended meanwhile)
+            pass
+    assert len(found) == 1, [p.cmdline() for p in found]
     return found[0]
 
 

@@ -175,9 +175,20 @@ def api(cluster) -> Api:
 
 
 @pytest.fixture(scope="session")
-def frozen(cluster) -> Api:
+def frozen_app(cluster) -> Api:
     return _deploy(cluster, "frozen", "/frozen", wait_workers=False,
                    worker={"num_cpus": 0, "resources": {"parking": 1}})
+
+
+@pytest.fixture
+def frozen(frozen_app) -> Api:
+    """The frozen app with an empty queue: its jobs never run, so those an earlier test left queued
+    are cancelled first (tests run in any order, and in parallel sessions)."""
+    for job in frozen_app.http.get("/api/v1/jobs", params={"limit": 100}).json()["jobs"]:
+        if job["status"] == "queued":
+            assert frozen_app.http.post(f"/api/v1/status/{job['job_id']}/cancel").status_code == 200
+    assert frozen_app.http.get("/api/v1/queue").json()["queue_size"] == 0
+    return frozen_app
 
 
 @pytest.fixture(scope="module")
