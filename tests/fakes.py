@@ -1,7 +1,10 @@
-"""Named fake engines for fault tests: the real EditEngine on the tiny model, with one failure mode
-each, chosen by a job's instruction (``worker.engine: tests.fakes:<Name>`` in a test app's config)."""
+"""Named fake engines (``worker.engine: tests.fakes:<Name>`` in a test app's config): for fault tests,
+the real EditEngine on the tiny model with one failure mode each, chosen by a job's instruction; for
+tests of the serving path's own load, an engine with no model at all."""
 
 import threading
+
+from PIL import Image
 
 from serve_app.pipeline import EditEngine
 
@@ -37,3 +40,21 @@ class SilentEngine(EditEngine):
         if image.info.get("silent"):
             FOREVER.wait()
         return super().encode(image)
+
+
+class InstantEngine(EditEngine):
+    """No model: a job's result is a small image of its seed's colour, made at once, with its one step
+    reported. Every call between ingress, queue and worker is the real one (the decoded upload fetched,
+    progress, the PNG stored); only the model's work is left out, for tests that count what the
+    serving path itself keeps (a thousand jobs)."""
+
+    def ensure(self, preset) -> float:
+        self.preset = preset
+        return 0.0
+
+    def generate(self, preset, images_bytes, instruction, seed, system_prompt=None, on_step=None, prepared=None,
+                 **_):
+        self.ensure(preset)
+        if on_step is not None:
+            on_step(1, 1)
+        return Image.new("RGB", (64, 64), (seed % 256, 90, 200))
