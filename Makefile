@@ -23,13 +23,17 @@ serve: $(STAMP)  ## (qwen-serve = serve run + graceful SIGTERM) serve the API on
 serve-gpu: $(STAMP)  ## serve on a GPU machine with the real presets
 	RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1 $(VENV)/bin/qwen-serve config/serve.gpu.yaml
 
-# The main suite runs as two sessions at once (pytest-xdist, a file at a time each), each with its
-# own Ray cluster: alone, one session kept the two cores about half busy (waiting on replica starts,
-# leases and timers). The Ray CLI cluster tests come after, alone: their `ray stop` stops every Ray
-# process on the machine.
-test: $(STAMP)  ## the whole suite: unit and integration tests, then the Ray CLI cluster test (its own session)
-	$(RAY_ENV) $(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
-	$(RAY_ENV) $(PY) -m pytest -q -p no:cacheprovider tests/cluster
+# Two test sessions at once: alone, one session kept the two cores about half busy (waiting on
+# replica starts, leases and timers). The integration tests as two sessions (pytest-xdist, a file at
+# a time each), each with its own Ray cluster; then the Ray CLI cluster tests, whose `ray stop` stops
+# every Ray process on the machine, beside the unit tests, which start no cluster (their output is
+# shown when both have ended).
+test: $(STAMP)  ## the whole suite: integration tests, then the Ray CLI cluster tests beside the unit tests
+	$(RAY_ENV) $(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile tests/integration
+	$(RAY_ENV) $(PY) -m pytest -q -p no:cacheprovider tests/unit > $(VENV)/unit-tests.log 2>&1 & unit=$$!; \
+	  $(RAY_ENV) $(PY) -m pytest -q -p no:cacheprovider tests/cluster; cluster=$$?; \
+	  wait $$unit; units=$$?; echo "--- tests/unit:"; cat $(VENV)/unit-tests.log; \
+	  test $$cluster = 0 && test $$units = 0
 
 unit: $(STAMP)
 	$(RAY_ENV) $(PY) -m pytest -q tests/unit

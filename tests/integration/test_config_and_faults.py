@@ -22,10 +22,10 @@ def test_gpu_config_pins_the_worker_to_a_gpu(gpu_api, api):
     r = gpu_api.submit(IMAGE)
     assert r.status_code == 400
     assert r.json() == {"detail": "No model loaded. Please call /api/v1/load-model first to load a model."}
-    deadline = time.monotonic() + 60
-    while not (health := gpu_api.http.get("/api/v1/health").json())["workers"]:
-        assert time.monotonic() < deadline
-        time.sleep(0.5)
+    # the worker comes up ("starting" while its replica starts) and waits, idle, with no model
+    health = wait_for(lambda: (h := gpu_api.http.get("/api/v1/health").json())["workers"]
+                      and h["workers"][0]["state"] != "starting" and h, 60, every=0.5,
+                      show=lambda: gpu_api.http.get("/api/v1/health").json())
     assert health["model_loaded"] is False and health["workers"][0]["state"] == "idle"
 
 

