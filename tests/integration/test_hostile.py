@@ -180,7 +180,9 @@ def test_memory_stays_bounded_under_repeated_hostile_uploads(api):
     mb = [round((x - ingress[0]) / 2**20) for x in ingress]
     print("ingress memory above its start, per round (MB):", mb)
     assert max(mb) < 512, mb
-    assert mb[-1] - mb[-6] < 48, mb  # levelled off
+    # levelled off: the last five rounds reach at most a little above the peak before them (the
+    # allocator gives memory back and takes it again, so one round's figure goes up and down)
+    assert max(mb[-5:]) - max(mb[:-5]) < 48, mb
     assert (replica_rss("main", "QueueActor") - queue_before) / 2**20 < 16
     assert api.http.get("/api/v1/queue").json()["queue_size"] == 0
 
