@@ -383,7 +383,8 @@ class ModelWorker:
 
         return {"id": self.id, "device": self.engine.device, "preset": self._preset_name,
                 "gpu_ids": ray.get_gpu_ids(), "jobs_done": self.jobs_done,
-                "jobs_claimed_ahead": self.jobs_claimed_ahead, "jobs_prepared_ahead": self.jobs_prepared_ahead, "inputs_refetched": self.inputs_refetched,
+                "jobs_claimed_ahead": self.jobs_claimed_ahead, "jobs_prepared_ahead": self.jobs_prepared_ahead,
+                "inputs_refetched": self.inputs_refetched,
                 "internal_calls": self.queue.transport,
                 "attention_backend": self.engine.attention_backend,
                 "profile": self.engine.profile and self.engine.profile.name,
