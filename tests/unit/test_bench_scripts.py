@@ -49,3 +49,17 @@ def test_gpu_edit_benchmark_holds_the_model_in_a_profile(tmp_path):
     assert serving["profile"] == "int8"
     assert serving["pixels_identical_after_round_trip"] is True
     assert serving["base_weights_identical_after_restore"] is True  # the int8 weights as stored
+
+
+def test_serving_overhead_splits_the_cpu_between_the_worker_and_every_other_process(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    from serving_overhead import cpu_split
+
+    worker = "ray::ServeReplica:app:ModelWorker"
+    raylet = "/venv/ray/core/src/ray/raylet/raylet --python_worker_command=/venv/bin/python /venv/setup_worker.py"
+    before = {1: (worker, 1.0), 2: (raylet, 0.5)}
+    after = {1: (worker, 4.0), 2: (raylet, 0.8), 3: ("/venv/bin/python -u /venv/ray/_private/log_monitor.py", 0.3)}
+    split = cpu_split(before, after, jobs=3)
+    assert round(split["worker_cpu_ms_per_job"]) == 1000
+    assert round(split["others_cpu_ms_per_job"]) == 200  # a process started meanwhile counts from zero
+    assert split["busiest_processes_ms_per_job"] == {worker: 1000.0, "raylet": 100.0, "log_monitor.py": 100.0}
