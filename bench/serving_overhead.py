@@ -92,7 +92,8 @@ def cpu_split(before: dict, after: dict, jobs: int) -> dict:
             worker += spent
         else:
             rest += spent
-        each[process_name(cmd)] = each.get(process_name(cmd), 0.0) + spent
+        name = process_name(cmd)
+        each[name] = each.get(name, 0.0) + spent
     busiest = sorted(each.items(), key=lambda kv: -kv[1])[:8]
     return {"worker_cpu_ms_per_job": 1000 * worker / jobs, "others_cpu_ms_per_job": 1000 * rest / jobs,
             "busiest_processes_ms_per_job": {name: round(1000 * spent / jobs, 1) for name, spent in busiest}}
