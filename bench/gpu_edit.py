@@ -36,13 +36,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # gpu_edit / gpu_servi
 
 from serve_app import architecture  # noqa: E402
 from serve_app.pipeline_tweaks import set_fastest_attention, working_area  # noqa: E402
+from serve_app.prompts import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT_TEMPLATE, render  # noqa: E402
 
 PEAK_TFLOPS = 790.0
-PRESETS = {  # steps, true CFG, negative prompt, Lightning scheduler
+PRESETS = {  # steps, true CFG, negative prompt, Lightning scheduler: as the server runs them (issue 23)
     "qwen-4step": (4, 1.0, None, True),
     "qwen-8step": (8, 1.0, None, True),
-    "qwen-40step": (40, 4.0, " ", False),
+    "qwen-40step": (40, 4.0, DEFAULT_NEGATIVE_PROMPT, False),
 }
+PROMPT = render(DEFAULT_PROMPT_TEMPLATE, "make the sky blue and add clouds")  # the served prompt
 
 
 def build_pipeline(device, dtype, smoke: bool):
@@ -191,7 +193,7 @@ def run_edit(pipe, size, preset, device, seed, steps=None):
     pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config({**base, **(LIGHTNING_SCHEDULER if lightning else {})})
     image = Image.new("RGB", (size, size), (120, 140, 160))
     with torch.inference_mode(), working_area(size * size):
-        out = pipe(image=[image], prompt="make the sky blue and add clouds", negative_prompt=negative,
+        out = pipe(image=[image], prompt=PROMPT, negative_prompt=negative,
                    true_cfg_scale=cfg, num_inference_steps=steps, height=size, width=size,
                    generator=torch.Generator(device="cpu").manual_seed(seed)).images[0]
     return out

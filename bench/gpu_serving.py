@@ -47,8 +47,7 @@ def presets(lora4: Path, lora8: Path, size: int) -> dict:
                              lora=LoraSpec(path=str(lora4)), nominal_seconds=2, **common),
         "qwen-8step": Preset(name="qwen-8step", scheduler="lightning", steps=8, cfg_scale=1.0,
                              lora=LoraSpec(path=str(lora8)), nominal_seconds=4, **common),
-        "qwen-40step": Preset(name="qwen-40step", steps=40, cfg_scale=4.0, negative_prompt=" ",
-                              nominal_seconds=30, **common),
+        "qwen-40step": Preset(name="qwen-40step", steps=40, cfg_scale=4.0, nominal_seconds=30, **common),
     }
 
 

@@ -45,8 +45,8 @@ UI_DIR = pathlib.Path(__file__).parent / "ui"  # the stations' web page: plain H
 # What each error status means; every route documents exactly the ones it can answer (checked by
 # Schemathesis in tests/integration/test_schema_fuzz.py).
 WHY = {
-    400: "The request is invalid (a bad image, an unknown preset, an empty or too long instruction, "
-         "...); the detail says what to fix.",
+    400: "The request is invalid (a bad image, an unknown preset, an empty or too long instruction, a "
+         "prompt with a blocked term, an upload the server's check refuses, ...); the detail says what to fix.",
     401: "X-API-Key is missing or not a key of this server.",
     403: "The key may not ask for this (a priority above the key's).",
     404: "No such job: it never existed here, was cleaned up after its TTL, or is another station's.",

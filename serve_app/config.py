@@ -5,15 +5,18 @@ frozen ``Settings`` every deployment is built with, each value in one place and 
 absolute on the machine that builds the app.
 """
 
+import importlib.util
 import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .auth import KeyEntry, load_keyring
 from .images import MB, UploadLimits
 from .presets import Preset, build_registry, missing_weights, resolve
+from .image_checks import DEFAULT_LABELS, NUDENET, NUDENET_INSTALL, NUDENET_LABELS, ImagePolicy
+from .prompts import DEFAULT_BLOCKED_TERMS, PromptPolicy
 from .webhooks import load_secret
 from .profiles import known, unknown_profile_message
 
@@ -60,6 +63,50 @@ class WebhookArgs(BaseModel):
     timeout_seconds: float = Field(5, gt=0, le=60, description="per attempt")
 
 
+class PromptPolicyArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="refuse instructions and system prompts with a blocked term (400)")
+    blocked_terms: list[str] = Field(list(DEFAULT_BLOCKED_TERMS), max_length=10_000,
+                                     description="a list given, even an empty one, replaces the default")
+
+    @field_validator("blocked_terms")
+    @classmethod
+    def _plain_terms(cls, v):
+        for term in v:
+            if not term.strip() or len(term) > 200:
+                raise ValueError(f"blocked term {term[:40]!r} must be 1 to 200 characters, not only spaces")
+        return v
+
+    def policy(self) -> PromptPolicy:
+        return PromptPolicy(self.enabled, tuple(t.strip() for t in self.blocked_terms))
+
+
+class OutputPolicyArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(False, description="check each result before it is stored; a withheld one fails its job")
+    checker: str = Field(NUDENET, pattern=r"^(nudenet|[\w.]+:\w+)$",
+                         description="nudenet (the opt-in extra, AGPL-3.0), or module:Class of another checker")
+    labels: list[str] = Field(list(DEFAULT_LABELS), min_length=1, description="what the checker may not find")
+    threshold: float = Field(0.5, gt=0, le=1, description="a finding counts from this score on")
+    uploads: bool = Field(False, description="also check each upload before it is queued (400 when refused)")
+
+    @model_validator(mode="after")
+    def _known_labels(self):
+        if self.checker == NUDENET:
+            unknown = sorted(set(self.labels) - set(NUDENET_LABELS))
+            if unknown:
+                raise ValueError(f"output_policy.labels: {unknown[0]!r} is not a NudeNet label; choose from "
+                                 f"{', '.join(NUDENET_LABELS)}")
+            if self.enabled and importlib.util.find_spec("nudenet") is None:
+                raise ValueError(f"output_policy.checker nudenet is not installed: {NUDENET_INSTALL}")
+        return self
+
+    def policy(self) -> ImagePolicy | None:
+        return ImagePolicy(self.checker, tuple(self.labels), self.threshold, self.uploads) if self.enabled else None
+
+
 class RateLimitArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -84,6 +131,8 @@ class AppArgs(BaseModel):
     preset_affinity: bool = Field(True, description="hand each job to an idle worker that already holds its "
                                                     "preset when there is one (fewer preset switches)")
     webhooks: WebhookArgs = Field(default_factory=WebhookArgs)
+    prompt_policy: PromptPolicyArgs = Field(default_factory=PromptPolicyArgs)
+    output_policy: OutputPolicyArgs = Field(default_factory=OutputPolicyArgs)
     max_queue_size: int = Field(10, ge=1, le=10_000, description="queued + processing jobs")
     cleanup_age_seconds: float = Field(3600, gt=0, description="finished jobs are removed after this age")
     min_free_disk_mb: float = Field(256, ge=0, description="health warns when the results folder's disk has "
@@ -201,6 +250,7 @@ class IngressSettings(BaseModel):
     max_body_bytes: int
     max_instruction_chars: int
     max_system_prompt_chars: int
+    prompt_policy: PromptPolicy
     edit_timeout_seconds: float
     keys: tuple[KeyEntry, ...]
     rate_limit: RateLimitArgs | None  # for the whole app; each replica enforces its share
@@ -221,6 +271,7 @@ class Settings(BaseModel):
     job_lease_seconds: float
     max_images: int
     internal_calls: Literal["grpc", "ray"]  # the ingress's and workers' queue calls (queue_client)
+    output_policy: ImagePolicy | None  # the picture check: results (workers) and, optionally, uploads (ingress)
     queue: QueueSettings
     worker: WorkerSettings
     ingress: IngressSettings
@@ -276,6 +327,7 @@ def build_settings(args: AppArgs | dict | None) -> Settings:
         presets=presets, default_preset=default, max_queue_size=args.max_queue_size,
         cleanup_age_seconds=args.cleanup_age_seconds, load_timeout_seconds=args.load_timeout_seconds,
         job_lease_seconds=args.job_lease_seconds, max_images=args.max_images, internal_calls=args.internal_calls,
+        output_policy=args.output_policy.policy(),
         queue=QueueSettings(
             results_dir=str(args.path(args.results_dir, "results")), jobs_db=str(args.path(None, "jobs.sqlite3")),
             scheduling=args.scheduling, max_jobs_per_station=args.max_jobs_per_station,
@@ -293,7 +345,7 @@ def build_settings(args: AppArgs | dict | None) -> Settings:
             replicas=args.ingress_replicas, actor_options=_pinned(args.ingress_resources),
             upload_limits=args.upload_limits,
             max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_instruction_chars=args.max_instruction_chars,
-            max_system_prompt_chars=args.max_system_prompt_chars, edit_timeout_seconds=args.edit_timeout_seconds,
-            keys=keyring.entries, rate_limit=args.rate_limit, webhook_allowed_hosts=tuple(hooks.allowed_hosts),
+            max_system_prompt_chars=args.max_system_prompt_chars, prompt_policy=args.prompt_policy.policy(),
+            edit_timeout_seconds=args.edit_timeout_seconds, keys=keyring.entries, rate_limit=args.rate_limit, webhook_allowed_hosts=tuple(hooks.allowed_hosts),
             upload_dir=str(args.path(None, "uploads"))),
     )

@@ -15,6 +15,7 @@ from .config import Settings
 from .errors import BadRequest, Unprocessable
 from .images import check_size
 from .presets import resolve
+from .prompts import clean
 from .protocol import DEFAULT_WEBHOOK_EVENTS, PRIORITIES, WEBHOOK_EVENTS
 from .webhooks import check_url
 
@@ -186,6 +187,9 @@ def check_edit(form: EditFields, settings: Settings) -> CheckedEdit:
     limit = limits.max_system_prompt_chars
     if form.system_prompt is not None and len(form.system_prompt) > limit:
         raise BadRequest(f"System prompt too long ({len(form.system_prompt)} chars). Maximum {limit} characters.")
+    if not clean(instruction):  # only quotes: nothing would reach the model
+        raise BadRequest("Instruction is empty: say what to change in the image.")
+    limits.prompt_policy.check(instruction, form.system_prompt)  # before the queue, before the image is read
     preset = None
     if form.preset or form.model:
         chosen = [resolve(settings.presets, n).name for n in (form.preset, form.model) if n]

@@ -10,7 +10,9 @@ Metrics view reads them. Names:
   the worker's time on a completed job; ``ray_qwen_step_seconds{preset}``: one denoising step;
   ``ray_qwen_model_load_seconds{preset}``: histograms;
 - ``ray_qwen_gpu_memory_bytes{device}``: memory the worker holds for its model (GPU: what torch
-  reserved; CPU workers: their resident memory).
+  reserved; CPU workers: their resident memory);
+- ``ray_qwen_policy_refusals_total{check}``: prompts refused (``prompt``), uploads refused
+  (``upload``) and results withheld (``output``) by the prompt and output policies.
 
 Outside Ray (``bench/load.py``'s plain server) every recorder is a no-op.
 """
@@ -74,6 +76,19 @@ class QueueMetrics:
     def completed(self, preset: str, run_s: float | None) -> None:
         if run_s is not None:
             self.run.observe(run_s, tags={"preset": preset})
+
+
+class PolicyMetrics:
+    """Refusals by the prompt policy and the picture check (ingress and workers record them)."""
+
+    def __init__(self):
+        m = _ray_metrics()
+        self.refusals = _Noop() if m is None else m.Counter(
+            "qwen_policy_refusals", description="Prompts refused, uploads refused and results withheld by the "
+                                                "server's policies.", tag_keys=("check",))
+
+    def refused(self, check: str) -> None:
+        self.refusals.inc(1, tags={"check": check})
 
 
 class WorkerMetrics:

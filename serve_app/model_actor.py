@@ -34,11 +34,13 @@ import uuid
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from . import transfer
+from . import provenance, transfer
 from .config import Settings
+from .image_checks import CheckerUnavailable, ImageCheck
 from .logs import for_job, use_serve_handlers
-from .metrics import WorkerMetrics
+from .metrics import PolicyMetrics, WorkerMetrics
 from .pipeline import JobCancelled, ProfileUnavailable, public_error
+from .presets import missing_weights
 from .protocol import (HEARTBEAT_S, JobDone, JobFailed, JobTask, LoadDone, LoadTask, Outcome, PreviewReport,
                        StepReport, WorkerState)
 from .queue_client import QueueClient
@@ -80,11 +82,18 @@ class ModelWorker:
         loop = asyncio.get_running_loop()
         self._heartbeat_task = loop.create_task(self._heartbeat())  # also during a long preload
         self._loop_task: asyncio.Task | None = None
+        self.running: dict | None = None  # what each preset runs here (provenance), once the profile is known
+        self.policy_metrics = PolicyMetrics()
+        policy = app_settings.output_policy
+        self.output_check = ImageCheck(policy) if policy is not None else None
         await self._report(WorkerState.STARTING)
         try:
             plan = [app_settings.presets[name] for name in settings.plan_presets]
             await asyncio.to_thread(self.engine.choose_profile, plan, app_settings.max_images)
-        except ProfileUnavailable as exc:
+            if self.output_check is not None:  # a result is never stored unchecked: no checker, no jobs
+                await asyncio.to_thread(self.output_check.load)
+            self.running = await asyncio.to_thread(self._describe, app_settings.presets)
+        except (ProfileUnavailable, CheckerUnavailable) as exc:
             # Stay up (a replica that raised would be restarted into the same error, for ever), say
             # why in /health, and take no job: the queue hands jobs only to workers that ask.
             log.error("[ModelWorker] cannot run: %s", exc)
@@ -102,11 +111,28 @@ class ModelWorker:
                 await self._report(WorkerState.FAILED, None, public_error(exc))
         self._loop_task = loop.create_task(self._loop())
 
+    def _describe(self, presets: dict) -> dict:
+        """(A thread.) What each preset whose weights are here runs (``provenance``), each logged once."""
+        versions = provenance.libraries()
+        described = {}
+        for name, preset in presets.items():
+            if missing_weights(preset) is not None:
+                continue
+            try:
+                found = provenance.describe(preset, self.engine.local_base(preset),
+                                            self.engine.profile_for(preset).name)
+            except Exception as exc:  # an unreadable file is the load's error to report, not the start's
+                log.warning("[ModelWorker] preset %s: could not describe its files (%s)", name, type(exc).__name__)
+                continue
+            log.info("[ModelWorker] %s", provenance.log_line(name, found, versions))
+            described[name] = provenance.public(found)
+        return {"libraries": versions, "presets": described}
+
     async def _report(self, state: WorkerState, preset: str | None = None, detail: str | None = None) -> None:
         import ray
 
         placement = {"device": self.engine.device, "profile": self.engine.profile and self.engine.profile.name,
-                     "profile_reason": self.engine.profile_reason}
+                     "profile_reason": self.engine.profile_reason, "running": self.running}
         if ray.is_initialized():  # (outside Ray, as in bench/load.py's plain server, asking would start it)
             placement.update(gpu_ids=[int(g) for g in ray.get_gpu_ids()],
                              node=ray.get_runtime_context().get_node_id()[:12])
@@ -322,11 +348,25 @@ class ModelWorker:
         self._background.add(task)  # (the loop keeps only a weak reference to a task)
         task.add_done_callback(self._background.discard)
 
+    def _checked_png(self, image) -> tuple[bytes | None, str | None]:
+        """(A thread.) (the PNG, None), or (None, why it is withheld) when the output check says so."""
+        if self.output_check is not None:
+            import numpy as np
+
+            withheld = self.output_check.withheld(np.asarray(image.convert("RGB")))
+            if withheld:
+                return None, withheld
+        return self.engine.encode(image), None
+
     async def _encode(self, task: JobTask, image, start: float) -> JobDone | JobFailed:
         try:
-            png = await asyncio.to_thread(self.engine.encode, image)
+            png, withheld = await asyncio.to_thread(self._checked_png, image)
         except Exception as exc:
             return JobFailed(task.job_id, public_error(exc), time.perf_counter() - start)
+        if withheld:  # failed, with the labels found: nothing of the picture leaves this replica
+            self.policy_metrics.refused("output")
+            log.warning("[ModelWorker] job %s: %s", task.job_id[:8], withheld, extra=for_job(task.job_id))
+            return JobFailed(task.job_id, withheld, time.perf_counter() - start)
         self.jobs_done += 1
         return JobDone(task.job_id, png, time.perf_counter() - start)
 

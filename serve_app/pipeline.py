@@ -38,8 +38,9 @@ from pathlib import Path
 from . import images, profiles
 from .pipeline_tweaks import set_fastest_attention, working_area
 from .placement import place, quantization_config
-from .presets import BUILTIN_TINY, LoraSpec, Preset
+from .presets import BUILTIN_TINY, LoraSpec, Preset, looks_local
 from .profiles import PROFILES, Profile
+from .prompts import render
 from .schedulers import LIGHTNING_SCHEDULER
 from .tiny_model import ensure_tiny_model
 
@@ -69,6 +70,12 @@ def public_error(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     text = _PATHS.sub("<path>", text)[:300]
     return f"{name}: {text}" if text else name
+
+
+def negative_prompt(preset: Preset) -> str | None:
+    """The negative prompt the pipeline gets: the preset's where CFG runs (``cfg_scale`` > 1), else
+    none. Below that the pipeline ignores it (the same pixels) and would log a warning per job."""
+    return preset.negative_prompt if preset.cfg_scale > 1 else None
 
 
 @dataclass(frozen=True)
@@ -196,6 +203,11 @@ class EditEngine:
             return str(ensure_tiny_model(self.models_dir / "tiny"))
         local = Path(preset.base).expanduser()
         return str(local) if local.exists() else preset.base
+
+    def local_base(self, preset: Preset) -> str | None:
+        """The folder this engine loads ``preset``'s base from (the tiny model built first if it is
+        not yet); None for a hub id (loaded from the Hugging Face cache)."""
+        return self._base_folder(preset) if preset.base == BUILTIN_TINY or looks_local(preset.base) else None
 
     def ensure(self, preset: Preset) -> float:
         """Make ``preset`` the active one; returns the seconds it took (0 when it already was)."""
@@ -364,7 +376,7 @@ class EditEngine:
 
         torch.set_num_threads(self.threads)
         inputs = [images.to_rgb(u) for u in uploads]
-        prompt = f"{system_prompt.strip()}\n{instruction}" if system_prompt and system_prompt.strip() else instruction
+        prompt = render(preset.prompt_template, instruction, system_prompt)
         held = self._held_key()
         pipe = self.pipe
         if (pipe is None or self.base != preset.base or self.held != self.profile_for(preset)
@@ -380,8 +392,8 @@ class EditEngine:
             w, h = calculate_dimensions(CONDITION_IMAGE_SIZE, image.width / image.height)
             condition.append(pipe.image_processor.resize(image, h, w))
         prompts = {"prompt": prompt}
-        if preset.cfg_scale > 1 and preset.negative_prompt is not None:
-            prompts["negative_prompt"] = preset.negative_prompt
+        if negative_prompt(preset) is not None:
+            prompts["negative_prompt"] = negative_prompt(preset)
         if self.device == "cuda" and self._side_stream is None:
             self._side_stream = torch.cuda.Stream()
         stream = self._side_stream
@@ -434,7 +446,7 @@ class EditEngine:
         if not plus and len(inputs) > 1:
             raise ValueError(f"preset {preset.name} takes one image; this job has {len(inputs)}")
         kwargs = dict(
-            image=inputs if plus else inputs[0], prompt=prompt, negative_prompt=preset.negative_prompt,
+            image=inputs if plus else inputs[0], prompt=prompt, negative_prompt=negative_prompt(preset),
             true_cfg_scale=preset.cfg_scale, num_inference_steps=preset.steps, height=height, width=width,
             generator=generator,
         )

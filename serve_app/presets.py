@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .errors import BadRequest, PresetUnavailable
 from .profiles import PROFILES
+from .prompts import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT_TEMPLATE, template_problem
 
 BUILTIN_TINY = "builtin:tiny"
 LIGHTNING_REPO = "lightx2v/Qwen-Image-Lightning"
@@ -52,10 +53,20 @@ class Preset(BaseModel):
     scheduler: Literal["default", "lightning"] = "default"
     steps: int = Field(ge=1, le=200)
     cfg_scale: float = Field(ge=1.0, le=20.0)
-    negative_prompt: str | None = None
+    prompt_template: str = Field(DEFAULT_PROMPT_TEMPLATE, max_length=4000,
+                                 description="what the model is asked: {system_prompt} and {instruction} filled in")
+    negative_prompt: str | None = Field(DEFAULT_NEGATIVE_PROMPT, max_length=4000,
+                                        description="used where CFG runs (cfg_scale > 1); null: none")
     resolution: int = Field(1024, ge=64, le=2048, description="working area is resolution x resolution")
     nominal_seconds: float = Field(gt=0, description="seeds the ETA until jobs have been measured")
     profile: str | None = Field(None, description="memory/precision profile for this preset; default: the worker's")
+
+    @model_validator(mode="after")
+    def _usable_template(self):
+        problem = template_problem(self.prompt_template)
+        if problem:
+            raise ValueError(f"prompt_template: {problem}")
+        return self
 
     @model_validator(mode="after")
     def _known_profile(self):
@@ -71,7 +82,7 @@ class Preset(BaseModel):
     @property
     def model_name(self) -> str:
         """What the preset runs, safe to show stations: a hub id, or a local folder's name only."""
-        return Path(self.base).name if _looks_local(self.base) else self.base
+        return Path(self.base).name if looks_local(self.base) else self.base
 
     @property
     def estimated_time(self) -> str:
@@ -84,6 +95,8 @@ class Preset(BaseModel):
             "name": self.name, "suffix": self.suffix, "steps": self.steps, "cfg_scale": self.cfg_scale,
             "estimated_time": self.estimated_time, "description": self.description,
             "aliases": list(self.aliases), "estimated_seconds": self.nominal_seconds,
+            "prompt_template": self.prompt_template,
+            "negative_prompt": self.negative_prompt if self.cfg_scale > 1 else None,
         }
 
 
@@ -104,7 +117,7 @@ DEFAULT_PRESETS: dict[str, dict] = {
     },
     "qwen-40step": {
         "aliases": ["40-step"], "description": "Qwen-Image-Edit-2509, 40 steps, true CFG 4.0 (best quality)",
-        "base": "Qwen/Qwen-Image-Edit-2509", "steps": 40, "cfg_scale": 4.0, "negative_prompt": " ",
+        "base": "Qwen/Qwen-Image-Edit-2509", "steps": 40, "cfg_scale": 4.0,
         "nominal_seconds": 180,
     },
     "tiny": {
@@ -140,7 +153,7 @@ def resolve(registry: dict[str, Preset], name: str) -> Preset:
     raise BadRequest(f"Unknown preset {wanted[:60]!r}. Choose one of: {choices}.")
 
 
-def _looks_local(ref: str) -> bool:
+def looks_local(ref: str) -> bool:
     return ref.startswith(("/", "./", "../", "~")) or os.path.isabs(ref) or Path(ref).exists()
 
 
@@ -157,7 +170,7 @@ def missing_weights(preset: Preset) -> str | None:
     The sentence goes to stations, so it never contains a server path: local folders and files are
     named by the config key that sets them."""
     if preset.base != BUILTIN_TINY:
-        if _looks_local(preset.base):
+        if looks_local(preset.base):
             if not (Path(preset.base).expanduser() / "model_index.json").is_file():
                 return (f"Preset {preset.name} needs its model folder (presets.{preset.name}.base in "
                         "config/serve.yaml), which is missing or has no model_index.json.")

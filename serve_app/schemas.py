@@ -96,6 +96,10 @@ class WorkerView(BaseModel):
     node: str | None = None
     profile: str | None = Field(None, description="addition: the memory/precision profile the worker runs")
     profile_reason: str | None = Field(None, description="addition: why that profile (auto's choice, or the config)")
+    running: dict | None = Field(None, description="addition: what this worker runs: `libraries` (torch, diffusers, "
+                                                   "transformers, peft versions) and, for each preset whose weights "
+                                                   "it has, `presets.<name>`: base (hub id and snapshot revision, or "
+                                                   "local folder name and fingerprint), LoRA files with SHA-256, profile")
 
 
 class HealthResponse(BaseModel):
@@ -129,6 +133,12 @@ class PresetView(BaseModel):
     estimated_seconds: float
     available: bool
     missing: str | None = None
+    prompt_template: str | None = Field(None, description="addition: what the model is asked ({system_prompt}, "
+                                                          "{instruction} filled in)")
+    negative_prompt: str | None = Field(None, description="addition: the negative prompt, where CFG runs")
+    running: dict | None = Field(None, description="addition: what a worker runs for this preset (as in /health's "
+                                                   "workers[].running.presets), with its libraries; null until a "
+                                                   "worker has reported it")
 
 
 class ModelsResponse(BaseModel):

@@ -22,10 +22,13 @@ from .config import Settings
 from .errors import ApiError, EditTimeout, JobNotFound, ServiceUnavailable, api_error_of
 from .events import JobEvents
 from .forms import EditFields, check_edit, check_idempotency_key, fingerprint
+from .image_checks import ImageCheck, ImageRefused
 from .images import check_and_decode
 from .logs import for_job
+from .metrics import PolicyMetrics
 from .mirror import Mirror
 from .presets import missing_weights
+from .prompts import PromptRefused
 from .protocol import JobRequest, JobStatus, JobView, WorkerState
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,9 @@ class EditService:
         self.settings = settings
         self.events = JobEvents(self._watch, HEARTBEAT_S)
         self.mirror = Mirror(self._changes, settings.cleanup_age_seconds)
+        policy = settings.output_policy
+        self.upload_check = ImageCheck(policy) if policy is not None and policy.uploads else None
+        self.policy_metrics = PolicyMetrics()
         self._background: set[asyncio.Task] = set()
 
     async def _call(self, method: str, *args, timeout: float = QUICK_CALL_S):
@@ -84,7 +90,11 @@ class EditService:
                      job_id: str | None = None) -> tuple[JobView, bool]:
         """(the job's view, created now); an idempotent retry gets the earlier job and False."""
         idempotency_key = check_idempotency_key(idempotency_key)
-        checked = check_edit(form, self.settings)
+        try:
+            checked = check_edit(form, self.settings)
+        except PromptRefused as exc:
+            self._refused("prompt", caller, exc.terms)
+            raise
         priority = job_priority(checked.priority, caller)
         data = [await f.read() for f in form.images]
         key_of = None if idempotency_key is None else fingerprint(data, form, checked)
@@ -95,7 +105,11 @@ class EditService:
             existing = await self._call("admit", caller, idempotency_key, key_of)
             if existing is not None:
                 return existing, False
-        pixels = await asyncio.to_thread(self._decode, data)
+        try:
+            pixels = await asyncio.to_thread(self._decode, data)
+        except ImageRefused as exc:
+            self._refused("upload", caller, exc.labels)
+            raise
         request = JobRequest(job_id or str(uuid.uuid4()), data, checked.instruction, checked.seed, checked.preset,
                              checked.system_prompt, idempotency_key, key_of, checked.webhook_url,
                              checked.webhook_events, checked.start_within_seconds, checked.deadline_seconds,
@@ -104,11 +118,19 @@ class EditService:
         self.mirror.note(view)  # read your writes: this replica's next status read shows the job
         return view, created
 
+    def _refused(self, check: str, caller: Caller, found: list[str]) -> None:
+        """A policy refusal, counted and logged with the station (never with its key)."""
+        self.policy_metrics.refused(check)
+        log.info("[Ingress] %s refused for station %s: %s", check, caller.station, ", ".join(found))
+
     def _decode(self, data: list[bytes]):
         """(A thread.) Check each upload; the pixels each check decoded are the job's input, shared
         once (``transfer``): the worker does not decode the upload again."""
         limits = self.settings.ingress.upload_limits
         pixels = [check_and_decode(one, limits)[1] for one in data]
+        if self.upload_check is not None:
+            for one in pixels:
+                self.upload_check.check_upload(one)
         return transfer.share(pixels, sum(p.nbytes for p in pixels))
 
     async def edit(self, form: EditFields, caller: Caller, idempotency_key: str | None) -> JobView:
@@ -235,7 +257,8 @@ class EditService:
         models = {}
         for name, p in self.settings.presets.items():
             missing = missing_weights(p)
-            models[name] = {**p.public(), "available": missing is None, "missing": missing}
+            models[name] = {**p.public(), "available": missing is None, "missing": missing,
+                            "running": _running(h["workers"], name)}
         return {"models": models, "default": h["current_model"],
                 "note": "Use a name (or an alias such as 4-step) as `preset` on submit/edit or `model` on "
                         "load-model. Presets with available=false need their weights on the server first."}
@@ -244,3 +267,13 @@ class EditService:
         answer = await self._call("load_model", name, timeout=self.settings.load_timeout_seconds + QUICK_CALL_S)
         self.mirror.require(answer.pop("version"))  # health shows the new default from here on
         return answer
+
+
+def _running(workers: list[dict], preset: str) -> dict | None:
+    """What the first worker that describes ``preset`` runs for it, with that worker's libraries."""
+    for worker in workers:
+        running = worker.get("running") or {}
+        if preset in running.get("presets", {}):
+            return {**running["presets"][preset], "libraries": running["libraries"], "worker": worker["id"]}
+    return None
+

@@ -58,3 +58,23 @@ class InstantEngine(EditEngine):
         if on_step is not None:
             on_step(1, 1)
         return Image.new("RGB", (64, 64), (seed % 256, 90, 200))
+
+
+class PictureEngine(InstantEngine):
+    """No model: the result is a real photo, for tests of the output check with a real detector.
+    A job whose instruction names the astronaut gets scikit-image's astronaut (a public-domain NASA
+    portrait, in which NudeNet finds a face); any other job gets its first input back unchanged."""
+
+    def generate(self, preset, images_bytes, instruction, seed, system_prompt=None, on_step=None, prepared=None,
+                 **_):
+        from serve_app import images
+
+        self.ensure(preset)
+        if on_step is not None:
+            on_step(1, 1)
+        if "astronaut" in instruction:
+            from skimage import data
+
+            return Image.fromarray(data.astronaut())
+        uploads = prepared.images if prepared is not None else [images.to_rgb(u) for u in images_bytes]
+        return uploads[0]

@@ -7,8 +7,10 @@ import json
 import io
 import socket
 import struct
+import threading
 import time
 import zlib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -175,3 +177,45 @@ def read_events(api, job_id, timeout=60.0) -> list[tuple[str, dict | None]]:
                 events.append((name, json.loads("\n".join(data))))
                 name, data = None, []
     return events
+
+
+class Receiver:
+    """A webhook receiver on 127.0.0.1 that fails its first ``fail_first`` requests with 500."""
+
+    def __init__(self, fail_first=1):
+        self.requests: list[tuple[dict, bytes]] = []
+        self.fail_first = fail_first
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.requests.append((dict(self.headers), body))
+                self.send_response(500 if len(receiver.requests) <= receiver.fail_first else 200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+
+    def close(self):
+        self.server.shutdown()
+
+
+def logs_folder() -> Path:
+    """The Serve replicas' log files of this test session's Ray node."""
+    import ray
+
+    return Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
+
+
+def qwen_metrics(port: int) -> dict[str, list]:
+    """The ``ray_qwen_`` metric families the node exports on ``port``, by name."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return {f.name: f.samples for f in text_string_to_metric_families(text) if f.name.startswith("ray_qwen_")}
+

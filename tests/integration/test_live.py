@@ -1,16 +1,14 @@
 """Issue 4 against real Serve apps on the tiny model: events, cancel, idempotency, stations, webhooks."""
 
 import json
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
 
-from tests.helpers import IMAGE, read_events, wait_for
+from tests.helpers import IMAGE, Receiver, read_events, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -158,32 +156,6 @@ def test_fair_order_and_per_station_limit(stations):
     assert started == expected
     for j in expected:
         ops.wait(j)
-
-
-class Receiver:
-    """A webhook receiver on 127.0.0.1 that fails its first ``fail_first`` requests with 500."""
-
-    def __init__(self, fail_first=1):
-        self.requests: list[tuple[dict, bytes]] = []
-        self.fail_first = fail_first
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.requests.append((dict(self.headers), body))
-                self.send_response(500 if len(receiver.requests) <= receiver.fail_first else 200)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
-
-    def close(self):
-        self.server.shutdown()
 
 
 def test_webhook_delivered_signed_and_retried(stations):

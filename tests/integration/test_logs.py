@@ -2,18 +2,11 @@
 the job's whole id as a field when the replicas log as JSON."""
 
 import json
-from pathlib import Path
 
 import pytest
 
 from serve_app.logs import JOB_ID
-from tests.helpers import IMAGE, remove_app, wait_for
-
-
-def logs_folder() -> Path:
-    import ray
-
-    return Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
+from tests.helpers import IMAGE, logs_folder, remove_app, wait_for
 
 
 def serve_log_records(job_id: str) -> list[dict]:

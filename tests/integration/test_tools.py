@@ -11,12 +11,11 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 from PIL import Image
 
 from qwen_edit_client import Client, Conflict, NotFound, QueueFull
-from tests.helpers import IMAGE, KEY, wait_for
+from tests.helpers import IMAGE, KEY, qwen_metrics, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -109,10 +108,7 @@ def test_cli_batch_of_15_through_a_queue_of_10_finishes_all(api, tmp_path):
 
 
 def _metrics(cluster) -> dict[str, list]:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = httpx.get(f"http://127.0.0.1:{cluster['metrics_port']}/metrics", timeout=10).text
-    return {f.name: f.samples for f in text_string_to_metric_families(text) if f.name.startswith("ray_qwen_")}
+    return qwen_metrics(cluster["metrics_port"])
 
 
 @pytest.mark.timeout(180)

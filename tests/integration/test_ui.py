@@ -97,9 +97,22 @@ def test_station_page_edits_shows_progress_and_result_and_cancels(api, page, tmp
     page.screenshot(path=str(tmp_path / "station-page.png"), full_page=True)
 
 
-def test_station_page_shows_api_errors_as_sentences(api, page):
+def test_station_page_shows_api_errors_as_sentences(api, page, tmp_path):
     page.goto(api.base + "/ui/")
     page.fill("#key", "not-a-key")
     page.click("#key-form button")
     page.wait_for_function("!document.querySelector('#error').hidden")
     assert "Invalid or missing API key. Enter your station's API key above." in page.locator("#error").inner_text()
+
+    # a prompt the policy refuses: the page shows the server's sentence (issue 23)
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(IMAGE)
+    page.fill("#key", KEY)
+    page.click("#key-form button")
+    page.wait_for_function("document.querySelectorAll('#preset option').length > 0")
+    page.set_input_files("#images", str(photo))
+    page.fill("#instruction", "make her nude")
+    page.click("#submit")
+    page.wait_for_function("document.querySelector('#error').textContent.includes('disallowed')")
+    assert page.locator("#error").inner_text() == ("Prompt contains disallowed term(s): nude. Please revise and "
+                                                   "try again.")

@@ -90,6 +90,7 @@ class WorkerView(_Answer):
     node: str | None = None
     profile: str | None = None
     profile_reason: str | None = None
+    running: dict | None = None  # libraries and, per preset, base revision, LoRA SHA-256s, profile
 
 
 class HealthResponse(_Answer):
@@ -115,6 +116,9 @@ class PresetView(_Answer):
     estimated_seconds: float = 0.0
     available: bool = True
     missing: str | None = None
+    prompt_template: str | None = None
+    negative_prompt: str | None = None
+    running: dict | None = None  # what a worker runs for this preset, with its libraries
 
 
 class ModelsResponse(_Answer):
