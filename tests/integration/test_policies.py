@@ -136,14 +136,15 @@ def test_a_withheld_result_fails_its_job_keeps_no_file_frees_its_slot_and_says_s
     assert (r.status_code, r.json()) == (400, {"detail": "Image refused by the server's upload check: it found "
                                                          "FACE_FEMALE. Send another picture."})
     assert _total_jobs(policed) == jobs
+    assert policed.submit(IMAGE, instruction="NSFW!").status_code == 400
 
     def refusals():
         found = qwen_metrics(cluster["metrics_port"]).get("ray_qwen_policy_refusals", [])
         counts = {s.labels["check"]: s.value for s in found
                   if s.name == "ray_qwen_policy_refusals_total" and s.labels.get("application") == "policed"}
-        return counts.get("output", 0) >= 1 and counts.get("upload", 0) >= 1 and counts
+        return all(counts.get(check, 0) >= 1 for check in ("prompt", "upload", "output")) and counts
 
     deadline = time.monotonic() + 90  # Ray exports metrics every few seconds
     while not refusals():
-        assert time.monotonic() < deadline, "the refusals were not counted in ray_qwen_policy_refusals_total"
+        assert time.monotonic() < deadline, "refusals not counted in ray_qwen_policy_refusals_total by check"
         time.sleep(2)
