@@ -328,7 +328,8 @@ def make_app(service: EditService, settings: Settings) -> FastAPI:
 
     @app.get(f"{API}/health", response_model=HealthResponse, tags=["info"], responses={503: {
         "model": HealthResponse,
-        "description": "degraded: the queue is not reachable, or no model worker can run (see warnings)"}})
+        "description": "degraded: the queue is not reachable, or no model worker can run; unhealthy: the job "
+                       "database is damaged (see warnings)"}})
     async def health():
         body, reachable = await service.health()
         return body if reachable else JSONResponse(body, status_code=503)

@@ -38,15 +38,44 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE TABLE IF NOT EXISTS inputs (
     job_id TEXT NOT NULL, idx INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (job_id, idx)
 );
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-# Columns added since the first release, with their types: added to an older file when it is opened.
+# The schema's version, in SQLite's user_version. 0: as released up to 0.2.0 (no version kept);
+# 1: every column below present; 2: the ``meta`` table, holding the state folder's identity.
+SCHEMA_VERSION = 2
+# Columns added before versions were kept, with their types: added to an older file when it is opened.
 ADDED_COLUMNS = {"webhook_events": "TEXT", "start_by": "REAL", "finish_by": "REAL",
                  "priority": "TEXT NOT NULL DEFAULT 'normal'", "previews": "INTEGER NOT NULL DEFAULT 0"}
+
+
+def _to_v1(db: sqlite3.Connection) -> None:
+    have = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+    for column, kind in ADDED_COLUMNS.items():
+        if column not in have:
+            db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+
+
+def _to_v2(db: sqlite3.Connection) -> None:
+    db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+
+# Each schema change is a migration to the version after it, run in order on an older file (each in
+# its own transaction with the version it reaches); a new file gets SCHEMA and the latest version.
+MIGRATIONS = {1: _to_v1, 2: _to_v2}
 # Job fields kept in the jobs table. Not kept: the payload (it lives in ``inputs``), the latest
 # preview's step (in memory with the preview) and the passes counted for the starvation bound (in
 # memory: a restart counts them again from zero, as the README says). Seeds up to 2**64-1 overflow
 # SQLite's signed 64-bit integers, so they are stored as text.
 COLUMNS = [f.name for f in fields(Job) if f.name not in ("payload", "pixels", "preview_step", "passes", "changed")]
+
+
+class NewerSchema(Exception):
+    """A database written by a newer release than this one (its schema version is higher)."""
+
+    def __init__(self, version: int):
+        super().__init__(f"it was written by a newer release (schema version {version}; this release reads up "
+                         f"to {SCHEMA_VERSION})")
+        self.version = version
 
 
 class StateLock:
@@ -90,13 +119,46 @@ class JobStore:
         self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect on a new file only...
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(SCHEMA)
-        have = {row[1] for row in self.db.execute("PRAGMA table_info(jobs)")}
-        for column, kind in ADDED_COLUMNS.items():  # a database written by an older version
-            if column not in have:
-                self.db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+        self._migrate()
         if self.db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
             self.db.execute("VACUUM")  # ...an older file is rebuilt once to get it
+
+    def _migrate(self) -> None:
+        """A new file gets the schema at SCHEMA_VERSION; an older one each migration after its
+        version, in order. A file of a newer release is refused (``NewerSchema``), never rewritten."""
+        version = self.version
+        if version > SCHEMA_VERSION:
+            raise NewerSchema(version)
+        fresh = not self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'jobs'").fetchone()
+        if fresh:
+            with self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        self.db.execute(statement)
+                self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            return
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            with self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                MIGRATIONS[target](self.db)
+                self.db.execute(f"PRAGMA user_version = {target}")
+
+    @property
+    def version(self) -> int:
+        return self.db.execute("PRAGMA user_version").fetchone()[0]
+
+    def identity(self) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'identity'").fetchone()
+        return row[0] if row else None
+
+    def set_identity(self, value: str) -> None:
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('identity', ?)", (value,))
+
+    def result_names(self) -> set[str]:
+        return {row[0] for row in self.db.execute("SELECT result_name FROM jobs WHERE result_name IS NOT NULL")}
 
     def compact(self) -> None:
         """Shrink the database file and its WAL to what the remaining jobs need."""

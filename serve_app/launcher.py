@@ -125,6 +125,28 @@ def plan(config, path: Path) -> int:
     return 0 if ok else 1
 
 
+def state_step(apps: dict, backup_dir: Path | None) -> int:
+    """``--backup DIR`` or ``--fresh-start`` for each of this project's apps (``statefolder``)."""
+    from .statefolder import StateDamaged, backup, fresh_start
+
+    code = 0
+    for name, args in apps.items():
+        db, results = args.path(None, "jobs.sqlite3"), args.path(args.results_dir, "results")
+        try:
+            if backup_dir is not None:
+                done = backup(db, results, backup_dir / name)
+                print(f"{name}: {done.jobs} job(s) and {done.results} result file(s) backed up into {done.folder}"
+                      + (f" ({done.results_gone} expired meanwhile)" if done.results_gone else ""), flush=True)
+            else:
+                moved = fresh_start(db, results)
+                print(f"{name}: moved {len(moved.files)} file(s) aside into {moved.folder}; the next start is empty"
+                      if moved.files else f"{name}: nothing to set aside in {db.parent}", flush=True)
+        except (OSError, RuntimeError, StateDamaged) as exc:
+            print(f"{name}: {exc}", file=sys.stderr, flush=True)
+            code = 1
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="qwen-serve", description=__doc__.splitlines()[0])
     parser.add_argument("config", nargs="?", default="config/serve.yaml", type=Path,
@@ -136,6 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plan", action="store_true",
                         help="print the GPU memory each preset needs under its profile (no weights, no GPU, "
                              "no Ray) and exit: 0 when every preset fits the config's card, 1 when not")
+    parser.add_argument("--backup", type=Path, default=None, metavar="DIR",
+                        help="copy each app's job database (SQLite's online backup) and the results its jobs "
+                             "name into DIR/<app> while the server runs, and exit")
+    parser.add_argument("--fresh-start", action="store_true",
+                        help="with the server stopped: move each app's job database and results aside into a "
+                             "dated folder in its state folder (nothing is deleted), so the next start is empty")
     opts = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s qwen-serve %(message)s", stream=sys.stdout)
     from .config import AppArgs
@@ -150,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{opts.config}: {exc}")
     if opts.plan:
         return plan(config, opts.config)
+    if opts.backup or opts.fresh_start:
+        return state_step(ours, opts.backup)
 
     import ray
     from ray import serve

@@ -43,19 +43,21 @@ from .auth import Caller, job_priority
 from .config import Settings
 from .errors import (ApiError, LoadInProgress, NoModelLoaded, PreviewNotReady, QueueFull, ResultNotReady,
                      ServiceUnavailable, StartTooLate, StationLimit)
-from .jobstore import JobStore, StateLock
+from .jobstore import StateLock
 from .logs import for_job, use_serve_handlers
 from .metrics import QueueMetrics
 from .presets import Preset, require_available, resolve
 from .protocol import (DEFAULT_WEBHOOK_EVENTS, Changes, JobDone, JobFailed, JobRequest, JobStatus, JobTask, JobView,
                        LoadDone, LoadTask, Outcome, PreviewReport, StepReport, WorkerState)
 from .queue_core import Job, JobQueue
+from .statefolder import StateDamaged, open_checked
 from .storage import ResultStore, result_name, storage_reason
 from .webhooks import Notifier
 from .workers import WorkerInfo, WorkerRegistry
 
 log = logging.getLogger(__name__)
 CLEANUP_PERIOD_S = 1.0
+SWEEP_PERIOD_S = 300.0  # orphaned result files older than the TTL are looked for this often
 LOST = "worker lost: the model worker stopped while running this job; submit it again"
 MAX_ATTEMPTS = 2  # a job interrupted by a lost worker runs once more, then fails with LOST
 LEASE_EXPIRED = ("the model worker made no progress on this job for {seconds:g} seconds (its lease ran out) "
@@ -65,11 +67,14 @@ LEASE_EXPIRED = ("the model worker made no progress on this job for {seconds:g} 
 def answers(method):
     """For the methods the ingress calls: an ``ApiError`` (a 404, a full queue's 429, ...) is the
     call's answer, returned rather than raised, so Serve does not log each refusal as a failed
-    request with its traceback; the ingress raises it again (``EditService._call``)."""
+    request with its traceback; the ingress raises it again (``EditService._call``). While the job
+    database is damaged every such call answers 503 with the sentence that says so."""
     @functools.wraps(method)
-    async def answer(*args, **kwargs):
+    async def answer(self, *args, **kwargs):
+        if self.damaged is not None:
+            return ServiceUnavailable(self.damaged)
         try:
-            return await method(*args, **kwargs)
+            return await method(self, *args, **kwargs)
         except ApiError as err:
             return err
 
@@ -110,13 +115,24 @@ class QueueActor:
         self.store = ResultStore(own.results_dir)
         self.state_lock = StateLock(Path(own.jobs_db))
         await self._hold_state_lock()
-        self.jobs = JobStore(Path(own.jobs_db))
+        # The database is trusted only when it is whole (statefolder): damaged, this replica stays
+        # up serving nothing (no crash loop of the deploy), deletes nothing, and says why.
+        self.damaged: str | None = None
+        try:
+            self.jobs, note = open_checked(Path(own.jobs_db), Path(own.results_dir))
+            if note:
+                log.info("[JobQueue] %s", note)
+        except StateDamaged as exc:
+            self.jobs, self.damaged = None, exc.public
+            log.error("[JobQueue] %s", exc)
         # File and database work runs here, one task at a time in the order asked, never on the event
         # loop (a commit of a 30 MB input or an fsync on a slow disk would stall every station's poll).
         self._io_pool = ThreadPoolExecutor(1, thread_name_prefix="queue-io")
         self.db_problem: str | None = None  # the last failed commit, for health, until one succeeds
-        self.core.restore(self.jobs.load())
-        self._sweep_orphans()
+        if self.jobs is not None:
+            self.core.restore(self.jobs.load())
+            self._sweep_orphans(self.core.result_names(), at_start=True)
+        self._swept = time.monotonic()
         self.registry = WorkerRegistry(settings.job_lease_seconds)
         self._waiting: dict[str, str | None] = {}  # workers in a next_task long poll -> the preset each holds
         self.preset_switches = 0  # jobs handed to a worker that held another preset
@@ -181,14 +197,12 @@ class QueueActor:
         except asyncio.TimeoutError:
             pass
 
-    def _sweep_orphans(self) -> None:
-        """Result files no job names (written just before a crash, or of jobs expired meanwhile),
-        and half-written ones (a crash during a write)."""
-        named = self.core.result_names()
-        for name in self.store.names():
-            if name not in named:
-                self.store.delete(name)
-        self.store.remove_partials()
+    def _sweep_orphans(self, named: set[str], at_start: bool = False) -> None:
+        """Result files that are provably orphans (``ResultStore.sweep``): of no job and older than
+        the TTL (written just before a crash, or of jobs expired meanwhile), and half-written ones."""
+        gone = self.store.sweep(named, time.time() - self.settings.cleanup_age_seconds, all_partials=at_start)
+        if gone:
+            log.info("[JobQueue] removed %d result file(s) of no job, older than the TTL", len(gone))
 
     async def _expire(self) -> None:
         gone = self.core.expire()
@@ -218,6 +232,9 @@ class QueueActor:
                 running = len(self.core.running())
                 self.metrics.occupancy(self.core.occupancy - running, running)
                 await self._check_storage()
+                if self.jobs is not None and time.monotonic() - self._swept >= SWEEP_PERIOD_S:
+                    self._swept = time.monotonic()
+                    await self._io(self._sweep_orphans, self.core.result_names())  # (named: read here)
             except Exception:  # keep cleaning whatever one pass hit
                 log.exception("[JobQueue] cleanup pass failed")
 
@@ -546,7 +563,7 @@ class QueueActor:
         states = [w.state for w in workers]
         reason = self.unschedulable()
         warnings = [reason] if reason else []
-        warnings += [w for w in (self.storage_problem, self.store_failure and self.store_failure[0],
+        warnings += [w for w in (self.damaged, self.storage_problem, self.store_failure and self.store_failure[0],
                                  self.db_problem) if w]
         warnings += [f"Worker {w.id[-12:]} takes no jobs: {w.detail}" for w in workers
                      if w.state == WorkerState.UNUSABLE and not reason]
@@ -555,6 +572,7 @@ class QueueActor:
                             "for the next start.")
         return {
             "warnings": warnings,
+            "damaged": self.damaged is not None,  # the ingress answers 503 "unhealthy" (not shown as a field)
             "current_model": self.default_preset,
             "model_loaded": any(s in (WorkerState.READY, WorkerState.BUSY) for s in states),
             "is_loading": self.load is not None or any(s in (WorkerState.STARTING, WorkerState.LOADING)

@@ -110,8 +110,9 @@ class HealthResponse(BaseModel):
                                      "profile": "fp8", "profile_reason": "auto: fp8 needs 39.2 GiB of the "
                                      "139.8 GiB free on NVIDIA H200, the fastest profile that fits"}],
                            warnings=[])
-    status: str = Field(description="healthy (a worker is ready), starting, or degraded (see warnings: also "
-                                    "when a worker cannot run its profile)")
+    status: str = Field(description="healthy (a worker is ready), starting, degraded (see warnings: also "
+                                    "when a worker cannot run its profile), or unhealthy (503: the job database "
+                                    "is damaged; the first warning says what was found and what to do)")
     current_model: str | None
     model_loaded: bool
     is_loading: bool

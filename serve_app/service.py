@@ -233,6 +233,9 @@ class EditService:
 
     async def queue_stats(self) -> dict:
         self.mirror.start()
+        health = self.mirror.queue_health()
+        if health and health.get("damaged"):  # an empty queue is not the truth: say why instead
+            raise ServiceUnavailable(health["warnings"][0])
         return self.mirror.queue_stats() or await self._call("queue_stats")
 
     # --- the service -------------------------------------------------------------------------------
@@ -247,6 +250,9 @@ class EditService:
                     "model_loaded": False, "is_loading": False, "is_generating": False,
                     "queue_max_size": self.settings.max_queue_size,
                     "queue_cleanup_age_seconds": self.settings.cleanup_age_seconds, "workers": []}, False
+        h = dict(h)
+        if h.pop("damaged", False):  # the job database is not to be trusted: nothing is served
+            return {"status": "unhealthy", **h}, False
         unusable = any(w["state"] == WorkerState.UNUSABLE for w in h["workers"])
         status = "healthy" if h["model_loaded"] and not unusable else ("degraded" if h["warnings"] else "starting")
         return {"status": status, **h}, True

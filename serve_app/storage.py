@@ -62,10 +62,33 @@ class ResultStore:
     def delete(self, name: str) -> None:
         self._path(name).unlink(missing_ok=True)
 
-    def remove_partials(self) -> None:
-        """Delete half-written files a crash left behind (call when no write is in progress)."""
+    def modified(self, name: str) -> float:
+        """When the result file was written (its modification time), or +inf if it is gone."""
+        try:
+            return self._path(name).stat().st_mtime
+        except FileNotFoundError:
+            return float("inf")
+
+    def remove_partials(self, older_than: float | None = None) -> None:
+        """Delete half-written files a crash left behind: all of them (call when no write is in
+        progress), or those last modified before ``older_than``."""
         for path in self.folder.glob(PARTIAL + "*"):
-            path.unlink(missing_ok=True)
+            try:
+                if older_than is None or path.stat().st_mtime < older_than:
+                    path.unlink(missing_ok=True)
+            except FileNotFoundError:
+                pass
+
+    def sweep(self, named: set[str], cutoff: float, all_partials: bool = False) -> list[str]:
+        """Delete what is provably an orphan: result files not in ``named`` last written before
+        ``cutoff`` (a younger one is kept: its job's record may be what is missing), and half-written
+        files (all of them with ``all_partials``, when no write can be in progress; else those from
+        before ``cutoff``). The result names deleted."""
+        gone = [name for name in self.names() if name not in named and self.modified(name) < cutoff]
+        for name in gone:
+            self.delete(name)
+        self.remove_partials(None if all_partials else cutoff)
+        return gone
 
     def problem(self, min_free_bytes: int) -> str | None:
         """None when results can be stored; else a sentence for health: the folder missing or not

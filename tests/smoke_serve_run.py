@@ -8,11 +8,15 @@ its Ray cluster) is killed with SIGKILL at once; a third start runs every one of
 none lost, none twice. Last, ``qwen-serve config/serve.yaml`` (what ``make serve`` runs) is started
 on the same folder and sent SIGTERM while a job runs: that job completes within the grace period,
 the jobs behind it stay queued in the state folder, and the server exits 0 with no Ray process left.
-Loopback only; every step has a deadline. Exit status 0 on success; prints a pytest-style summary.
+Then the state folder is backed up (``qwen-serve ... --backup``) and its database truncated to 0
+bytes: the next start answers 503 "unhealthy" with the sentence and deletes no result; the backup,
+restored as the README says, starts with every job. Loopback only; every step has a deadline. Exit status 0 on success; prints a pytest-style summary.
 """
 
 import os
+import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -154,6 +158,56 @@ def graceful_stop(work: Path, log_path: Path, headers: dict) -> None:
     print(f"smoke: SIGTERM let the running job finish; jobs now {left}")
 
 
+def damaged_database(work: Path, log_path: Path, headers: dict) -> None:
+    """Issue 24, the operator's trial: a backup, then the database truncated to 0 bytes while the
+    server is stopped. The next start refuses it with a sentence and deletes no result; the backup,
+    restored, starts with every job."""
+    state = work / "state"
+    qwen_serve = Path(sys.executable).with_name("qwen-serve")
+    config = str(ROOT / "config" / "serve.yaml")
+    subprocess.run([str(qwen_serve), config, "--backup", str(work / "backup")], cwd=work, check=True, timeout=120)
+    backup = work / "backup" / "qwen-image-edit"
+    results = sorted(p.name for p in (state / "results").iterdir())
+    assert results, "the earlier phases left results"
+    (state / "jobs.sqlite3").write_bytes(b"")
+    for extra in ("-wal", "-shm"):
+        (state / f"jobs.sqlite3{extra}").unlink(missing_ok=True)
+    proc = start(work, log_path)
+    try:
+        r = httpx.get(f"{BASE}/api/v1/health", timeout=10)
+        assert r.status_code == 503 and r.json()["status"] == "unhealthy", r.text
+        assert "is empty (0 bytes)" in r.json()["warnings"][0], r.text
+        submit = httpx.post(f"{BASE}/api/v1/submit", headers=headers, timeout=30, data={"instruction": "x"},
+                            files={"image": ("in.png", _png(), "image/png")})
+        assert submit.status_code == 503 and "is empty (0 bytes)" in submit.json()["detail"], submit.text
+        assert sorted(p.name for p in (state / "results").iterdir()) == results, "results were deleted"
+        print(f"smoke: a 0-byte database is refused (503, unhealthy); all {len(results)} results kept")
+    finally:
+        assert stop(proc, signal.SIGTERM), "the server did not stop cleanly"
+    for name in ("jobs.sqlite3", "jobs.sqlite3.identity"):  # the README's restore
+        shutil.copy2(backup / name, state / name)
+    for result in (backup / "results").iterdir():
+        shutil.copy2(result, state / "results" / result.name)
+    held = sqlite3.connect(backup / "jobs.sqlite3").execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+    proc = start(work, log_path)
+    try:
+        stats = httpx.get(f"{BASE}/api/v1/queue", headers=headers, timeout=10).json()
+        assert stats["total_jobs"] == held, (stats, held)
+        print(f"smoke: the backup restored: {held} jobs back")
+    finally:
+        assert stop(proc, signal.SIGTERM), "the server did not stop cleanly"
+
+
+def _png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (90, 90, 200)).save(buf, "PNG")
+    return buf.getvalue()
+
+
 def main() -> int:
     if ray_processes():
         print("smoke: Ray processes already running on this machine; refusing to start:\n" + "\n".join(ray_processes()))
@@ -191,6 +245,7 @@ def main() -> int:
         if ok:
             restarts(work, log_path, headers, job_id, png.content)
             graceful_stop(work, log_path, headers)
+            damaged_database(work, log_path, headers)
     except Exception as exc:
         ok = False
         print(f"smoke: durability across restarts failed: {exc!r}")

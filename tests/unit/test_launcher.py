@@ -108,3 +108,29 @@ def test_the_app_says_when_its_http_proxy_setting_cannot_apply(tmp_path, monkeyp
     monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "1")
     build_settings({"state_dir": str(tmp_path), "http_proxy": "haproxy"})
     assert "http_proxy" not in capsys.readouterr().out
+
+
+def test_fresh_start_and_backup_are_one_command_each_and_say_what_they_did(tmp_path, capsys):
+    """Issue 24: the operator's two steps, with no Ray process started."""
+    from serve_app.jobstore import StateLock
+    from serve_app.queue_core import Job
+    from serve_app.statefolder import open_checked
+
+    state = tmp_path / "state"
+    store, _ = open_checked(state / "jobs.sqlite3", state / "results")
+    store.save(Job("job-1", "edit", "tiny", 1, None, 1000.0), [b"img"])
+    store.close()
+    config = _config(tmp_path, state_dir=str(state))
+    assert main([config, "--backup", str(tmp_path / "backup")]) == 0
+    assert "qwen-image-edit: 1 job(s) and 0 result file(s) backed up into" in capsys.readouterr().out
+    assert (tmp_path / "backup" / "qwen-image-edit" / "jobs.sqlite3").is_file()
+    lock = StateLock(state / "jobs.sqlite3")
+    assert lock.try_acquire()  # a running server holds it
+    assert main([config, "--fresh-start"]) == 1
+    assert "the server is running on this state folder: stop it first" in capsys.readouterr().err
+    lock.release()
+    assert main([config, "--fresh-start"]) == 0
+    assert "file(s) aside into" in capsys.readouterr().out
+    aside = list(state.glob("set-aside-*"))
+    assert len(aside) == 1 and {"jobs.sqlite3", "jobs.sqlite3.identity"} <= {p.name for p in aside[0].iterdir()}
+    assert not (state / "jobs.sqlite3").exists()
