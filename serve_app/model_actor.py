@@ -116,7 +116,9 @@ class ModelWorker:
         versions = provenance.libraries()
         described = {}
         for name, preset in presets.items():
-            if missing_weights(preset) is not None:
+            missing = missing_weights(preset)
+            if missing is not None:
+                log.info("[ModelWorker] preset %s: its weights are not here (%s)", name, missing)
                 continue
             try:
                 found = provenance.describe(preset, self.engine.local_base(preset),
