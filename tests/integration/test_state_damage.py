@@ -153,3 +153,28 @@ def test_a_backup_taken_while_jobs_run_restores_every_job_it_held(deploy, cluste
         assert api.status(later).status_code == 404
     finally:
         remove_app("restored")
+
+
+@pytest.mark.timeout(180)
+def test_a_database_of_release_0_2_0_serves_every_job_it_held(deploy, cluster):
+    """The upgrade fixture (written by the job store of release 0.2.0) under a real app."""
+    state = Path(cluster["root"]) / "upgraded"
+    state.mkdir(parents=True)
+    shutil.copy2(ROOT / "tests" / "fixtures" / "jobs-release-0.2.0.sqlite3", state / "jobs.sqlite3")
+    # Its jobs finished in 2025: a TTL of ten years keeps them (with the default hour they expire at once).
+    api = deploy("upgraded", "/upgraded", wait_workers=False, cleanup_age_seconds=10 * 365 * 86400,
+                 worker={"num_cpus": 0, "resources": {"parking": 1}})
+    try:
+        jobs = wait_for(lambda: (lambda r: r.status_code == 200 and r.json()["jobs"])(
+            api.http.get("/api/v1/jobs", params={"limit": 100})), timeout=60, every=0.3)
+        by_id = {j["job_id"][:8]: j for j in jobs}
+        assert set(by_id) == {"11111111", "22222222", "33333333", "44444444", "55555555"}
+        assert by_id["33333333"]["status"] == "completed"
+        assert by_id["33333333"]["result_path"] == "qwen-4step_20251202_080007_s7_33333333.png"
+        assert (by_id["44444444"]["status"], by_id["44444444"]["error"]) == ("failed", "CUDA out of memory")
+        assert [by_id[k]["status"] for k in ("11111111", "22222222")] == ["queued", "queued"]
+        assert by_id["22222222"]["priority"] == "high" and by_id["22222222"]["station"] == "B"
+        assert identity_file(state / "jobs.sqlite3").is_file()  # adopted: this folder's database now
+        assert api.http.get("/api/v1/health").status_code == 200
+    finally:
+        remove_app("upgraded")
