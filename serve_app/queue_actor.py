@@ -26,6 +26,9 @@ processing keeps its worker for ``workers.WORKER_SILENCE_S``; if that worker doe
 again once (``attempts`` counts starts), and fails with ``worker lost`` if it is interrupted again.
 The same holds for a job whose lease ran out (``workers.WorkerRegistry``: its worker, alive or not,
 made no progress on it for ``job_lease_seconds``): run once more, then failed with a sentence.
+The database is trusted only when it is whole (``statefolder.open_checked``): a damaged one leaves
+this replica up serving nothing (every ingress call answers 503 with the sentence, health says
+``damaged``) and deleting nothing, instead of restoring an empty queue in its place.
 """
 
 import asyncio
