@@ -346,6 +346,7 @@ def build_settings(args: AppArgs | dict | None) -> Settings:
             upload_limits=args.upload_limits,
             max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_instruction_chars=args.max_instruction_chars,
             max_system_prompt_chars=args.max_system_prompt_chars, prompt_policy=args.prompt_policy.policy(),
-            edit_timeout_seconds=args.edit_timeout_seconds, keys=keyring.entries, rate_limit=args.rate_limit, webhook_allowed_hosts=tuple(hooks.allowed_hosts),
+            edit_timeout_seconds=args.edit_timeout_seconds, keys=keyring.entries, rate_limit=args.rate_limit,
+            webhook_allowed_hosts=tuple(hooks.allowed_hosts),
             upload_dir=str(args.path(None, "uploads"))),
     )

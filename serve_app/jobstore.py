@@ -157,9 +157,6 @@ class JobStore:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('identity', ?)", (value,))
 
-    def result_names(self) -> set[str]:
-        return {row[0] for row in self.db.execute("SELECT result_name FROM jobs WHERE result_name IS NOT NULL")}
-
     def compact(self) -> None:
         """Shrink the database file and its WAL to what the remaining jobs need."""
         # executescript runs it to completion (a plain execute frees a single page)

@@ -72,12 +72,6 @@ def public_error(exc: BaseException) -> str:
     return f"{name}: {text}" if text else name
 
 
-def negative_prompt(preset: Preset) -> str | None:
-    """The negative prompt the pipeline gets: the preset's where CFG runs (``cfg_scale`` > 1), else
-    none. Below that the pipeline ignores it (the same pixels) and would log a warning per job."""
-    return preset.negative_prompt if preset.cfg_scale > 1 else None
-
-
 @dataclass(frozen=True)
 class Prepared:
     """A job's work done ahead, while the previous job still generates: the uploads decoded and, when
@@ -392,8 +386,8 @@ class EditEngine:
             w, h = calculate_dimensions(CONDITION_IMAGE_SIZE, image.width / image.height)
             condition.append(pipe.image_processor.resize(image, h, w))
         prompts = {"prompt": prompt}
-        if negative_prompt(preset) is not None:
-            prompts["negative_prompt"] = negative_prompt(preset)
+        if preset.used_negative_prompt is not None:
+            prompts["negative_prompt"] = preset.used_negative_prompt
         if self.device == "cuda" and self._side_stream is None:
             self._side_stream = torch.cuda.Stream()
         stream = self._side_stream
@@ -446,7 +440,7 @@ class EditEngine:
         if not plus and len(inputs) > 1:
             raise ValueError(f"preset {preset.name} takes one image; this job has {len(inputs)}")
         kwargs = dict(
-            image=inputs if plus else inputs[0], prompt=prompt, negative_prompt=negative_prompt(preset),
+            image=inputs if plus else inputs[0], prompt=prompt, negative_prompt=preset.used_negative_prompt,
             true_cfg_scale=preset.cfg_scale, num_inference_steps=preset.steps, height=height, width=width,
             generator=generator,
         )

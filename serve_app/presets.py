@@ -76,6 +76,12 @@ class Preset(BaseModel):
         return self
 
     @property
+    def used_negative_prompt(self) -> str | None:
+        """The negative prompt the pipeline gets: this preset's where CFG runs (``cfg_scale`` > 1), else
+        none. Below that the pipeline ignores it (the same pixels) and would log a warning per job."""
+        return self.negative_prompt if self.cfg_scale > 1 else None
+
+    @property
     def suffix(self) -> str:
         return self.name.removeprefix("qwen-")
 
@@ -96,7 +102,7 @@ class Preset(BaseModel):
             "estimated_time": self.estimated_time, "description": self.description,
             "aliases": list(self.aliases), "estimated_seconds": self.nominal_seconds,
             "prompt_template": self.prompt_template,
-            "negative_prompt": self.negative_prompt if self.cfg_scale > 1 else None,
+            "negative_prompt": self.used_negative_prompt,
         }
 
 

@@ -539,6 +539,7 @@ class QueueActor:
         await self._expire()
         return [self.core.view(job) for job in self.core.jobs_for(caller.station, caller.admin, limit)]
 
+    @answers
     async def queue_stats(self) -> dict:
         await self._expire()
         return self._stats()

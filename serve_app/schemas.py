@@ -99,7 +99,8 @@ class WorkerView(BaseModel):
     running: dict | None = Field(None, description="addition: what this worker runs: `libraries` (torch, diffusers, "
                                                    "transformers, peft versions) and, for each preset whose weights "
                                                    "it has, `presets.<name>`: base (hub id and snapshot revision, or "
-                                                   "local folder name and fingerprint), LoRA files with SHA-256, profile")
+                                                   "local folder name and fingerprint), LoRA files with SHA-256, "
+                                                   "profile")
 
 
 class HealthResponse(BaseModel):

@@ -12,7 +12,7 @@ and nothing is deleted while it is in doubt. Plain Python (no Ray), unit-tested 
   serves nothing in its place (``/health`` unhealthy, 503 with the sentence) and deletes nothing.
 
 ``fresh_start`` (``qwen-serve CONFIG --fresh-start``, with the server stopped) moves the database
-and every result file it cannot account for into a dated folder beside them; ``backup``
+and every result file (an empty database accounts for none) into a dated folder beside them; ``backup``
 (``qwen-serve CONFIG --backup DIR``, while the server runs) copies the database with SQLite's online
 backup API, its identity, and the result files its jobs name.
 """
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .jobstore import ADDED_COLUMNS, COLUMNS, SCHEMA_VERSION, JobStore, NewerSchema, StateLock
-from .storage import RESULT_NAME
+from .storage import RESULT_NAME, names_in
 
 IDENTITY_SUFFIX = ".identity"
 WHAT_TO_DO = ("The queue serves no jobs until this is fixed, and nothing in the state folder was deleted. "
@@ -45,12 +45,6 @@ class StateDamaged(Exception):
 
 def identity_file(db_path: Path) -> Path:
     return db_path.with_name(db_path.name + IDENTITY_SUFFIX)
-
-
-def _results(results_dir: Path) -> list[str]:
-    if not results_dir.is_dir():
-        return []
-    return sorted(p.name for p in results_dir.iterdir() if RESULT_NAME.match(p.name))
 
 
 def _write_identity(path: Path, value: str) -> None:
@@ -107,7 +101,7 @@ def check(db_path: Path, results_dir: Path) -> None:
     if not db_path.exists():
         if marker.exists():
             raise StateDamaged(db_path, "is missing, but this state folder had one (its identity file is there)")
-        results = _results(results_dir)
+        results = names_in(results_dir)
         if results:
             raise StateDamaged(db_path, f"is missing, but the results folder holds {len(results)} result file(s) "
                                         "whose jobs it recorded")
@@ -115,7 +109,7 @@ def check(db_path: Path, results_dir: Path) -> None:
     if db_path.stat().st_size == 0:
         raise StateDamaged(db_path, "is empty (0 bytes): it was truncated or copied incompletely")
     problem = _read_only_check(db_path, marker.read_text().strip() if marker.exists() else None,
-                               bool(_results(results_dir)))
+                               bool(names_in(results_dir)))
     if problem:
         raise StateDamaged(db_path, problem)
 
@@ -168,7 +162,7 @@ def fresh_start(db_path: Path, results_dir: Path, now: float | None = None) -> M
                 folder.mkdir(exist_ok=True)
                 shutil.move(str(path), folder / path.name)
                 moved.append(path.name)
-        results = _results(results_dir)
+        results = names_in(results_dir)
         if results:
             (folder / "results").mkdir(parents=True, exist_ok=True)
         for name in results:

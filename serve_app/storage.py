@@ -33,6 +33,13 @@ def storage_reason(exc: OSError) -> str:
     return (exc.strerror or type(exc).__name__).lower()
 
 
+def names_in(folder: Path) -> list[str]:
+    """The result files in ``folder``, sorted (none when it does not exist: nothing is created)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if RESULT_NAME.match(p.name))
+
+
 class ResultStore:
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
@@ -105,4 +112,4 @@ class ResultStore:
         return None
 
     def names(self) -> list[str]:
-        return sorted(p.name for p in self.folder.iterdir() if RESULT_NAME.match(p.name))
+        return names_in(self.folder)
