@@ -41,8 +41,8 @@ from .logs import for_job, use_serve_handlers
 from .metrics import PolicyMetrics, WorkerMetrics
 from .pipeline import JobCancelled, ProfileUnavailable, public_error
 from .presets import missing_weights
-from .protocol import (HEARTBEAT_S, JobDone, JobFailed, JobTask, LoadDone, LoadTask, Outcome, PreviewReport,
-                       StepReport, WorkerState)
+from .protocol import (JobDone, JobFailed, JobTask, LoadDone, LoadTask, Outcome, PreviewReport,
+                       StepReport, WorkerState, heartbeat_every)
 from .queue_client import QueueClient
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ class ModelWorker:
         # Job id -> when this replica last made progress on it (claimed, a step, finished, a report
         # tried). Heartbeats name the jobs with progress within the lease; a job without is stuck.
         self.lease_s = app_settings.job_lease_seconds
+        self.heartbeat_s = heartbeat_every(self.lease_s)
         self._active: dict[str, float] = {}
         self._background: set[asyncio.Task] = set()
         # The next job, claimed and being prepared while the current one finishes (prepare_ahead).
@@ -169,7 +170,7 @@ class ModelWorker:
                 self.metrics.sample_memory(self.engine.device)
             except Exception:  # metrics must never stop the heartbeat
                 log.debug("[ModelWorker] GPU memory sample failed")
-            await asyncio.sleep(HEARTBEAT_S)
+            await asyncio.sleep(self.heartbeat_s)
 
     async def _loop(self) -> None:
         if self.engine.preset is not None:

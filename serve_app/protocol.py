@@ -15,10 +15,18 @@ from typing import Any
 
 from .presets import Preset
 
-# Workers heartbeat this often, busy or idle (the queue's registry judges them by it).
+# Workers heartbeat this often, busy or idle (the queue's registry judges them by it), or more often
+# under a short lease (``heartbeat_every``).
 HEARTBEAT_S = 2.0
 # A job's priority, lowest first; a key's priority (the keys file) is the highest it may ask for.
 PRIORITIES = ("low", "normal", "high")
+
+
+def heartbeat_every(lease_s: float) -> float:
+    """How often a worker heartbeats under a job lease of ``lease_s``: at least three times per lease,
+    so one late heartbeat (a busy event loop, a slow call) does not let the lease of a job that is
+    making progress run out. Never less often than ``HEARTBEAT_S``, which liveness is judged by."""
+    return min(HEARTBEAT_S, lease_s / 3)
 
 
 class JobStatus(StrEnum):
