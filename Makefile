@@ -42,7 +42,7 @@ smoke: $(STAMP)  ## `serve run config/serve.yaml` end to end: health, one job, r
 	$(RAY_ENV) $(PY) tests/smoke_serve_run.py
 
 tiny: $(STAMP)  ## build the embedded tiny model into state/models/tiny
-	$(PY) -m serve_app.tiny_model state/models/tiny
+	$(PY) -m serve_app.worker.tiny_model state/models/tiny
 
 clean:
 	rm -rf state .pytest_cache

@@ -35,9 +35,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import yaml
-from PIL import Image
-
 from loopback import free_port, use_loopback_env  # bench/loopback.py, beside this script
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "bench-key-0123456789"
@@ -53,7 +52,7 @@ def photo() -> bytes:
 def app_args(models: Path, state: Path, affinity: bool) -> dict:
     from diffusers import QwenImageTransformer2DModel
 
-    from serve_app.tiny_model import ensure_tiny_model, random_lightning_lora
+    from serve_app.worker.tiny_model import ensure_tiny_model, random_lightning_lora
 
     transformer = QwenImageTransformer2DModel.from_pretrained(ensure_tiny_model(models / "tiny") / "transformer")
     quick = {"base": "builtin:tiny", "steps": 1, "cfg_scale": 1.0, "resolution": 128, "nominal_seconds": 0.3}

@@ -24,9 +24,8 @@ from pathlib import Path
 
 import httpx
 import yaml
-from PIL import Image
-
 from loopback import free_port, use_loopback_env  # bench/loopback.py, beside this script
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "bench-key-0123456789"

@@ -15,7 +15,7 @@ prompt length as the real one. ``--smoke`` runs the same code on CPU at toy size
 ``--profile NAME`` holds the model as that memory/precision profile does (serve_app/profiles.py): the
 random bf16 weights are quantized in place with the same libraries (torchao for fp8/int8,
 bitsandbytes NF4 for nf4) and placed with the same offload hooks, then each preset also reports its
-peak GPU memory (``torch.cuda.max_memory_reserved``) beside the plan of ``serve_app/memplan.py``.
+peak GPU memory (``torch.cuda.max_memory_reserved``) beside the plan of ``serve_app/worker/memplan.py``.
 ``--memory-cap-gib 24`` caps the process to 24 GiB once the weights are in their formats
 (``torch.cuda.set_per_process_memory_fraction``): a run that completes under the cap proves the fit.
 """
@@ -34,9 +34,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # gpu_edit / gpu_serving beside
 
-from serve_app import architecture  # noqa: E402
-from serve_app.pipeline_tweaks import set_fastest_attention, working_area  # noqa: E402
 from serve_app.prompts import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT_TEMPLATE, render  # noqa: E402
+from serve_app.worker import architecture  # noqa: E402
+from serve_app.worker.pipeline_tweaks import set_fastest_attention, working_area  # noqa: E402
 
 PEAK_TFLOPS = 790.0
 PRESETS = {  # steps, true CFG, negative prompt, Lightning scheduler: as the server runs them (issue 23)
@@ -51,7 +51,7 @@ def build_pipeline(device, dtype, smoke: bool):
     from diffusers import FlowMatchEulerDiscreteScheduler, QwenImageEditPlusPipeline
     from transformers import Qwen2Tokenizer, Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
 
-    from serve_app.tiny_model import SPECIAL_TOKENS, _train_tokenizer
+    from serve_app.worker.tiny_model import SPECIAL_TOKENS, _train_tokenizer
 
     raw = _train_tokenizer()
     tokenizer = Qwen2Tokenizer(tokenizer_object=raw)
@@ -97,8 +97,8 @@ def apply_profile(pipe, name: str, device: str, cap_gib: float | None):
     process's GPU memory, then place it (offload hooks, VAE tiling) with the service's own code."""
     import torch
 
-    from serve_app import placement
-    from serve_app.profiles import GiB, PROFILES
+    from serve_app.profiles import PROFILES, GiB
+    from serve_app.worker import placement
 
     profile = PROFILES[name]
     for component, fmt, skip in (("transformer", profile.transformer, ()),
@@ -184,7 +184,7 @@ def run_edit(pipe, size, preset, device, seed, steps=None):
     from diffusers import FlowMatchEulerDiscreteScheduler
     from PIL import Image
 
-    from serve_app.schedulers import LIGHTNING_SCHEDULER
+    from serve_app.worker.schedulers import LIGHTNING_SCHEDULER
 
     preset_steps, cfg, negative, lightning = PRESETS[preset]
     steps = steps or preset_steps
@@ -246,11 +246,11 @@ def time_preset(pipe, size, preset, device, runs, timer, sync, flops, profile=No
 
 
 def planned_peak(preset: str, profile, size: int) -> int:
-    """What serve_app/memplan.py plans for this benchmark's preset (one reference image, a rank-64
+    """What serve_app/worker/memplan.py plans for this benchmark's preset (one reference image, a rank-64
     LoRA for the Lightning presets) on the published architecture."""
     from types import SimpleNamespace
 
-    from serve_app import memplan
+    from serve_app.worker import memplan
 
     lora = SimpleNamespace(path=None) if PRESETS[preset][3] else None
     return memplan.plan(SimpleNamespace(name=preset, resolution=size, lora=lora), profile, images=1).peak

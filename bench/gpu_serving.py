@@ -171,8 +171,8 @@ def measure(pipe, device: str, size: int, jobs: int, lora_rank: int, attention: 
             sync=lambda: None, profile=None) -> dict:
     """Preset switches, exact restore and a full queue through ``EditEngine`` on ``pipe``, held as
     ``profile`` says (default bf16: LoRAs fused; quantized profiles: LoRAs as adapters)."""
-    from serve_app.pipeline import EditEngine
-    from serve_app.tiny_model import random_lightning_lora
+    from serve_app.worker.engine import EditEngine
+    from serve_app.worker.tiny_model import random_lightning_lora
 
     dtype = pipe.vae.dtype  # the compute dtype (a quantized transformer's parameters are not)
     t = time.perf_counter()
@@ -232,7 +232,6 @@ def main() -> int:
     ap.add_argument("--out")
     args = ap.parse_args()
     import torch
-
     from gpu_edit import build_pipeline  # beside this script
 
     device = "cpu" if args.smoke or not torch.cuda.is_available() else "cuda"

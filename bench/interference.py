@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import psutil
-
 from loopback import use_loopback_env  # bench/, beside this script
 from serving_overhead import direct, photo
 

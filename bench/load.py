@@ -48,7 +48,6 @@ import uuid
 from pathlib import Path
 
 import yaml
-
 from loopback import RAY_ENV, free_port  # bench/loopback.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -229,11 +228,11 @@ async def plain_serve(config: Path, port: int) -> None:
     objects, and the HTTP app from the same factory each ingress replica calls (``api.make_app``)."""
     import uvicorn
 
-    from serve_app.api import make_app
     from serve_app.config import build_settings
-    from serve_app.model_actor import ModelWorker
-    from serve_app.queue_actor import QueueActor
-    from serve_app.service import EditService
+    from serve_app.ingress.app import make_app
+    from serve_app.ingress.service import EditService
+    from serve_app.queue.actor import QueueActor
+    from serve_app.worker.deployment import ModelWorker
 
     settings = build_settings(yaml.safe_load(config.read_text())["applications"][0]["args"])
 

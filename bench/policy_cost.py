@@ -21,9 +21,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from serve_app.image_checks import ImageCheck, ImagePolicy  # noqa: E402
-from serve_app.pipeline import EditEngine  # noqa: E402
 from serve_app.presets import build_registry  # noqa: E402
 from serve_app.prompts import PromptPolicy  # noqa: E402
+from serve_app.worker.engine import EditEngine  # noqa: E402
 
 
 def main() -> None:

@@ -23,9 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gpu_serving import photo  # noqa: E402  (the GPU benchmark's photo-like upload)
+
 from serve_app import images  # noqa: E402
-from serve_app.pipeline import EditEngine  # noqa: E402
 from serve_app.presets import build_registry  # noqa: E402
+from serve_app.worker.engine import EditEngine  # noqa: E402
 
 
 def median_ms(fn, runs: int) -> float:

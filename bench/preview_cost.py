@@ -1,5 +1,5 @@
 """What live previews cost: the same edit with and without ``on_preview``, through the service's
-own engine (serve_app.pipeline.EditEngine), runs interleaved so drift hits both alike.
+own engine (serve_app.worker.engine.EditEngine), runs interleaved so drift hits both alike.
 
     .venv/bin/python bench/preview_cost.py                       # the tiny model on CPU
     python3 bench/preview_cost.py --random-full --runs 5         # a GPU: the full-size model, random weights
@@ -52,8 +52,8 @@ def main() -> int:
 
     import torch
 
-    from serve_app.pipeline import EditEngine
     from serve_app.presets import build_registry
+    from serve_app.worker.engine import EditEngine
 
     over = {args.preset: {"resolution": args.resolution}} if args.resolution else {}
     engine = EditEngine(args.models or tempfile.mkdtemp(prefix="preview-bench-"), profile="bf16")

@@ -29,9 +29,8 @@ from pathlib import Path
 
 import httpx
 import yaml
-from PIL import Image
-
 from loopback import free_port, use_loopback_env  # bench/loopback.py, beside this script
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

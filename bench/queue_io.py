@@ -40,11 +40,11 @@ def quantiles(samples: list[float]) -> dict:
 
 async def run(args) -> dict:
     from serve_app.auth import Caller
-    from serve_app.queue_actor import QueueActor
+    from serve_app.queue.actor import QueueActor
 
     admin = Caller("bench", admin=True)
     if "request" in inspect.signature(QueueActor.func_or_class.submit).parameters:
-        from serve_app.protocol import JobDone, JobRequest
+        from serve_app.contract.protocol import JobDone, JobRequest
 
         def submit(job_id, images, instruction, seed):
             return queue.submit(JobRequest(job_id, images, instruction, seed, "tiny"), admin)

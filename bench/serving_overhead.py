@@ -29,9 +29,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import yaml
-from PIL import Image
-
 from loopback import free_port, use_loopback_env  # bench/loopback.py, beside this script
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "bench-key-0123456789"
@@ -45,8 +44,8 @@ def photo() -> bytes:
 
 def direct(args, models: Path, image: bytes) -> tuple[float, float]:
     """(jobs per second, this process's CPU milliseconds per job: the pipeline's threads and all)."""
-    from serve_app.pipeline import EditEngine
     from serve_app.presets import build_registry
+    from serve_app.worker.engine import EditEngine
 
     preset = build_registry(config_args()["presets"])["tiny"]
     engine = EditEngine(str(models))

@@ -15,8 +15,8 @@ import time
 import numpy as np
 from PIL import Image
 
-from serve_app.pipeline import EditEngine
 from serve_app.presets import build_registry
+from serve_app.worker.engine import EditEngine
 
 
 def main() -> None:

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import yaml
 
+from .contract.protocol import PRIORITIES
 from .errors import Forbidden
-from .protocol import PRIORITIES
 
 ENV_KEY = "QWEN_API_KEY"
 ENV_KEYS_FILE = "QWEN_API_KEYS_FILE"

@@ -13,12 +13,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .auth import KeyEntry, load_keyring
+from .image_checks import DEFAULT_LABELS, NUDENET, NUDENET_INSTALL, NUDENET_LABELS, ImagePolicy
 from .images import MB, UploadLimits
 from .presets import Preset, build_registry, missing_weights, resolve
-from .image_checks import DEFAULT_LABELS, NUDENET, NUDENET_INSTALL, NUDENET_LABELS, ImagePolicy
+from .profiles import known, unknown_profile_message
 from .prompts import DEFAULT_BLOCKED_TERMS, PromptPolicy
 from .webhooks import load_secret
-from .profiles import known, unknown_profile_message
 
 
 class WorkerArgs(BaseModel):
@@ -34,7 +34,7 @@ class WorkerArgs(BaseModel):
     attention_backend: str = Field("auto", description="auto: fastest available on the GPU (FlashAttention 3, ...)")
     compile: bool = Field(False, description="torch.compile the repeated transformer blocks (GPU)")
     warmup: bool = Field(False, description="run one edit at start so the first job pays no warm-up")
-    engine: str = Field("serve_app.pipeline:EditEngine", pattern=r"^[\w.]+:[\w]+$",
+    engine: str = Field("serve_app.worker.engine:EditEngine", pattern=r"^[\w.]+:[\w]+$",
                         description="the engine class (module:Class): EditEngine, or a subclass for tests")
     prepare_ahead: bool | None = Field(None, description="prepare the next job (claimed on the current one's last "
                                                          "step) meanwhile (keeps a GPU busy); default: on GPUs")

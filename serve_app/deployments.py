@@ -7,9 +7,9 @@ own settings.
 """
 
 from .config import AppArgs, build_settings
-from .ingress import Ingress
-from .model_actor import ModelWorker
-from .queue_actor import QueueActor
+from .ingress.deployment import Ingress
+from .queue.actor import QueueActor
+from .worker.deployment import ModelWorker
 
 
 def build_app(args: AppArgs | dict | None):

@@ -110,7 +110,7 @@ def use_cluster_env(env: dict[str, str], address: str | None) -> None:
 def plan(config, path: Path) -> int:
     """``--plan``: each of this project's apps planned against its card (``memplan.config_plan``)."""
     from .config import AppArgs
-    from .memplan import config_plan
+    from .worker.memplan import config_plan
 
     # bitsandbytes announces at import that its optional CPU kernels are absent: not news for a plan.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
@@ -127,7 +127,7 @@ def plan(config, path: Path) -> int:
 
 def state_step(apps: dict, backup_dir: Path | None) -> int:
     """``--backup DIR`` or ``--fresh-start`` for each of this project's apps (``statefolder``)."""
-    from .statefolder import StateDamaged, backup, fresh_start
+    from .queue.statefolder import StateDamaged, backup, fresh_start
 
     code = 0
     for name, args in apps.items():

@@ -18,6 +18,7 @@ Outside Ray (``bench/load.py``'s plain server) every recorder is a no-op.
 """
 
 import os
+
 WAIT_BUCKETS = [0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800]
 RUN_BUCKETS = [0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128, 300]
 STEP_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5]

@@ -6,7 +6,7 @@ import threading
 
 from PIL import Image
 
-from serve_app.pipeline import EditEngine
+from serve_app.worker.engine import EditEngine
 
 FOREVER = threading.Event()  # never set: waiting on it is a hang, as in a stuck CUDA call
 

@@ -3,8 +3,8 @@ and other inputs, and helpers that find, wait for and kill Serve replicas (Ray i
 those, so unit tests stay light). Fixtures are in the conftest files."""
 
 import copy
-import json
 import io
+import json
 import socket
 import struct
 import threading

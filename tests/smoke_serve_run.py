@@ -93,8 +93,9 @@ def restarts(work: Path, log_path: Path, headers: dict, job_id: str, png: bytes)
     try:
         again = httpx.get(f"{BASE}/api/v1/status/{job_id}/result", headers=headers, timeout=30)
         assert again.status_code == 200 and again.content == png, "result not byte-identical after a restart"
-        from PIL import Image
         import io
+
+        from PIL import Image
 
         buf = io.BytesIO()
         Image.new("RGB", (256, 256), (200, 90, 40)).save(buf, "PNG")
@@ -145,7 +146,7 @@ def graceful_stop(work: Path, log_path: Path, headers: dict) -> None:
     print(f"smoke: qwen-serve stopped {time.monotonic() - t0:.1f}s after SIGTERM, exit status {code}")
     assert code == 0, code
     wait_for("no Ray process left", lambda: not ray_processes(), 30)
-    from serve_app.jobstore import JobStore
+    from serve_app.queue.jobstore import JobStore
 
     store = JobStore(work / "state" / "jobs.sqlite3")
     states = {job.id: job for job in store.load()}
@@ -222,8 +223,9 @@ def main() -> int:
         assert oct(key_file.stat().st_mode & 0o777) == "0o600", "key file must be private"
         assert log_path.read_text(errors="replace").count(key) == 1, "the generated key is printed once"
         headers = {"X-API-Key": key}
-        from PIL import Image
         import io
+
+        from PIL import Image
 
         buf = io.BytesIO()
         Image.new("RGB", (320, 240), (30, 120, 220)).save(buf, "JPEG")

@@ -24,7 +24,7 @@ from tests.helpers import KEY, LONG, ROOT, SLOW, SPECK, config_args, free_port, 
 
 ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
        "HF_HUB_OFFLINE": "1",
-       # An object reference pickled outside Ray's serializer (sent by gRPC: serve_app/queue_client.py)
+       # An object reference pickled outside Ray's serializer (sent by gRPC: serve_app/contract/queue_client.py)
        # would pin its object for good; here it raises instead, so every test catches a misrouted call.
        "RAY_allow_out_of_band_object_ref_serialization": "0"}
 STATION_KEYS = {"A": "station-a-key-" + "a" * 20, "B": "station-b-key-" + "b" * 20, "ops": "operators-key-" + "o" * 20}
@@ -136,7 +136,7 @@ def _make_loras(root: Path) -> dict[str, str]:
     """Tiny LoRAs in the Lightning key format for the tiny transformer (one for another model)."""
     from diffusers import QwenImageTransformer2DModel
 
-    from serve_app.tiny_model import ensure_tiny_model, random_lightning_lora
+    from serve_app.worker.tiny_model import ensure_tiny_model, random_lightning_lora
 
     transformer = QwenImageTransformer2DModel.from_pretrained(ensure_tiny_model(root / "models" / "tiny") / "transformer")
     return {

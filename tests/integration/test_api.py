@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serve_app.api import PUBLIC_PATHS
+from serve_app.ingress.app import PUBLIC_PATHS
 from tests.helpers import IMAGE, bomb_png, photo, plain_png
 
 pytestmark = pytest.mark.integration

@@ -62,8 +62,9 @@ def test_twenty_stations_lose_nothing_through_serve_and_through_plain_uvicorn(ap
     try:
         base = f"http://127.0.0.1:{port}"
         wait_http(base + "/api/v1/health", timeout=120)
-        import httpx
         import time
+
+        import httpx
 
         deadline = time.monotonic() + 120
         while not httpx.get(base + "/api/v1/health", timeout=5).json()["model_loaded"]:

@@ -10,7 +10,7 @@ import time
 import pytest
 from PIL import Image
 
-from serve_app import provenance
+from serve_app.worker import provenance
 from tests.helpers import IMAGE, KEY, Receiver, logs_folder, qwen_metrics, read_events, remove_app, wait_for
 
 pytestmark = pytest.mark.integration

@@ -24,7 +24,6 @@ import pytest
 
 from tests.helpers import KEY, remove_app
 
-
 pytestmark = pytest.mark.integration
 EXAMPLES = os.environ.get("FUZZ_EXAMPLES", "25")
 SECONDS = int(os.environ.get("FUZZ_SECONDS", "60"))

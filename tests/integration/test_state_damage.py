@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from serve_app.launcher import main as qwen_serve
-from serve_app.statefolder import identity_file
+from serve_app.queue.statefolder import identity_file
 from tests.helpers import IMAGE, ROOT, remove_app, wait_for
 
 pytestmark = pytest.mark.integration
@@ -25,7 +25,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 def _wait_state_lock_free(db: Path, timeout: float = 60) -> None:
     """The removed app's queue replica has exited (it held the state folder's lock)."""
-    from serve_app.jobstore import StateLock
+    from serve_app.queue.jobstore import StateLock
 
     def free():
         lock = StateLock(db)
@@ -39,7 +39,7 @@ def _wait_state_lock_free(db: Path, timeout: float = 60) -> None:
 
 def _damage(state: Path, case: str) -> None:
     """A state folder that had a database and a result, then the damage of ``case``."""
-    from serve_app.statefolder import open_checked
+    from serve_app.queue.statefolder import open_checked
 
     db, results = state / "jobs.sqlite3", state / "results"
     results.mkdir(parents=True, exist_ok=True)

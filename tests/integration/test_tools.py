@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-
 from qwen_edit_client import Client, Conflict, NotFound, QueueFull
+
 from tests.helpers import IMAGE, KEY, qwen_metrics, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]

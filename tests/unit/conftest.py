@@ -3,8 +3,8 @@ each module gets its own engine, so no module depends on what another left loade
 
 import pytest
 
-from serve_app.pipeline import EditEngine
 from serve_app.presets import build_registry
+from serve_app.worker.engine import EditEngine
 
 
 @pytest.fixture(scope="module")

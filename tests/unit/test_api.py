@@ -1,15 +1,16 @@
-"""The HTTP layer alone (``serve_app.api.make_app``) over a fake ``EditService``: the routes translate,
+"""The HTTP layer alone (``serve_app.ingress.app.make_app``) over a fake ``EditService``: the routes translate,
 errors are mapped once at the edge, and every app is its own (no module-level state)."""
 
 import asyncio
 import time
+
 import httpx
 import pytest
 
-from serve_app.api import make_app
 from serve_app.config import build_settings
+from serve_app.contract.protocol import JobStatus, JobView
 from serve_app.errors import JobNotFound, QueueFull
-from serve_app.protocol import JobStatus, JobView
+from serve_app.ingress.app import make_app
 
 
 def view(job_id="j1", status=JobStatus.QUEUED, position=1) -> JobView:

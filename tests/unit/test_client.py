@@ -5,7 +5,6 @@ import json
 
 import httpx
 import pytest
-
 from qwen_edit_client import client as qc
 
 VIEW = {"job_id": "j1", "status": "queued", "position": 1, "created_at": None, "started_at": None,

@@ -1,13 +1,13 @@
 """The client's own definitions of the server's answers (clients/python/qwen_edit_client/models.py)
-name exactly the fields the server's response models (serve_app/schemas.py) do, with the same
+name exactly the fields the server's response models (serve_app/ingress/schemas.py) do, with the same
 status values: the two distributions cannot drift apart unnoticed."""
 
 import pytest
 import qwen_edit_client.models as client
 from pydantic import BaseModel
 
-import serve_app.schemas as server
-from serve_app.protocol import JobStatus
+import serve_app.ingress.schemas as server
+from serve_app.contract.protocol import JobStatus
 
 PAIRS = ["SubmitResponse", "JobStatusResponse", "JobListResponse", "QueueResponse", "WorkerView", "HealthResponse",
          "PresetView", "ModelsResponse"]

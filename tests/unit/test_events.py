@@ -4,9 +4,9 @@ import asyncio
 
 import pytest
 
+from serve_app.contract.protocol import JobStatus, JobView
 from serve_app.errors import JobNotFound
-from serve_app.events import JobEvents
-from serve_app.protocol import JobStatus, JobView
+from serve_app.ingress.events import JobEvents
 
 
 def view(status, step=0):

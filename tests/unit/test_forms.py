@@ -1,11 +1,18 @@
-"""Request validation (``serve_app.forms``): every refusal is a 4xx with a sentence that says what to fix."""
+"""Request validation (``serve_app.ingress.forms``): every refusal is a 4xx with a sentence that says what to fix."""
 
 import pytest
 
 from serve_app.config import build_settings
 from serve_app.errors import BadRequest, Unprocessable
-from serve_app.forms import (MAX_SEED, EditFields, check_edit, check_idempotency_key, fingerprint, parse_bool,
-                             parse_seed)
+from serve_app.ingress.forms import (
+    MAX_SEED,
+    EditFields,
+    check_edit,
+    check_idempotency_key,
+    fingerprint,
+    parse_bool,
+    parse_seed,
+)
 
 
 class Upload:
@@ -100,7 +107,7 @@ def test_webhook_events_are_chosen_by_name_in_any_order(settings):
 @pytest.mark.parametrize("raw, seconds", [("90", 90), ("2.5", 2.5), ("90s", 90), ("5m", 300), ("1h30m", 5400),
                                           ("500ms", 0.5), (" 1m30s ", 90), (None, None), ("", None)])
 def test_deadlines_in_seconds_or_as_durations(raw, seconds):
-    from serve_app.forms import parse_seconds
+    from serve_app.ingress.forms import parse_seconds
 
     assert parse_seconds(raw, "deadline_seconds") == seconds
 

@@ -1,14 +1,13 @@
-"""The raw-body guards (``serve_app.http_limits``), on a bare ASGI app that reads the form as FastAPI does."""
+"""The raw-body guards (``serve_app.ingress.http_limits``), on a bare ASGI app that reads the form as FastAPI does."""
 
 import asyncio
 
 import httpx
+from serve_app.ingress.http_limits import UNDECODABLE, BodySizeLimit, TextFieldCheck
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
-
-from serve_app.http_limits import UNDECODABLE, BodySizeLimit, TextFieldCheck
 
 BOUNDARY = "b0undary"
 

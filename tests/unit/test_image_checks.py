@@ -8,8 +8,7 @@ from pydantic import ValidationError
 
 from serve_app.config import AppArgs
 from serve_app.errors import ServiceUnavailable
-from serve_app.image_checks import (CheckerUnavailable, Finding, ImageCheck, ImagePolicy, ImageRefused,
-                                    NudeNetChecker)
+from serve_app.image_checks import CheckerUnavailable, Finding, ImageCheck, ImagePolicy, ImageRefused, NudeNetChecker
 
 BLANK = np.zeros((32, 32, 3), np.uint8)
 

@@ -2,9 +2,9 @@
 
 import sqlite3
 
-from serve_app.jobstore import JobStore
-from serve_app.protocol import JobStatus
-from serve_app.queue_core import JobQueue
+from serve_app.contract.protocol import JobStatus
+from serve_app.queue.core import JobQueue
+from serve_app.queue.jobstore import JobStore
 
 
 class Clock:
@@ -90,7 +90,7 @@ def test_an_older_database_without_auto_vacuum_is_converted_and_keeps_its_jobs(t
     path = tmp_path / "jobs.sqlite3"
     old = sqlite3.connect(path)
     old.execute("PRAGMA journal_mode=WAL")
-    from serve_app.jobstore import SCHEMA
+    from serve_app.queue.jobstore import SCHEMA
 
     old.executescript(SCHEMA)
     old.close()
@@ -123,7 +123,7 @@ def test_a_snapshot_writes_the_state_it_was_taken_in(tmp_path):
 
 def test_one_queue_per_state_folder(tmp_path):
     """A second holder waits until the first lets go (or its process ends)."""
-    from serve_app.jobstore import StateLock
+    from serve_app.queue.jobstore import StateLock
 
     first, second = StateLock(tmp_path / "jobs.sqlite3"), StateLock(tmp_path / "jobs.sqlite3")
     assert first.try_acquire() and first.try_acquire()  # holding it again is a no-op
@@ -138,7 +138,7 @@ def test_a_database_of_an_older_version_gains_the_new_columns(tmp_path):
     import re
     import sqlite3
 
-    from serve_app.jobstore import ADDED_COLUMNS, SCHEMA, JobStore
+    from serve_app.queue.jobstore import ADDED_COLUMNS, SCHEMA, JobStore
 
     path = tmp_path / "jobs.sqlite3"
     old = SCHEMA

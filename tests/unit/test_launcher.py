@@ -112,9 +112,9 @@ def test_the_app_says_when_its_http_proxy_setting_cannot_apply(tmp_path, monkeyp
 
 def test_fresh_start_and_backup_are_one_command_each_and_say_what_they_did(tmp_path, capsys):
     """Issue 24: the operator's two steps, with no Ray process started."""
-    from serve_app.jobstore import StateLock
-    from serve_app.queue_core import Job
-    from serve_app.statefolder import open_checked
+    from serve_app.queue.core import Job
+    from serve_app.queue.jobstore import StateLock
+    from serve_app.queue.statefolder import open_checked
 
     state = tmp_path / "state"
     store, _ = open_checked(state / "jobs.sqlite3", state / "results")

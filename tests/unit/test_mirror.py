@@ -9,10 +9,10 @@ import asyncio
 import pytest
 
 from serve_app.auth import Caller
+from serve_app.contract.protocol import Changes, JobStatus
 from serve_app.errors import JobNotFound
-from serve_app.mirror import Mirror
-from serve_app.protocol import Changes, JobStatus
-from serve_app.queue_core import JobQueue
+from serve_app.ingress.mirror import Mirror
+from serve_app.queue.core import JobQueue
 
 A, B = Caller("a"), Caller("b")
 ADMIN = Caller("ops", admin=True)
@@ -86,7 +86,7 @@ def test_core_changes_report_removals_and_resync_a_reader_too_far_behind(monkeyp
     assert [j.id for j in q.expire()] == ["j0"]
     d = q.changes(before)
     assert d.removed == ["j0"] and d.views == []
-    monkeypatch.setattr("serve_app.queue_core.REMOVALS_KEPT", 0)
+    monkeypatch.setattr("serve_app.queue.core.REMOVALS_KEPT", 0)
     submit(q, "j1")
     q.discard("j1")  # the removal log forgets at once: an old reader must resync whole
     assert q.changes(before).full

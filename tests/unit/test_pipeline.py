@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serve_app.pipeline import public_error
 from serve_app.presets import build_registry
-from serve_app.tiny_model import TEMPLATE_DROP_TOKENS, SYSTEM_PREFIX, ensure_tiny_model
+from serve_app.worker.engine import public_error
+from serve_app.worker.tiny_model import SYSTEM_PREFIX, TEMPLATE_DROP_TOKENS, ensure_tiny_model
 from tests.helpers import photo
 
 
@@ -52,7 +52,7 @@ def test_public_error_hides_paths():
 
 @pytest.fixture(scope="module")
 def lora_presets(engine, tiny, tmp_path_factory):
-    from serve_app.tiny_model import random_lightning_lora
+    from serve_app.worker.tiny_model import random_lightning_lora
 
     engine.ensure(tiny)
     folder = tmp_path_factory.mktemp("loras")
@@ -96,7 +96,7 @@ def test_lora_fuses_and_round_trip_restores_the_base_exactly(engine, lora_preset
 
 
 def test_lora_for_another_model_is_an_error(engine, lora_presets):
-    from serve_app.pipeline import LoraMismatch
+    from serve_app.worker.engine import LoraMismatch
 
     with pytest.raises(LoraMismatch, match="does not fit this model"):
         engine.ensure(lora_presets["alien"])

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from serve_app.pipeline import EditEngine, ProfileUnavailable
 from serve_app.presets import build_registry
-from serve_app.tiny_model import random_lightning_lora
+from serve_app.worker.engine import EditEngine, ProfileUnavailable
+from serve_app.worker.tiny_model import random_lightning_lora
 
 COMMON = {"base": "builtin:tiny", "resolution": 256, "nominal_seconds": 1.0, "cfg_scale": 1.0}
 
@@ -35,7 +35,7 @@ def models(tmp_path_factory):
 def registry(models, tmp_path_factory):
     from diffusers import QwenImageTransformer2DModel
 
-    from serve_app.tiny_model import ensure_tiny_model
+    from serve_app.worker.tiny_model import ensure_tiny_model
 
     transformer = QwenImageTransformer2DModel.from_pretrained(ensure_tiny_model(models / "tiny") / "transformer")
     loras = tmp_path_factory.mktemp("loras")
@@ -112,7 +112,7 @@ def test_a_profile_the_device_cannot_run_is_refused_with_a_sentence(models, regi
     cpu.choose_profile([registry["tiny"]])
     with pytest.raises(ProfileUnavailable, match="Profile fp8 needs FP8 tensor cores"):
         cpu.ensure(registry["t4-fp8"])  # a preset's own profile, checked before loading anything
-    from serve_app.pipeline import public_error
+    from serve_app.worker.engine import public_error
 
     try:
         cpu.ensure(registry["t4-fp8"])
@@ -132,7 +132,7 @@ def test_auto_on_a_cpu_worker_is_bf16_and_says_why(models, registry):
 def test_a_job_prepared_ahead_gives_the_same_pixels(models, registry, profile):
     """What the worker does while the previous job finishes (uploads decoded, prompt encoded) gives
     exactly what the pipeline's own path gives, also with true CFG (a negative prompt encoded too)."""
-    from serve_app.pipeline import Prepared
+    from serve_app.worker.engine import Prepared
 
     engine = EditEngine(str(models), profile=profile)
     engine.choose_profile([registry["tiny"]])

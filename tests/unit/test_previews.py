@@ -1,4 +1,4 @@
-"""Live previews (serve_app/previews.py) on the tiny model through the engine: one JPEG per step,
+"""Live previews (serve_app/worker/previews.py) on the tiny model through the engine: one JPEG per step,
 at most 256 px, the same pixels with or without them; and the projection check against a VAE."""
 
 import io
@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from serve_app.previews import FIT_R2, WAN21_BIAS, WAN21_RGB, Previewer, Projection
+from serve_app.worker.previews import FIT_R2, WAN21_BIAS, WAN21_RGB, Previewer, Projection
 from tests.helpers import photo
 
 

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serve_app import memplan
 from serve_app.launcher import main
 from serve_app.presets import build_registry
-from serve_app.profiles import GiB, PROFILES, DeviceInfo, choose, missing, usable
+from serve_app.profiles import PROFILES, DeviceInfo, GiB, choose, missing, usable
+from serve_app.worker import memplan
 
 ROOT = Path(__file__).resolve().parents[2]
 BOTH = frozenset({"torchao", "bitsandbytes"})
@@ -82,7 +82,7 @@ def test_plan_counts_the_published_model():
 
 
 def test_plan_uses_the_presets_own_configs_when_they_are_here(tmp_path):
-    from serve_app.tiny_model import ensure_tiny_model
+    from serve_app.worker.tiny_model import ensure_tiny_model
 
     folder = ensure_tiny_model(tmp_path / "tiny")
     plan = memplan.plan(REGISTRY["tiny"], PROFILES["int8"], folder=str(folder))

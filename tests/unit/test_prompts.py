@@ -9,10 +9,9 @@ from pydantic import ValidationError
 
 from serve_app.config import AppArgs, build_settings
 from serve_app.errors import BadRequest
-from serve_app.forms import EditFields, check_edit
+from serve_app.ingress.forms import EditFields, check_edit
 from serve_app.presets import build_registry
-from serve_app.prompts import (DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT_TEMPLATE, PromptPolicy, PromptRefused,
-                               render)
+from serve_app.prompts import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT_TEMPLATE, PromptPolicy, PromptRefused, render
 from tests.helpers import ROOT, photo
 
 FACES = "Preserve the person's facial features, identity, and likeness exactly."

@@ -9,8 +9,8 @@ import json
 import huggingface_hub.constants
 import pytest
 
-from serve_app import provenance
 from serve_app.presets import build_registry
+from serve_app.worker import provenance
 
 REV = "0123456789abcdef0123456789abcdef01234567"
 

@@ -4,7 +4,7 @@ object reference, and the mirror's full resync, always go as Ray calls; the rest
 
 from types import SimpleNamespace
 
-from serve_app.queue_client import BY_REFERENCE, QueueClient
+from serve_app.contract.queue_client import BY_REFERENCE, QueueClient
 
 
 class FakeHandle:
@@ -42,7 +42,7 @@ def test_internal_calls_ray_sends_everything_as_ray_calls():
 
 
 def test_every_by_reference_name_is_a_queue_method():
-    from serve_app.queue_actor import QueueActor
+    from serve_app.queue.actor import QueueActor
 
     cls = getattr(QueueActor, "func_or_class", QueueActor)
     assert all(callable(getattr(cls, name, None)) for name in BY_REFERENCE | {"changes"})

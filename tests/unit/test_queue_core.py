@@ -2,9 +2,9 @@
 
 import pytest
 
+from serve_app.contract.protocol import JobStatus
 from serve_app.errors import JobNotFound, QueueFull
-from serve_app.protocol import JobStatus
-from serve_app.queue_core import JobQueue, iso
+from serve_app.queue.core import JobQueue, iso
 
 
 class Clock:

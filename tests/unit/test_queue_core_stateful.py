@@ -9,10 +9,10 @@ import hypothesis.strategies as st
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from serve_app.contract.protocol import JobStatus
 from serve_app.errors import Conflict, QueueFull
-from serve_app.jobstore import JobStore
-from serve_app.protocol import JobStatus
-from serve_app.queue_core import JobQueue
+from serve_app.queue.core import JobQueue
+from serve_app.queue.jobstore import JobStore
 
 MAX, TTL = 4, 100.0
 

@@ -1,12 +1,12 @@
 """Priorities with their starvation bound, and preset-aware dispatch, in the queue's pure core
-(serve_app/queue_core.py): a fake clock, no Ray."""
+(serve_app/queue/core.py): a fake clock, no Ray."""
 
 import itertools
 import random
 
 import pytest
 
-from serve_app.queue_core import JobQueue
+from serve_app.queue.core import JobQueue
 
 
 def make(scheduling="fifo", max_passes=3):

@@ -10,13 +10,13 @@ import io
 import pytest
 from PIL import Image
 
-from serve_app import service as service_module
 from serve_app.auth import Caller
 from serve_app.config import build_settings
 from serve_app.errors import QueueFull
-from serve_app.forms import EditFields
-from serve_app.queue_actor import QueueActor
-from serve_app.service import EditService
+from serve_app.ingress import service as service_module
+from serve_app.ingress.forms import EditFields
+from serve_app.ingress.service import EditService
+from serve_app.queue.actor import QueueActor
 
 STATION = Caller("default")
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from serve_app.jobstore import SCHEMA_VERSION, JobStore, StateLock
-from serve_app.protocol import JobStatus
-from serve_app.queue_core import Job
-from serve_app.statefolder import StateDamaged, backup, fresh_start, identity_file, open_checked
-from serve_app.storage import ResultStore
+from serve_app.contract.protocol import JobStatus
+from serve_app.queue.core import Job
+from serve_app.queue.jobstore import SCHEMA_VERSION, JobStore, StateLock
+from serve_app.queue.statefolder import StateDamaged, backup, fresh_start, identity_file, open_checked
+from serve_app.queue.storage import ResultStore
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "jobs-release-0.2.0.sqlite3"
 RESULT = "tiny_20261202_101500_s1_0a1b2c3d.png"

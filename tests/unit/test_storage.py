@@ -1,8 +1,8 @@
-"""Result files (``serve_app.storage``): safe names, atomic writes, and faults named in words."""
+"""Result files (``serve_app.queue.storage``): safe names, atomic writes, and faults named in words."""
 
 import pytest
 
-from serve_app.storage import ResultStore, result_name
+from serve_app.queue.storage import ResultStore, result_name
 
 
 def test_result_names_and_store(tmp_path):
@@ -21,7 +21,7 @@ def test_result_names_and_store(tmp_path):
 def test_storage_faults_are_named_in_words_an_operator_acts_on(tmp_path):
     import errno
 
-    from serve_app.storage import ResultStore, storage_reason
+    from serve_app.queue.storage import ResultStore, storage_reason
 
     assert storage_reason(OSError(errno.ENOSPC, "No space left on device")) == \
         "the disk holding the results folder is full"

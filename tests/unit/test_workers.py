@@ -1,7 +1,7 @@
 """The queue's worker registry: liveness by heartbeats and leases on running jobs, with a fake clock."""
 
-from serve_app.protocol import HEARTBEAT_S, WorkerState, heartbeat_every
-from serve_app.workers import WORKER_SILENCE_S, WorkerRegistry
+from serve_app.contract.protocol import HEARTBEAT_S, WorkerState, heartbeat_every
+from serve_app.queue.workers import WORKER_SILENCE_S, WorkerRegistry
 
 
 class Clock:

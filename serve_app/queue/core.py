@@ -41,8 +41,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from .errors import Conflict, JobNotFound, QueueFull, StartTooLate, StationLimit, Unprocessable
-from .protocol import PRIORITIES, JobStatus, JobView
+from ..contract.protocol import PRIORITIES, JobStatus, JobView
+from ..errors import Conflict, JobNotFound, QueueFull, StartTooLate, StationLimit, Unprocessable
 
 EMA_WEIGHT = 0.3  # weight of the newest measurement in a preset's running average
 

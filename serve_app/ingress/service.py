@@ -16,20 +16,20 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from . import transfer
-from .auth import Caller, job_priority
-from .config import Settings
-from .errors import ApiError, EditTimeout, JobNotFound, ServiceUnavailable, api_error_of
+from ..auth import Caller, job_priority
+from ..config import Settings
+from ..contract import transfer
+from ..contract.protocol import JobRequest, JobStatus, JobView, WorkerState
+from ..errors import ApiError, EditTimeout, JobNotFound, ServiceUnavailable, api_error_of
+from ..image_checks import ImageCheck, ImageRefused
+from ..images import check_and_decode
+from ..logs import for_job
+from ..metrics import PolicyMetrics
+from ..presets import missing_weights
+from ..prompts import PromptRefused
 from .events import JobEvents
 from .forms import EditFields, check_edit, check_idempotency_key, fingerprint
-from .image_checks import ImageCheck, ImageRefused
-from .images import check_and_decode
-from .logs import for_job
-from .metrics import PolicyMetrics
 from .mirror import Mirror
-from .presets import missing_weights
-from .prompts import PromptRefused
-from .protocol import JobRequest, JobStatus, JobView, WorkerState
 
 log = logging.getLogger(__name__)
 QUICK_CALL_S = 15.0  # a queue call that is not a long poll answers within milliseconds

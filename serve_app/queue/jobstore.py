@@ -21,8 +21,8 @@ import sqlite3
 from dataclasses import fields
 from pathlib import Path
 
-from .protocol import JobStatus
-from .queue_core import Job
+from ..contract.protocol import JobStatus
+from .core import Job
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (

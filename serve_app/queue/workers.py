@@ -15,7 +15,7 @@ job holds a slot for longer than its lease after its last sign of progress.
 import time
 from dataclasses import dataclass, field
 
-from .protocol import HEARTBEAT_S, WorkerState
+from ..contract.protocol import HEARTBEAT_S, WorkerState
 
 # A worker silent this long (several heartbeats) is gone.
 WORKER_SILENCE_S = 5 * HEARTBEAT_S

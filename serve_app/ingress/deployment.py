@@ -12,10 +12,10 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from .api import make_app
-from .config import Settings
-from .logs import use_serve_handlers
-from .queue_client import QueueClient
+from ..config import Settings
+from ..contract.queue_client import QueueClient
+from ..logs import use_serve_handlers
+from .app import make_app
 from .service import EditService
 
 

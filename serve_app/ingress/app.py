@@ -23,16 +23,24 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from . import __version__
-from .auth import Caller, Keyring
-from .config import Settings
-from .errors import ApiError, RateLimited, Unauthorized, api_error_of
+from .. import __version__
+from ..auth import Caller, Keyring
+from ..config import Settings
+from ..contract.protocol import JobView
+from ..errors import ApiError, RateLimited, Unauthorized, api_error_of
 from .forms import EditFields, parse_bool
 from .http_limits import UNDECODABLE, BodySizeLimit, TextFieldCheck
-from .protocol import JobView
 from .ratelimit import RateLimiter
-from .schemas import (ErrorBody, HealthResponse, JobListResponse, JobStatusResponse, LoadModelResponse,
-                      ModelsResponse, QueueResponse, SubmitResponse)
+from .schemas import (
+    ErrorBody,
+    HealthResponse,
+    JobListResponse,
+    JobStatusResponse,
+    LoadModelResponse,
+    ModelsResponse,
+    QueueResponse,
+    SubmitResponse,
+)
 from .service import EditService
 
 log = logging.getLogger(__name__)

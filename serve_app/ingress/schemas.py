@@ -2,7 +2,7 @@
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .protocol import JobStatus
+from ..contract.protocol import JobStatus
 
 JOB = "3f0c2d8e-7d1a-4c55-9d4e-1b2a3c4d5e6f"
 

@@ -14,7 +14,7 @@ import os
 import re
 from pathlib import Path
 
-from .presets import BUILTIN_TINY, LoraSpec, Preset, looks_local
+from ..presets import BUILTIN_TINY, LoraSpec, Preset, looks_local
 
 LIBRARIES = ("torch", "diffusers", "transformers", "peft")
 WHOLE_FILE_BYTES = 64 * 1024 * 1024  # larger files enter a folder's fingerprint by size and ends

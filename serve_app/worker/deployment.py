@@ -34,16 +34,27 @@ import uuid
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from . import provenance, transfer
-from .config import Settings
-from .image_checks import CheckerUnavailable, ImageCheck
-from .logs import for_job, use_serve_handlers
-from .metrics import PolicyMetrics, WorkerMetrics
-from .pipeline import JobCancelled, ProfileUnavailable, public_error
-from .presets import missing_weights
-from .protocol import (JobDone, JobFailed, JobTask, LoadDone, LoadTask, Outcome, PreviewReport,
-                       StepReport, WorkerState, heartbeat_every)
-from .queue_client import QueueClient
+from ..config import Settings
+from ..contract import transfer
+from ..contract.protocol import (
+    JobDone,
+    JobFailed,
+    JobTask,
+    LoadDone,
+    LoadTask,
+    Outcome,
+    PreviewReport,
+    StepReport,
+    WorkerState,
+    heartbeat_every,
+)
+from ..contract.queue_client import QueueClient
+from ..image_checks import CheckerUnavailable, ImageCheck
+from ..logs import for_job, use_serve_handlers
+from ..metrics import PolicyMetrics, WorkerMetrics
+from ..presets import missing_weights
+from . import provenance
+from .engine import JobCancelled, ProfileUnavailable, public_error
 
 log = logging.getLogger(__name__)
 POLL_S = 5.0

@@ -35,12 +35,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import images, profiles
+from .. import images, profiles
+from ..presets import BUILTIN_TINY, LoraSpec, Preset, looks_local
+from ..profiles import PROFILES, Profile
+from ..prompts import render
 from .pipeline_tweaks import set_fastest_attention, working_area
 from .placement import place, quantization_config
-from .presets import BUILTIN_TINY, LoraSpec, Preset, looks_local
-from .profiles import PROFILES, Profile
-from .prompts import render
 from .schedulers import LIGHTNING_SCHEDULER
 from .tiny_model import ensure_tiny_model
 
@@ -377,8 +377,10 @@ class EditEngine:
                 or self.held.offload != "none" or preset.pipeline != "QwenImageEditPlusPipeline"
                 or type(pipe).__name__ != preset.pipeline):
             return Prepared(inputs, prompt)
-        from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import (CONDITION_IMAGE_SIZE,
-                                                                               calculate_dimensions)
+        from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import (
+            CONDITION_IMAGE_SIZE,
+            calculate_dimensions,
+        )
 
         # The condition images exactly as the Plus pipeline makes them from each input.
         condition = []

@@ -32,7 +32,7 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
-from .profiles import GiB, Profile
+from ..profiles import GiB, Profile
 
 TEMPLATE_TOKENS = 64  # the system template's prefix (dropped after encoding)
 PROMPT_TOKENS = 256  # an instruction of up to 500 characters, with the image markers
@@ -348,9 +348,9 @@ def config_plan(args) -> tuple[list[str], int, bool]:
     would run with, against the card size the config names (``worker.gpu_memory_gib``). Returns the
     lines to print (the last one ``plan: <N> GiB peak``), the worst peak in bytes, and whether every
     preset fits the card."""
+    from ..presets import BUILTIN_TINY, build_registry
+    from ..profiles import AUTO, PROFILES, DeviceInfo, choose, usable
     from .architecture import local_folder
-    from .presets import BUILTIN_TINY, build_registry
-    from .profiles import AUTO, PROFILES, DeviceInfo, choose, usable
 
     registry = build_registry(args.presets)
     worker = args.worker

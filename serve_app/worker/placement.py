@@ -10,7 +10,7 @@ benchmark runs without pydantic or Ray).
 
 import logging
 
-from .profiles import Profile
+from ..profiles import Profile
 
 log = logging.getLogger(__name__)
 

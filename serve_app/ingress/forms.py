@@ -11,13 +11,13 @@ import secrets
 from dataclasses import dataclass, field, fields
 from typing import Protocol
 
-from .config import Settings
-from .errors import BadRequest, Unprocessable
-from .images import check_size
-from .presets import resolve
-from .prompts import clean
-from .protocol import DEFAULT_WEBHOOK_EVENTS, PRIORITIES, WEBHOOK_EVENTS
-from .webhooks import check_url
+from ..config import Settings
+from ..contract.protocol import DEFAULT_WEBHOOK_EVENTS, PRIORITIES, WEBHOOK_EVENTS
+from ..errors import BadRequest, Unprocessable
+from ..images import check_size
+from ..presets import resolve
+from ..prompts import clean
+from ..webhooks import check_url
 
 MAX_SEED = 2**64 - 1
 MAX_DEADLINE_S = 7 * 86_400  # a week: longer is a typo, not a deadline

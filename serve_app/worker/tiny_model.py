@@ -13,8 +13,8 @@ Guarantees:
 """
 
 import json
-import re
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path

@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
-from .protocol import JobView
+from ..contract.protocol import JobView
 
 # watch(job_id, last_signature, timeout) -> the new view, or None after timeout; raises when gone
 Watch = Callable[[str, tuple | None, float], Awaitable[JobView | None]]

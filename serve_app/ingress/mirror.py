@@ -28,9 +28,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from .auth import Caller
-from .errors import JobNotFound
-from .protocol import Changes, JobView
+from ..auth import Caller
+from ..contract.protocol import Changes, JobView
+from ..errors import JobNotFound
 
 log = logging.getLogger(__name__)
 REFRESH_S = 1.0  # the queue answers at least this often, changed or not

@@ -42,20 +42,43 @@ from pathlib import Path
 
 from ray import serve
 
-from .auth import Caller, job_priority
-from .config import Settings
-from .errors import (ApiError, LoadInProgress, NoModelLoaded, PreviewNotReady, QueueFull, ResultNotReady,
-                     ServiceUnavailable, StartTooLate, StationLimit)
+from ..auth import Caller, job_priority
+from ..config import Settings
+from ..contract.protocol import (
+    DEFAULT_WEBHOOK_EVENTS,
+    Changes,
+    JobDone,
+    JobFailed,
+    JobRequest,
+    JobStatus,
+    JobTask,
+    JobView,
+    LoadDone,
+    LoadTask,
+    Outcome,
+    PreviewReport,
+    StepReport,
+    WorkerState,
+)
+from ..errors import (
+    ApiError,
+    LoadInProgress,
+    NoModelLoaded,
+    PreviewNotReady,
+    QueueFull,
+    ResultNotReady,
+    ServiceUnavailable,
+    StartTooLate,
+    StationLimit,
+)
+from ..logs import for_job, use_serve_handlers
+from ..metrics import QueueMetrics
+from ..presets import Preset, require_available, resolve
+from ..webhooks import Notifier
+from .core import Job, JobQueue
 from .jobstore import StateLock
-from .logs import for_job, use_serve_handlers
-from .metrics import QueueMetrics
-from .presets import Preset, require_available, resolve
-from .protocol import (DEFAULT_WEBHOOK_EVENTS, Changes, JobDone, JobFailed, JobRequest, JobStatus, JobTask, JobView,
-                       LoadDone, LoadTask, Outcome, PreviewReport, StepReport, WorkerState)
-from .queue_core import Job, JobQueue
 from .statefolder import StateDamaged, open_checked
 from .storage import ResultStore, result_name, storage_reason
-from .webhooks import Notifier
 from .workers import WorkerInfo, WorkerRegistry
 
 log = logging.getLogger(__name__)

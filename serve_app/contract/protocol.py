@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import Enum, StrEnum
 from typing import Any
 
-from .presets import Preset
+from ..presets import Preset
 
 # Workers heartbeat this often, busy or idle (the queue's registry judges them by it), or more often
 # under a short lease (``heartbeat_every``).
