@@ -225,10 +225,11 @@ class LocalHandle:
 
 async def plain_serve(config: Path, port: int) -> None:
     """The service's own classes in this process, served by uvicorn: the queue and a worker as plain
-    objects, and the HTTP app from the same factory each ingress replica calls (``api.make_app``)."""
+    objects, and the HTTP app from the same factory each ingress replica calls (``ingress.app.make_app``)."""
     import uvicorn
 
     from serve_app.config import build_settings
+    from serve_app.contract.queue_client import IngressQueue
     from serve_app.ingress.app import make_app
     from serve_app.ingress.service import EditService
     from serve_app.queue.actor import QueueActor
@@ -246,7 +247,7 @@ async def plain_serve(config: Path, port: int) -> None:
 
     queue = await make(QueueActor, settings)
     worker = await make(ModelWorker, LocalHandle(queue), settings)
-    app = make_app(EditService(LocalHandle(queue), settings), settings)
+    app = make_app(EditService(IngressQueue(LocalHandle(queue), grpc=False), settings), settings)
     print(f"plain: serving on http://127.0.0.1:{port} (worker {worker.id})", flush=True)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     await server.serve()

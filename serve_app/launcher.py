@@ -80,10 +80,12 @@ def drain(app_names: list[str], grace: dict[str, float]) -> None:
 async def _drain(app_names: list[str], grace: dict[str, float]) -> None:
     from ray import serve
 
+    from .contract.queue_client import OperatorQueue
+
     for name in app_names:
         try:
-            handle = serve.get_deployment_handle("QueueActor", app_name=name)
-            outcome = await asyncio.wait_for(handle.drain.remote(), grace.get(name, 30.0) + DRAIN_MARGIN_S)
+            queue = OperatorQueue(serve.get_deployment_handle("QueueActor", app_name=name))
+            outcome = await asyncio.wait_for(queue.drain(), grace.get(name, 30.0) + DRAIN_MARGIN_S)
         except Exception as exc:  # an app without our queue, a queue already gone, or out of time
             log.warning("%s: no graceful stop (%s); its jobs run again at the next start", name,
                         type(exc).__name__)

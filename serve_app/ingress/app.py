@@ -31,16 +31,8 @@ from ..errors import ApiError, RateLimited, Unauthorized, api_error_of
 from .forms import EditFields, parse_bool
 from .http_limits import UNDECODABLE, BodySizeLimit, TextFieldCheck
 from .ratelimit import RateLimiter
-from .schemas import (
-    ErrorBody,
-    HealthResponse,
-    JobListResponse,
-    JobStatusResponse,
-    LoadModelResponse,
-    ModelsResponse,
-    QueueResponse,
-    SubmitResponse,
-)
+from .schemas import (ErrorBody, HealthResponse, JobListResponse, JobStatusResponse, LoadModelResponse, ModelsResponse,
+                      QueueResponse, SubmitResponse)
 from .service import EditService
 
 log = logging.getLogger(__name__)

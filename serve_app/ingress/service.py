@@ -1,12 +1,12 @@
 """What the HTTP routes do, with no HTTP in it: one ``EditService`` per ingress replica.
 
-It checks a station's edit (``forms``), calls the queue (each call typed here, with a timeout, a
-queue error re-raised as the ``ApiError`` it is), answers status, queue stats, health and the events
+It checks a station's edit (``forms``), calls the queue (``IngressQueue``: each call typed, with a time
+limit, a refusal raised as the ``ApiError`` it is), answers status, queue stats, health and the events
 streams from this replica's mirror of the queue when it can (``mirror``: no queue hop), follows jobs
 for the events stream (``events``), and cancels the job of an /edit whose client went away. The
 routes in ``api`` only translate between HTTP and these methods. No FastAPI and no Ray import: the
-queue handle is injected (a ``queue_client.QueueClient`` over Serve's handle, or in
-``bench/load.py plain`` the queue object itself).
+queue is injected: a ``contract.queue_client.IngressQueue`` (typed calls) over Serve's handle, or in
+``bench/load.py plain`` over the queue object itself.
 """
 
 import asyncio
@@ -14,13 +14,14 @@ import contextvars
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 from ..auth import Caller, job_priority
+from ..background import Background
 from ..config import Settings
 from ..contract import transfer
 from ..contract.protocol import JobRequest, JobStatus, JobView, WorkerState
-from ..errors import ApiError, EditTimeout, JobNotFound, ServiceUnavailable, api_error_of
+from ..contract.queue_client import QUICK_CALL_S, IngressQueue
+from ..errors import ApiError, EditTimeout, JobNotFound, ServiceUnavailable
 from ..image_checks import ImageCheck, ImageRefused
 from ..images import check_and_decode
 from ..logs import for_job
@@ -32,38 +33,20 @@ from .forms import EditFields, check_edit, check_idempotency_key, fingerprint
 from .mirror import Mirror
 
 log = logging.getLogger(__name__)
-QUICK_CALL_S = 15.0  # a queue call that is not a long poll answers within milliseconds
 HEARTBEAT_S = 10.0  # the events stream sends a comment at least this often when nothing changes
 FEED = Caller("ingress-events", admin=True)  # the shared per-job feed; each listener was checked first
 
 
 class EditService:
-    def __init__(self, queue: Any, settings: Settings):
-        self.queue = queue  # .method.remote(*args) -> awaitable, as a Serve DeploymentHandle
+    def __init__(self, queue: IngressQueue, settings: Settings):
+        self.queue = queue
         self.settings = settings
         self.events = JobEvents(self._watch, HEARTBEAT_S)
-        self.mirror = Mirror(self._changes, settings.cleanup_age_seconds)
+        self.mirror = Mirror(self.queue.changes, settings.cleanup_age_seconds)
         policy = settings.output_policy
         self.upload_check = ImageCheck(policy) if policy is not None and policy.uploads else None
         self.policy_metrics = PolicyMetrics()
-        self._background: set[asyncio.Task] = set()
-
-    async def _call(self, method: str, *args, timeout: float = QUICK_CALL_S):
-        """The queue's answer; a refusal it answered (``queue_actor.answers``) or raised is raised
-        here as the ``ApiError`` it is."""
-        try:
-            answer = await asyncio.wait_for(getattr(self.queue, method).remote(*args), timeout)
-        except Exception as exc:
-            err = api_error_of(exc)
-            if err is not None:
-                raise err from None
-            raise
-        if isinstance(answer, ApiError):
-            raise answer
-        return answer
-
-    async def _changes(self, epoch: str | None, since: int | None, timeout: float):
-        return await self._call("changes", epoch, since, timeout, timeout=timeout + QUICK_CALL_S)
+        self._background = Background(log, "[Ingress]")  # cancels for abandoned /edits
 
     async def _watch(self, job_id: str, last: tuple | None, timeout: float) -> JobView | None:
         """The job's view once its signature differs from ``last``, None after ``timeout``: from the
@@ -77,7 +60,7 @@ class EditService:
                 await self.mirror.changed(left)  # (a write of this replica: the feed brings it in a moment)
                 continue
             if view is None:
-                return await self._call("watch", job_id, FEED, last, max(left, 0), timeout=max(left, 0) + QUICK_CALL_S)
+                return await self.queue.watch(job_id, FEED, last, max(left, 0))
             if last is None or view.signature() != tuple(last):
                 return view
             if left <= 0:
@@ -102,7 +85,7 @@ class EditService:
         if not self.mirror.has_room(caller.station, self.settings.queue.max_jobs_per_station):
             # Full, or the mirror cannot tell: ask the queue before decoding (a refusal costs no decode;
             # a keyed retry gets its job whatever the occupancy). With room, the submit is the one call.
-            existing = await self._call("admit", caller, idempotency_key, key_of)
+            existing = await self.queue.admit(caller, idempotency_key, key_of)
             if existing is not None:
                 return existing, False
         try:
@@ -114,7 +97,7 @@ class EditService:
                              checked.system_prompt, idempotency_key, key_of, checked.webhook_url,
                              checked.webhook_events, checked.start_within_seconds, checked.deadline_seconds,
                              priority, checked.previews, pixels)
-        view, created = await self._call("submit", request, caller)
+        view, created = await self.queue.submit(request, caller)
         self.mirror.note(view)  # read your writes: this replica's next status read shows the job
         return view, created
 
@@ -145,7 +128,7 @@ class EditService:
             nonlocal job_id
             view, _ = await self.submit(form, caller, idempotency_key, job_id)
             job_id = view.job_id  # an idempotent retry's earlier job
-            return await self._call("wait", job_id, timeout, caller, timeout=timeout + QUICK_CALL_S)
+            return await self.queue.wait(job_id, timeout, caller)
 
         # Shielded: when Serve cancels this request (its client went away) the cancel below starts at
         # once. Cancelling a queue call in flight waits for Ray to confirm it, which can take until
@@ -157,10 +140,7 @@ class EditService:
             work.cancel()
             # A fresh context: in the request's own, Serve treats the cancel call as part of the
             # cancelled request and may cancel it too.
-            task = asyncio.get_running_loop().create_task(self._cancel_abandoned(job_id, caller),
-                                                          context=contextvars.Context())
-            self._background.add(task)  # (the loop keeps only a weak reference to a task)
-            task.add_done_callback(self._background.discard)
+            self._background.start(self._cancel_abandoned(job_id, caller), context=contextvars.Context())
             raise
         headers = {"X-Job-Id": job_id}
         if view.status is JobStatus.FAILED:
@@ -205,18 +185,18 @@ class EditService:
         self.mirror.start()
         view = self.mirror.job(job_id, caller)
         if view is None:  # the mirror cannot answer: not fresh, or a job it has not heard of yet
-            view = await self._call("status", job_id, caller)
+            view = await self.queue.status(job_id, caller)
             self.mirror.note(view)
         return view
 
     async def cancel(self, job_id: str, caller: Caller) -> JobView:
-        view = await self._call("cancel", job_id, caller)
+        view = await self.queue.cancel(job_id, caller)
         self.mirror.note(view)
         return view
 
     async def result(self, job_id: str, caller: Caller) -> tuple[str, bytes, JobView]:
         """(the result file's name, its PNG bytes, the job's view)."""
-        return await self._call("result", job_id, caller)
+        return await self.queue.result(job_id, caller)
 
     async def follow(self, job_id: str, caller: Caller) -> tuple[JobView, AsyncIterator[JobView | None]]:
         """The job's view now (404 if the caller may not see it) and its later views as they change
@@ -226,17 +206,17 @@ class EditService:
 
     async def preview(self, job_id: str, caller: Caller) -> tuple[int, bytes]:
         """(step, JPEG) of the job's latest live preview; 404 with the reason when there is none."""
-        return await self._call("get_preview", job_id, caller)
+        return await self.queue.get_preview(job_id, caller)
 
     async def jobs(self, caller: Caller, limit: int) -> list[JobView]:
-        return await self._call("station_jobs", caller, limit)
+        return await self.queue.station_jobs(caller, limit)
 
     async def queue_stats(self) -> dict:
         self.mirror.start()
         health = self.mirror.queue_health()
         if health and health.get("damaged"):  # an empty queue is not the truth: say why instead
             raise ServiceUnavailable(health["warnings"][0])
-        return self.mirror.queue_stats() or await self._call("queue_stats")
+        return self.mirror.queue_stats() or await self.queue.queue_stats()
 
     # --- the service -------------------------------------------------------------------------------
 
@@ -244,7 +224,7 @@ class EditService:
         """(/health's body, whether it is healthy enough to answer 200)."""
         self.mirror.start()
         try:
-            h = self.mirror.queue_health() or await self._call("health", timeout=5.0)
+            h = self.mirror.queue_health() or await self.queue.health(within=5.0)
         except Exception:
             return {"status": "degraded", "warnings": ["The job queue is not reachable."], "current_model": None,
                     "model_loaded": False, "is_loading": False, "is_generating": False,
@@ -259,7 +239,7 @@ class EditService:
 
     async def models(self) -> dict:
         self.mirror.start()
-        h = self.mirror.queue_health() or await self._call("health")
+        h = self.mirror.queue_health() or await self.queue.health()
         models = {}
         for name, p in self.settings.presets.items():
             missing = missing_weights(p)
@@ -270,7 +250,7 @@ class EditService:
                         "load-model. Presets with available=false need their weights on the server first."}
 
     async def load_model(self, name: str) -> dict:
-        answer = await self._call("load_model", name, timeout=self.settings.load_timeout_seconds + QUICK_CALL_S)
+        answer = await self.queue.load_model(name, within=self.settings.load_timeout_seconds + QUICK_CALL_S)
         self.mirror.require(answer.pop("version"))  # health shows the new default from here on
         return answer
 

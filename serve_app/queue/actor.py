@@ -43,34 +43,12 @@ from pathlib import Path
 from ray import serve
 
 from ..auth import Caller, job_priority
+from ..background import Background
 from ..config import Settings
-from ..contract.protocol import (
-    DEFAULT_WEBHOOK_EVENTS,
-    Changes,
-    JobDone,
-    JobFailed,
-    JobRequest,
-    JobStatus,
-    JobTask,
-    JobView,
-    LoadDone,
-    LoadTask,
-    Outcome,
-    PreviewReport,
-    StepReport,
-    WorkerState,
-)
-from ..errors import (
-    ApiError,
-    LoadInProgress,
-    NoModelLoaded,
-    PreviewNotReady,
-    QueueFull,
-    ResultNotReady,
-    ServiceUnavailable,
-    StartTooLate,
-    StationLimit,
-)
+from ..contract.protocol import (DEFAULT_WEBHOOK_EVENTS, Changes, JobDone, JobFailed, JobRequest, JobStatus, JobTask,
+                                 JobView, LoadDone, LoadTask, Outcome, PreviewReport, StepReport, WorkerState)
+from ..errors import (ApiError, LoadInProgress, NoModelLoaded, PreviewNotReady, QueueFull, ResultNotReady,
+                      ServiceUnavailable, StartTooLate, StationLimit)
 from ..logs import for_job, use_serve_handlers
 from ..metrics import QueueMetrics
 from ..presets import Preset, require_available, resolve
@@ -93,8 +71,8 @@ LEASE_EXPIRED = ("the model worker made no progress on this job for {seconds:g} 
 def answers(method):
     """For the methods the ingress calls: an ``ApiError`` (a 404, a full queue's 429, ...) is the
     call's answer, returned rather than raised, so Serve does not log each refusal as a failed
-    request with its traceback; the ingress raises it again (``EditService._call``). While the job
-    database is damaged every such call answers 503 with the sentence that says so."""
+    request with its traceback; the ingress's client raises it again (``contract.queue_client``).
+    While the job database is damaged every such call answers 503 with the sentence that says so."""
     @functools.wraps(method)
     async def answer(self, *args, **kwargs):
         if self.damaged is not None:
@@ -173,7 +151,7 @@ class QueueActor:
         self.epoch = uuid.uuid4().hex  # names this replica's versions in the change feed
         self._changed = asyncio.Event()
         self._sched_checked, self._sched_reason = -1e9, None
-        self._background: set[asyncio.Task] = set()  # deadline passes, hand-out commits
+        self._background = Background(log, "[JobQueue]")  # deadline passes, hand-out commits
         self._cleanup_task = asyncio.get_running_loop().create_task(self._cleanup_loop())
         log.info("[JobQueue] Started - Max size: %d, Cleanup age: %ss - restored %d job(s) from %s",
                  settings.max_queue_size, int(settings.cleanup_age_seconds), self.core.stats()["total_jobs"],
@@ -511,17 +489,7 @@ class QueueActor:
                 loop.call_later(max(0.0, due - job.created_at) + 0.005, self._deadline_due)
 
     def _deadline_due(self) -> None:
-        self._in_background(self._enforce_deadlines())
-
-    def _in_background(self, coro) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)  # (the loop keeps only a weak reference to a task)
-        task.add_done_callback(self._background_done)
-
-    def _background_done(self, task: asyncio.Task) -> None:
-        self._background.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("[JobQueue] background work failed: %r", task.exception())
+        self._background.start(self._enforce_deadlines())
 
     @answers
     async def watch(self, job_id: str, caller: Caller, last: tuple | None, timeout: float) -> JobView | None:
@@ -756,7 +724,7 @@ class QueueActor:
         queued with its attempt uncounted; the worker's report is then refused (``not yours``) and the
         job runs again, as after any lost lease."""
         self.registry.grant(job.id)
-        self._in_background(self._committed(job, self._persist_soon(job)))
+        self._background.start(self._committed(job, self._persist_soon(job)))
         info = self._worker(job.worker_id)
         if info.preset is not None and info.preset != job.preset:  # it switches before it starts
             self.preset_switches += 1

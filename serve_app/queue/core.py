@@ -1,6 +1,6 @@
 """The job queue's rules, in plain Python: no Ray, no I/O, no clock of its own.
 
-Guarantees (each checked by tests/unit/test_queue_core.py):
+Guarantees (each checked by tests/unit/queue/test_core.py):
 - Admission: at most ``max_size`` jobs are *queued or processing* at once; the check and the insert
   happen in one synchronous call, so concurrent submits through one event loop can never overshoot.
 - Order: ``fifo`` (the contract) hands queued jobs to workers strictly in submission order; ``fair``

@@ -34,21 +34,12 @@ import uuid
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from ..background import Background
 from ..config import Settings
 from ..contract import transfer
-from ..contract.protocol import (
-    JobDone,
-    JobFailed,
-    JobTask,
-    LoadDone,
-    LoadTask,
-    Outcome,
-    PreviewReport,
-    StepReport,
-    WorkerState,
-    heartbeat_every,
-)
-from ..contract.queue_client import QueueClient
+from ..contract.protocol import (JobDone, JobFailed, JobTask, LoadDone, LoadTask, Outcome, PreviewReport, StepReport,
+                                 WorkerState, heartbeat_every)
+from ..contract.queue_client import WorkerQueue
 from ..image_checks import CheckerUnavailable, ImageCheck
 from ..logs import for_job, use_serve_handlers
 from ..metrics import PolicyMetrics, WorkerMetrics
@@ -65,7 +56,7 @@ REPORT_BACKOFF_MAX_S = 10.0
 class ModelWorker:
     async def __init__(self, queue: DeploymentHandle, app_settings: Settings):
         use_serve_handlers()
-        self.queue = QueueClient(queue, app_settings.internal_calls == "grpc")  # per method: gRPC or Ray calls
+        self.queue = WorkerQueue(queue, app_settings.internal_calls == "grpc")  # per method: gRPC or Ray calls
         settings = app_settings.worker
         try:
             self.id = serve.get_replica_context().replica_id.unique_id
@@ -80,7 +71,7 @@ class ModelWorker:
         self.lease_s = app_settings.job_lease_seconds
         self.heartbeat_s = heartbeat_every(self.lease_s)
         self._active: dict[str, float] = {}
-        self._background: set[asyncio.Task] = set()
+        self._background = Background(log, "[ModelWorker]")  # reports sent without waiting, encodings
         # The next job, claimed and being prepared while the current one finishes (prepare_ahead).
         self._ahead: asyncio.Task | None = None
         self.prepare_ahead = (settings.prepare_ahead if settings.prepare_ahead is not None
@@ -151,7 +142,7 @@ class ModelWorker:
             placement.update(gpu_ids=[int(g) for g in ray.get_gpu_ids()],
                              node=ray.get_runtime_context().get_node_id()[:12])
         try:
-            await self.queue.worker_state.remote(self.id, state.value, preset, detail, placement)
+            await self.queue.worker_state(self.id, state.value, preset, detail, placement)
         except Exception:
             log.warning("[ModelWorker] could not report state %s to the queue", state)
 
@@ -174,7 +165,7 @@ class ModelWorker:
         """Tell the queue this replica is alive, also while a job runs (inference is in a thread)."""
         while True:
             try:
-                await self.queue.heartbeat.remote(self.id, self._working_on())
+                await self.queue.heartbeat(self.id, self._working_on())
             except Exception:
                 log.warning("[ModelWorker] heartbeat to the queue failed")
             try:
@@ -194,7 +185,7 @@ class ModelWorker:
                     await self._run(task, prepared)
                     continue
             try:
-                task = await self.queue.next_task.remote(self.id, self._preset_name, POLL_S)
+                task = await self.queue.next_task(self.id, self._preset_name, POLL_S)
             except Exception:
                 log.warning("[ModelWorker] queue unreachable; retrying in 1s")
                 await asyncio.sleep(1.0)
@@ -213,7 +204,7 @@ class ModelWorker:
     async def _fetch_ahead(self):
         """(the next job or None, its Prepared or None): a job claimed while this one finishes."""
         try:
-            task = await self.queue.next_task.remote(self.id, self._preset_name, 0.0, True)
+            task = await self.queue.next_task(self.id, self._preset_name, 0.0, True)
         except Exception:
             return None, None
         if not isinstance(task, JobTask):
@@ -244,7 +235,7 @@ class ModelWorker:
             log.warning("[ModelWorker] job %s: its decoded images are gone (%s); decoding its upload instead",
                         task.job_id[:8], type(exc).__name__, extra=for_job(task.job_id))
         self.inputs_refetched += 1
-        images = await self._call_queue("inputs", self.id, task.job_id)
+        images = await self._deliver(self.queue.inputs, self.id, task.job_id)
         if images is None:  # cancelled or declared lost meanwhile
             raise JobCancelled(task.job_id)
         return images
@@ -256,7 +247,7 @@ class ModelWorker:
         except Exception as exc:
             log.exception("[ModelWorker] loading %s failed", task.preset.name)
             seconds, error = None, public_error(exc)
-        await self._call_queue("load_done", self.id, LoadDone(task.preset.name, seconds, error))
+        await self._deliver(self.queue.load_done, self.id, LoadDone(task.preset.name, seconds, error))
 
     def _warm_up(self, preset) -> None:
         import io
@@ -297,26 +288,28 @@ class ModelWorker:
         loop = asyncio.get_running_loop()
 
         def on_preview(step: int, jpeg: bytes) -> None:
-            loop.call_soon_threadsafe(self._send_report, "preview", PreviewReport(job_id, step, jpeg))
+            loop.call_soon_threadsafe(self._send_report, self.queue.preview, PreviewReport(job_id, step, jpeg))
 
         return on_preview
 
-    def _send_report(self, method: str, report) -> None:
+    def _send_report(self, call, report) -> None:
+        """A progress or preview report, sent without waiting for it; one lost is not retried (the
+        next one, or the outcome, supersedes it)."""
         async def send():
             try:
-                await getattr(self.queue, method).remote(self.id, report)
+                await call(self.id, report)
             except Exception:
-                log.debug("[ModelWorker] %s report for %s lost", method, report.job_id[:8])
+                log.debug("[ModelWorker] %s report for %s lost", call.__name__, report.job_id[:8])
 
-        self._in_background(send())
+        self._background.start(send())
 
     def _send_progress(self, job_id: str, step: int, total: int, took: float | None) -> None:
-        self._send_report("progress", StepReport(job_id, step, total, took))
+        self._send_report(self.queue.progress, StepReport(job_id, step, total, took))
 
     async def _listen_for_cancel(self, job_id: str, cancelled: threading.Event) -> None:
         while not cancelled.is_set():
             try:
-                if await self.queue.cancel_signal.remote(self.id, job_id, 30.0):
+                if await self.queue.cancel_signal(self.id, job_id, 30.0):
                     cancelled.set()
             except asyncio.CancelledError:
                 raise
@@ -353,14 +346,9 @@ class ModelWorker:
             # No accelerator to keep busy: encoding beside the next job would only compete for the
             # cores, so it is done now. The report (a wait on the queue storing the file) is not.
             report = await self._encode(task, image, start)
-            self._in_background(self._report_outcome(report))
+            self._background.start(self._report_outcome(report))
             return
-        self._in_background(self._finish(task, image, start))
-
-    def _in_background(self, coro) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)  # (the loop keeps only a weak reference to a task)
-        task.add_done_callback(self._background.discard)
+        self._background.start(self._finish(task, image, start))
 
     def _checked_png(self, image) -> tuple[bytes | None, str | None]:
         """(A thread.) (the PNG, None), or (None, why it is withheld) when the output check says so."""
@@ -388,19 +376,19 @@ class ModelWorker:
         await self._report_outcome(await self._encode(task, image, start))
 
     async def _report_outcome(self, report: JobDone | JobFailed) -> None:
-        """A job's outcome, delivered (``_call_queue``); the job is no longer this replica's after."""
+        """A job's outcome, delivered (``_deliver``); the job is no longer this replica's after."""
         job_id = report.job_id
         self._touch(job_id)
-        method = "job_done" if isinstance(report, JobDone) else "job_failed"
+        call = self.queue.job_done if isinstance(report, JobDone) else self.queue.job_failed
         try:
-            answer = await self._call_queue(method, self.id, report, touch=job_id)
+            answer = await self._deliver(call, self.id, report, touch=job_id)
             if answer == Outcome.NOT_YOURS:
                 log.info("[ModelWorker] job %s was no longer ours (cancelled or run elsewhere)", job_id[:8],
                          extra=for_job(job_id))
         finally:
             self._active.pop(job_id, None)
 
-    async def _call_queue(self, method: str, *args, touch: str | None = None):
+    async def _deliver(self, call, *args, touch: str | None = None):
         """Report an outcome (or a load) until the queue answers: any answer is an acknowledgement,
         ``not yours`` included (the job was cancelled or declared lost meanwhile). While the queue is
         away (a restart, a network fault) the report waits with backoff up to REPORT_BACKOFF_MAX_S;
@@ -408,17 +396,17 @@ class ModelWorker:
         attempt = 0
         while True:
             try:
-                answer = await getattr(self.queue, method).remote(*args)
+                answer = await call(*args)
                 if attempt:
-                    log.info("[ModelWorker] %s delivered after %d retries: %s", method, attempt, answer)
+                    log.info("[ModelWorker] %s delivered after %d retries: %s", call.__name__, attempt, answer)
                 return answer
             except Exception as exc:
                 attempt += 1
                 if touch:  # trying to deliver is progress: the job's lease holds meanwhile
                     self._touch(touch)
                 delay = min(REPORT_BACKOFF_MAX_S, 0.5 * 2 ** min(attempt, 6))
-                log.warning("[ModelWorker] %s not delivered (attempt %d: %s); again in %.1fs", method, attempt,
-                            type(exc).__name__, delay)
+                log.warning("[ModelWorker] %s not delivered (attempt %d: %s); again in %.1fs", call.__name__,
+                            attempt, type(exc).__name__, delay)
                 await asyncio.sleep(delay)
 
     def check_health(self) -> None:

@@ -4,7 +4,7 @@ These are the client's own definitions of the wire format, so the client install
 server. They accept fields they do not know (a newer server may add some) and give every
 addition to the original contract a default (an older server may lack it). The server's test suite
 checks that every field here exists in the server's answers and the other way round
-(tests/unit/test_client_models.py).
+(tests/unit/ingress/test_client_models.py).
 """
 
 from enum import StrEnum

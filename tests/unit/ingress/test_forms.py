@@ -4,15 +4,8 @@ import pytest
 
 from serve_app.config import build_settings
 from serve_app.errors import BadRequest, Unprocessable
-from serve_app.ingress.forms import (
-    MAX_SEED,
-    EditFields,
-    check_edit,
-    check_idempotency_key,
-    fingerprint,
-    parse_bool,
-    parse_seed,
-)
+from serve_app.ingress.forms import (MAX_SEED, EditFields, check_edit, check_idempotency_key, fingerprint, parse_bool,
+                                     parse_seed)
 
 
 class Upload:

@@ -3,11 +3,12 @@
 import asyncio
 
 import httpx
-from serve_app.ingress.http_limits import UNDECODABLE, BodySizeLimit, TextFieldCheck
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+
+from serve_app.ingress.http_limits import UNDECODABLE, BodySizeLimit, TextFieldCheck
 
 BOUNDARY = "b0undary"
 

@@ -12,6 +12,7 @@ from PIL import Image
 
 from serve_app.auth import Caller
 from serve_app.config import build_settings
+from serve_app.contract.queue_client import IngressQueue
 from serve_app.errors import QueueFull
 from serve_app.ingress import service as service_module
 from serve_app.ingress.forms import EditFields
@@ -27,6 +28,9 @@ class Recording:
 
     def __init__(self, target):
         self.target, self.calls = target, []
+
+    def options(self, **_):
+        return self  # (one process: no transports to choose)
 
     def __getattr__(self, name):
         method = getattr(self.target, name)
@@ -82,7 +86,7 @@ def test_a_keyed_submit_is_one_queue_call_and_a_refusal_decodes_nothing(tmp_path
     async def main():
         queue, settings = await queue_for(tmp_path, max_queue_size=2)
         handle = Recording(queue)
-        service = EditService(handle, settings)
+        service = EditService(IngressQueue(handle, grpc=False), settings)
         form = lambda seed: EditFields([File(png())], "make it blue", str(seed))  # noqa: E731
 
         # The mirror has not heard from the queue yet: it cannot tell there is room, so ask first.
@@ -124,7 +128,7 @@ def test_reads_go_to_the_queue_while_the_mirror_is_stale(tmp_path):
     async def main():
         queue, settings = await queue_for(tmp_path)
         handle = Recording(queue)
-        service = EditService(handle, settings)
+        service = EditService(IngressQueue(handle, grpc=False), settings)
         view, _ = await service.submit(EditFields([File(png())], "x"), STATION, None)
         service.mirror._synced_at = None  # as after a failed feed call
         handle.calls.clear()
@@ -139,7 +143,7 @@ def test_a_deadline_is_enforced_when_it_falls_due_not_on_the_next_cleanup_pass(t
     """The cleanup pass runs once a second; a 0.2 s deadline must not wait for it."""
     async def main():
         queue, settings = await queue_for(tmp_path)
-        service = EditService(Recording(queue), settings)
+        service = EditService(IngressQueue(Recording(queue), grpc=False), settings)
         view, _ = await service.submit(EditFields([File(png())], "x", deadline_seconds="0.2"), STATION, None)
         await asyncio.sleep(0.5)  # before the first cleanup pass (1 s after the queue started)
         ended = await service.status(view.job_id, STATION)
@@ -155,7 +159,7 @@ def test_a_claim_ahead_leaves_the_job_to_a_worker_waiting_for_one(tmp_path):
     the waiting one starts the job now; once none waits, the claim ahead gets the next job."""
     async def main():
         queue, settings = await queue_for(tmp_path)
-        service = EditService(Recording(queue), settings)
+        service = EditService(IngressQueue(Recording(queue), grpc=False), settings)
         # "a" sorts first, so without the rule the matching would give the job to the busy worker
         waiting = asyncio.ensure_future(queue.next_task("b-idle", "tiny", 10.0))
         await asyncio.sleep(0.05)  # "b-idle" is now in its long poll

@@ -17,7 +17,7 @@ from serve_app.queue.jobstore import SCHEMA_VERSION, JobStore, StateLock
 from serve_app.queue.statefolder import StateDamaged, backup, fresh_start, identity_file, open_checked
 from serve_app.queue.storage import ResultStore
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "jobs-release-0.2.0.sqlite3"
+FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "jobs-release-0.2.0.sqlite3"
 RESULT = "tiny_20261202_101500_s1_0a1b2c3d.png"
 
 
@@ -212,7 +212,7 @@ def test_a_backup_taken_while_jobs_are_written_restores_every_job_it_held(tmp_pa
     store.save(_job(9), [b"later"])  # after the backup: not in it
     store.close()
     assert (taken.jobs, taken.results, taken.results_gone) == (5, 1, 0)
-    # restore: the backup's files into a state folder (as the README says), then start
+    # restore: the backup's files into a state folder (as docs/operations.md says), then start
     restored_db, restored_results = _state(tmp_path, "restored")
     shutil.copy2(tmp_path / "backup" / "jobs.sqlite3", restored_db)
     shutil.copy2(tmp_path / "backup" / "jobs.sqlite3.identity", identity_file(restored_db))

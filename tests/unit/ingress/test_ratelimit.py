@@ -1,9 +1,9 @@
 """Per-station token buckets (serve_app/ingress/ratelimit.py) with a fake clock, and the 429 they become."""
 
 import pytest
-from serve_app.ingress.ratelimit import RateLimiter
 
 from serve_app.errors import RateLimited
+from serve_app.ingress.ratelimit import RateLimiter
 
 
 class Clock:
