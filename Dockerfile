@@ -1,5 +1,5 @@
 # GPU node image: Ray's own GPU image of the pinned Ray version (CUDA, Python 3.11, ray[serve]) plus
-# this project. Build and run: README, "Container image". Not built in this project's CI (no Docker
+# this project. Build and run: docs/deployment.md, "Container image". Not built in this project's CI (no Docker
 # there); tests/unit/test_deploy_files.py checks what can be checked without building it.
 FROM rayproject/ray:2.60.0-py311-gpu
 

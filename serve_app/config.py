@@ -38,7 +38,7 @@ class WorkerArgs(BaseModel):
                         description="the engine class (module:Class): EditEngine, or a subclass for tests")
     prepare_ahead: bool | None = Field(None, description="prepare the next job (claimed on the current one's last "
                                                          "step) meanwhile (keeps a GPU busy); default: on GPUs")
-    profile: str = Field("auto", description="memory/precision profile (README, Profiles); auto: the fastest "
+    profile: str = Field("auto", description="memory/precision profile (docs/profiles.md); auto: the fastest "
                                              "that fits the card's free memory")
     gpu_memory_gib: float | None = Field(None, gt=0, le=4096,
                                          description="the card size this config is for: qwen-serve --plan "

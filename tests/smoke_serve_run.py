@@ -10,7 +10,7 @@ on the same folder and sent SIGTERM while a job runs: that job completes within 
 the jobs behind it stay queued in the state folder, and the server exits 0 with no Ray process left.
 Then the state folder is backed up (``qwen-serve ... --backup``) and its database truncated to 0
 bytes: the next start answers 503 "unhealthy" with the sentence and deletes no result; the backup,
-restored as the README says, starts with every job. Loopback only; every step has a deadline. Exit status 0 on success; prints a pytest-style summary.
+restored as docs/operations.md says, starts with every job. Loopback only; every step has a deadline. Exit status 0 on success; prints a pytest-style summary.
 """
 
 import os
@@ -185,7 +185,7 @@ def damaged_database(work: Path, log_path: Path, headers: dict) -> None:
         print(f"smoke: a 0-byte database is refused (503, unhealthy); all {len(results)} results kept")
     finally:
         assert stop(proc, signal.SIGTERM), "the server did not stop cleanly"
-    for name in ("jobs.sqlite3", "jobs.sqlite3.identity"):  # the README's restore
+    for name in ("jobs.sqlite3", "jobs.sqlite3.identity"):  # the restore docs/operations.md gives
         shutil.copy2(backup / name, state / name)
     for result in (backup / "results").iterdir():
         shutil.copy2(result, state / "results" / result.name)

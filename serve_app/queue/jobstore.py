@@ -64,7 +64,7 @@ def _to_v2(db: sqlite3.Connection) -> None:
 MIGRATIONS = {1: _to_v1, 2: _to_v2}
 # Job fields kept in the jobs table. Not kept: the payload (it lives in ``inputs``), the latest
 # preview's step (in memory with the preview) and the passes counted for the starvation bound (in
-# memory: a restart counts them again from zero, as the README says). Seeds up to 2**64-1 overflow
+# memory: a restart counts them again from zero, as docs/operations.md says). Seeds up to 2**64-1 overflow
 # SQLite's signed 64-bit integers, so they are stored as text.
 COLUMNS = [f.name for f in fields(Job) if f.name not in ("payload", "pixels", "preview_step", "passes", "changed")]
 

@@ -135,7 +135,7 @@ def test_a_backup_taken_while_jobs_run_restores_every_job_it_held(deploy, cluste
     held = sqlite3.connect(tmp_path / "backup" / "backed-up" / "jobs.sqlite3")
     assert {r[0] for r in held.execute("SELECT id FROM jobs")} == {*done, *waiting}
     held.close()
-    # Restored as the README says: the backup's files into an empty state folder, then start.
+    # Restored as docs/operations.md says: the backup's files into an empty state folder, then start.
     restored = root / "restored"
     (restored / "results").mkdir(parents=True)
     backup = tmp_path / "backup" / "backed-up"

@@ -1,6 +1,6 @@
 """The deployment files that cannot run here: the container image (no Docker) and the KubeRay manifest
 (no Kubernetes). What can be checked without them is: the image matches the pins, every copied path
-exists, and it runs what the README says; the manifest is generated from config/serve.gpu.yaml
+exists, and it runs what docs/deployment.md says; the manifest is generated from config/serve.gpu.yaml
 without drift, parses as Kubernetes objects, and has only fields KubeRay's RayService API has, each
 in its place and of its type."""
 
@@ -49,12 +49,12 @@ def test_every_path_the_image_copies_exists_and_is_let_through_dockerignore():
         assert source.rstrip("/") in allowed, f"{source} is not let through .dockerignore"
 
 
-def test_the_image_runs_the_command_the_readme_gives():
+def test_the_image_runs_the_command_the_docs_give():
     command = " ".join(json.loads(dict(dockerfile())["CMD"]))
     assert command == "qwen-serve config/serve.gpu.yaml"
     assert (ROOT / command.split()[1]).exists()
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Container image"):]
+    docs = (ROOT / "docs" / "deployment.md").read_text()
+    section = docs[docs.index("## Container image"):]
     assert f"The image runs `{command}`" in section[:section.index("\n## ", 3)]
 
 
