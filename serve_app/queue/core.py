@@ -31,69 +31,22 @@ Guarantees (each checked by tests/unit/queue/test_core.py):
   ``since`` is too old to answer as a delta). Each view carries the version it was made at.
 """
 
-import bisect
-import heapq
-import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from typing import Any
 
 from ..contract.protocol import PRIORITIES, JobStatus, JobView
 from ..errors import Conflict, JobNotFound, QueueFull, StartTooLate, StationLimit, Unprocessable
-
-EMA_WEIGHT = 0.3  # weight of the newest measurement in a preset's running average
-
+from .estimates import Estimates
+from .feed import ChangeFeed
+from .job import DEFAULT_STATION, Job
+from .start_order import RANK, start_order
+from .views import job_view
 
 SCHEDULING = ("fifo", "fair")
-DEFAULT_STATION = "default"
-RANK = {name: n for n, name in enumerate(PRIORITIES)}  # low 0, normal 1, high 2
 RECENT_PRESETS = 20  # preset affinity: which presets were asked for lately
-REMOVALS_KEPT = 10_000  # the change feed remembers this many removed ids; an older reader resyncs
-
-
-def iso(ts: float | None) -> str | None:
-    """ISO 8601, UTC, seconds precision, no offset: the format stations already parse."""
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, tz=timezone.utc).replace(tzinfo=None).isoformat(timespec="seconds")
-
-
-@dataclass
-class Job:
-    id: str
-    instruction: str
-    preset: str
-    seed: int
-    system_prompt: str | None
-    created_at: float
-    status: JobStatus = JobStatus.QUEUED
-    started_at: float | None = None
-    completed_at: float | None = None
-    result_name: str | None = None
-    error: str | None = None
-    worker_id: str | None = None
-    payload: Any = field(default=None, repr=False)  # the input image bytes, until the job finishes
-    pixels: Any = field(default=None, repr=False)  # the decoded inputs' reference (in memory only), until then
-    station: str = DEFAULT_STATION
-    idempotency_key: str | None = None
-    fingerprint: str | None = None  # of the request that created the job (idempotent retries)
-    webhook_url: str | None = None
-    webhook_events: str | None = None  # comma-separated WEBHOOK_EVENTS; None: the final ones
-    step: int = 0
-    total_steps: int | None = None
-    step_seconds: float | None = None  # measured on this job, from the pipeline's step callback
-    run_seconds: float | None = None  # the worker's time on it, from generation start to result
-    attempts: int = 0  # times a worker started it (a job interrupted by a crash runs again once)
-    start_by: float | None = None  # not started by then: cancelled (start_within_seconds)
-    finish_by: float | None = None  # not finished by then: cancelled (deadline_seconds)
-    priority: str = "normal"
-    passes: int = 0  # jobs of higher priority that started before it while it waited (in memory only)
-    previews: bool = False  # the station asked for live previews
-    preview_step: int | None = None  # the latest preview's step (kept in memory only, as the preview)
-    changed: int = 0  # the queue's version at this job's latest change (in memory only: the change feed)
 
 
 @dataclass(frozen=True)
@@ -127,7 +80,7 @@ class JobQueue:
         self.max_per_station = max_per_station
         self.max_passes = max_passes
         self._clock = clock
-        self._avg: dict[str, float] = dict(nominal_seconds)
+        self.estimates = Estimates(nominal_seconds, clock)
         self._jobs: dict[str, Job] = {}
         self._queued: deque[str] = deque()  # submission order
         self._served: dict[str, int] = {}  # fair: station -> tick of its last job handed out
@@ -140,28 +93,27 @@ class JobQueue:
         self._next_ticket = 0
         self._recent: deque[str] = deque(maxlen=RECENT_PRESETS)  # presets of the latest submits
         self._worker_slots = 1
-        self.version = 0  # grows with every change (the change feed)
-        self._removals: deque[tuple[int, str]] = deque()  # (version, job id) of removed jobs
-        self._removals_floor = 0  # removals at or before this version were forgotten
-        # Finished jobs in the order they finished: (version, id) for the change feed and (time, id)
-        # for expiry, so neither walks every job kept for the cleanup age.
-        self._ended: deque[tuple[int, str]] = deque()
+        self.feed = ChangeFeed()
+        # Finished jobs in the order they finished, (time, id): expiry walks only the expired ones.
         self._expiring: deque[tuple[float, str]] = deque()
         self.completed_total = 0
         self.failed_total = 0
         self.cancelled_total = 0
         self.refused_total = 0
 
-    # --- the change feed ---------------------------------------------------------------------
+    # --- the change feed (``feed``) ------------------------------------------------------------
+
+    @property
+    def version(self) -> int:
+        """Grows with every change of a job or of the counters."""
+        return self.feed.version
 
     def _bump(self, *jobs: Job) -> None:
-        self.version += 1
-        for job in jobs:
-            job.changed = self.version
+        self.feed.bump(*jobs)
 
     def _ended_now(self, job: Job) -> None:
         """``job`` just reached a final state (and was bumped)."""
-        self._ended.append((job.changed, job.id))
+        self.feed.ended(job)
         if job.completed_at is not None:
             self._expiring.append((job.completed_at, job.id))
 
@@ -171,30 +123,19 @@ class JobQueue:
         self._bump()
         return self.version
 
-    def _removed(self, job_ids: list[str]) -> None:
-        self._bump()
-        self._removals.extend((self.version, job_id) for job_id in job_ids)
-        while len(self._removals) > REMOVALS_KEPT:
-            self._removals_floor = self._removals.popleft()[0]
-
     def changes(self, since: int | None) -> Delta:
         """What changed after version ``since`` (None: everything). Unfinished jobs are always
         included whole (positions and ETAs move with every change)."""
-        full = since is None or since < self._removals_floor or since > self.version
         views = self.active_views()
-        if full:
+        if self.feed.full(since):
             views += [self.view(job) for job in self._jobs.values() if job.status.terminal]
-        else:
-            ended = []
-            for version, job_id in reversed(self._ended):  # newest first, back to ``since``
-                if version <= since:
-                    break
-                job = self._jobs.get(job_id)
-                if job is not None and job.changed == version:  # (not requeued or removed since)
-                    ended.append(self.view(job))
-            views += reversed(ended)
-        removed = [] if full else [job_id for version, job_id in self._removals if version > since]
-        return Delta(self.version, full, views, removed)
+            return Delta(self.version, True, views, [])
+        ended, removed = self.feed.since(since)
+        for version, job_id in ended:
+            job = self._jobs.get(job_id)
+            if job is not None and job.changed == version:  # (not requeued or removed since)
+                views.append(self.view(job))
+        return Delta(self.version, False, views, removed)
 
     @property
     def worker_slots(self) -> int:
@@ -374,7 +315,7 @@ class JobQueue:
         if job.idempotency_key is not None:
             self._keys.pop((job.station, job.idempotency_key), None)
         self._order = None
-        self._removed([job_id])
+        self.feed.removed([job_id])
 
     def restore(self, jobs: list[Job]) -> None:
         """Rebuild from stored jobs, given in submission order: queued ones queue again in that
@@ -494,8 +435,7 @@ class JobQueue:
         job.run_seconds = round(run_seconds, 3) if run_seconds is not None else None
         if measure:
             took = run_seconds if run_seconds is not None else now - (job.started_at or now)
-            old = self._avg.get(job.preset, took)
-            self._avg[job.preset] = old + EMA_WEIGHT * (took - old)
+            self.estimates.measured(job.preset, took)
         return job
 
     def expire(self) -> list[Job]:
@@ -513,9 +453,8 @@ class JobQueue:
             if job.idempotency_key is not None:
                 self._keys.pop((job.station, job.idempotency_key), None)
         if gone:
-            self._removed([job.id for job in gone])
-            while self._ended and self._ended[0][1] not in self._jobs:
-                self._ended.popleft()
+            self.feed.removed([job.id for job in gone])
+            self.feed.forget_ended(self._jobs.__contains__)
         return gone
 
     # --- reads ---------------------------------------------------------------------------------
@@ -540,56 +479,15 @@ class JobQueue:
         return [job for _, job in zip(range(limit), mine)]
 
     def order(self) -> list[str]:
-        """Queued job ids in the order they will start (cached until the queue changes): by
-        priority, the policy within one priority, and a job passed ``max_passes`` times first."""
+        """Queued job ids in the order they will start (``start_order``; cached until the queue
+        changes): by priority, the policy within one priority, and a job passed ``max_passes`` times
+        first."""
         if self._order is None:
-            order = self._simulate()
+            order = start_order(self._jobs, self._queued, fair=self.scheduling == "fair", served=self._served,
+                                tick=self._tick, max_passes=self.max_passes)
             self._order = order
             self._positions = {job_id: n for n, job_id in enumerate(order, start=1)}
         return self._order
-
-    def _simulate(self) -> list[str]:
-        """Pick jobs the way ``claim`` will, one after the other, counting the passes each pick
-        causes. Jobs wait in lanes (one per priority, and per station under ``fair``), oldest
-        first; the oldest job of a lane has been passed at least as often as any other in it, so
-        only lane heads need looking at: O(jobs x lanes)."""
-        jobs, queued = self._jobs, list(self._queued)
-        fair = self.scheduling == "fair"
-        lanes: dict[tuple[int, str], deque[int]] = {}
-        for n, job_id in enumerate(queued):  # n: queue order, which is submission (ticket) order
-            job = jobs[job_id]
-            lanes.setdefault((RANK[job.priority], job.station if fair else ""), deque()).append(n)
-        picked: list[list[int]] = [[] for _ in PRIORITIES]  # per rank: queue indexes picked, sorted
-        served, tick = dict(self._served), self._tick
-
-        def passes_of(lane: tuple[int, str]) -> int:
-            n = lanes[lane][0]
-            later = sum(len(p) - bisect.bisect_right(p, n) for p in picked[lane[0] + 1:])
-            return jobs[queued[n]].passes + later
-
-        heads = {lane: passes_of(lane) for lane in lanes}
-        order: list[str] = []
-        while heads:
-            starved = [lane for lane, passed in heads.items() if passed >= self.max_passes]
-            if starved:
-                lane = min(starved, key=lambda ln: lanes[ln][0])
-            else:
-                top = max(rank for rank, _ in heads)
-                lane = min((ln for ln in heads if ln[0] == top),
-                           key=lambda ln: (served.get(jobs[queued[lanes[ln][0]]].station, -1), lanes[ln][0]))
-            n = lanes[lane].popleft()
-            job = jobs[queued[n]]
-            order.append(job.id)
-            for other in heads:  # the waiting lane heads this pick passes
-                if other[0] < lane[0] and lanes[other][0] < n:
-                    heads[other] += 1
-            bisect.insort(picked[lane[0]], n)
-            served[job.station], tick = tick, tick + 1
-            if lanes[lane]:
-                heads[lane] = passes_of(lane)
-            else:
-                del heads[lane]
-        return order
 
     def position(self, job: Job) -> int | None:
         if job.status is not JobStatus.QUEUED:
@@ -597,62 +495,39 @@ class JobQueue:
         self.order()
         return self._positions[job.id]
 
+    # --- estimates (``estimates``) ----------------------------------------------------------------
+
     def average_seconds(self, preset: str) -> float:
-        return self._avg.get(preset, 1.0)
-
-    def _remaining(self, job: Job) -> float:
-        """Seconds a running job still needs: from its measured steps once it has them."""
-        if job.step_seconds and job.total_steps:
-            return (job.total_steps - job.step) * job.step_seconds
-        now = self._clock()
-        return max(self.average_seconds(job.preset) - (now - (job.started_at or now)), 0.0)
-
-    def _slot_free_times(self) -> list[float]:
-        """Seconds from now until each worker slot is free, as a heap."""
-        frees = [self._remaining(j) for j in self._running.values()]
-        frees += [0.0] * max(self.worker_slots - len(frees), 0)
-        if not frees:
-            frees = [0.0]
-        heapq.heapify(frees)
-        return frees
+        return self.estimates.average(preset)
 
     def estimated_start(self, job: Job) -> float:
         """Seconds until ``job`` should start: 0 when it runs already."""
         if job.status is not JobStatus.QUEUED:
             return 0.0
-        frees = self._slot_free_times()
-        for ahead in self.order()[: self.position(job) - 1]:
-            heapq.heapreplace(frees, frees[0] + self.average_seconds(self._jobs[ahead].preset))
-        return frees[0]
-
-    def _starts(self) -> dict[str, float]:
-        """``estimated_start`` of every queued job, in one pass over the order."""
-        frees, starts = self._slot_free_times(), {}
-        for job_id in self.order():
-            starts[job_id] = frees[0]
-            heapq.heapreplace(frees, frees[0] + self.average_seconds(self._jobs[job_id].preset))
-        return starts
+        ahead = [self._jobs[i] for i in self.order()[: self.position(job) - 1]]
+        return self.estimates.start_after(ahead, self._running.values(), self.worker_slots)
 
     def estimated_wait(self, job: Job, start: float | None = None) -> int:
         """Whole seconds until ``job``'s result should be ready (queue wait plus its own run time);
         ``start``: its ``estimated_start`` when the caller has it."""
         if job.status.terminal:
             return 0
-        if job.status is JobStatus.PROCESSING:
-            return math.ceil(self._remaining(job))
-        if start is None:
+        if job.status is JobStatus.QUEUED and start is None:
             start = self.estimated_start(job)
-        return math.ceil(start + self.average_seconds(job.preset))
+        return self.estimates.wait(job, start or 0.0)
+
+    def eta_seconds(self, job: Job, start: float | None = None) -> float | None:
+        """Seconds until the result (``Estimates.eta``); None once the job ended."""
+        if job.status.terminal:
+            return None
+        if job.status is JobStatus.QUEUED and start is None:
+            start = self.estimated_start(job)
+        return self.estimates.eta(job, start or 0.0)
 
     def retry_after(self) -> int:
         """Whole seconds until a place in the queue should free up (at least 1)."""
-        if self._running:
-            soonest = min(self._slot_free_times())
-        elif self._queued:
-            soonest = self.average_seconds(self._jobs[self.order()[0]].preset)
-        else:
-            soonest = 0.0
-        return max(1, math.ceil(soonest))
+        first = self._jobs[self.order()[0]] if self._queued else None
+        return self.estimates.retry_after(list(self._running.values()), first, self.worker_slots)
 
     def result_names(self) -> set[str]:
         return {j.result_name for j in self._jobs.values() if j.result_name}
@@ -677,25 +552,10 @@ class JobQueue:
             "scheduling": self.scheduling,
         }
 
-    def eta_seconds(self, job: Job, start: float | None = None) -> float | None:
-        """Seconds until the result: queued, time to start plus run time; processing, the remaining
-        steps times this job's measured step time (the preset's average until a step was measured)."""
-        if job.status.terminal:
-            return None
-        if job.status is JobStatus.PROCESSING:
-            return round(self._remaining(job), 1)
-        return float(self.estimated_wait(job, start))
-
-    def progress_of(self, job: Job) -> float:
-        if job.status is JobStatus.COMPLETED:
-            return 1.0
-        if job.total_steps:
-            return round(job.step / job.total_steps, 4)
-        return 0.0
-
     def active_views(self) -> list[JobView]:
         """The views of every queued and processing job (queued ones in start order), as of now."""
-        starts = self._starts()
+        queued = [self._jobs[job_id] for job_id in self.order()]
+        starts = self.estimates.starts(queued, self._running.values(), self.worker_slots)
         return ([self.view(job) for job in self._running.values()]
                 + [self.view(self._jobs[job_id], start) for job_id, start in starts.items()])
 
@@ -703,28 +563,4 @@ class JobQueue:
         """The contract's status object for one job, as of now (``start``: its ``estimated_start``
         when the caller has it)."""
         wait = None if job.status.terminal else self.estimated_wait(job, start)
-        return JobView(
-            job_id=job.id,
-            status=job.status,
-            position=self.position(job),
-            created_at=iso(job.created_at),
-            started_at=iso(job.started_at),
-            completed_at=iso(job.completed_at),
-            result_path=job.result_name,
-            result_seed=job.seed if job.status is JobStatus.COMPLETED else None,
-            error=job.error,
-            instruction=job.instruction,
-            model=job.preset,
-            estimated_wait_seconds=wait,
-            worker=job.worker_id[-8:] if job.worker_id else None,
-            progress=self.progress_of(job),
-            step=job.step,
-            total_steps=job.total_steps,
-            eta_seconds=self.eta_seconds(job, start),
-            station=job.station,
-            run_seconds=job.run_seconds,
-            attempts=job.attempts,
-            priority=job.priority,
-            preview_step=job.preview_step,
-            version=self.version,
-        )
+        return job_view(job, self.position(job), wait, self.eta_seconds(job, start), self.version)

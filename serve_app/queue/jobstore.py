@@ -22,7 +22,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from ..contract.protocol import JobStatus
-from .core import Job
+from .job import Job
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (

@@ -30,8 +30,8 @@ from .storage import RESULT_NAME, names_in
 
 IDENTITY_SUFFIX = ".identity"
 WHAT_TO_DO = ("The queue serves no jobs until this is fixed, and nothing in the state folder was deleted. "
-              "Restore the database from a backup (docs/operations.md, \"The job database\"), or stop the server and run "
-              "`qwen-serve CONFIG --fresh-start` to set it and the results aside and start empty.")
+              "Restore the database from a backup (docs/operations.md, \"The job database\"), or stop the "
+              "server and run `qwen-serve CONFIG --fresh-start` to set it and the results aside and start empty.")
 
 
 class StateDamaged(Exception):

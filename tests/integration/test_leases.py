@@ -5,7 +5,7 @@ import uuid
 
 import pytest
 
-from serve_app.queue.actor import LEASE_EXPIRED
+from serve_app.queue.endings import LEASE_EXPIRED
 from tests.helpers import IMAGE, remove_app, wait_for
 
 pytestmark = pytest.mark.integration

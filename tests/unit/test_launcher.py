@@ -112,7 +112,7 @@ def test_the_app_says_when_its_http_proxy_setting_cannot_apply(tmp_path, monkeyp
 
 def test_fresh_start_and_backup_are_one_command_each_and_say_what_they_did(tmp_path, capsys):
     """Issue 24: the operator's two steps, with no Ray process started."""
-    from serve_app.queue.core import Job
+    from serve_app.queue.job import Job
     from serve_app.queue.jobstore import StateLock
     from serve_app.queue.statefolder import open_checked
 

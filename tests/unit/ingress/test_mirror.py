@@ -86,7 +86,7 @@ def test_core_changes_report_removals_and_resync_a_reader_too_far_behind(monkeyp
     assert [j.id for j in q.expire()] == ["j0"]
     d = q.changes(before)
     assert d.removed == ["j0"] and d.views == []
-    monkeypatch.setattr("serve_app.queue.core.REMOVALS_KEPT", 0)
+    monkeypatch.setattr("serve_app.queue.feed.REMOVALS_KEPT", 0)
     submit(q, "j1")
     q.discard("j1")  # the removal log forgets at once: an old reader must resync whole
     assert q.changes(before).full

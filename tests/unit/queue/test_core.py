@@ -4,7 +4,8 @@ import pytest
 
 from serve_app.contract.protocol import JobStatus
 from serve_app.errors import JobNotFound, QueueFull
-from serve_app.queue.core import JobQueue, iso
+from serve_app.queue.core import JobQueue
+from serve_app.queue.job import iso
 
 
 class Clock:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from serve_app.contract.protocol import JobStatus
-from serve_app.queue.core import Job
+from serve_app.queue.job import Job
 from serve_app.queue.jobstore import SCHEMA_VERSION, JobStore, StateLock
 from serve_app.queue.statefolder import StateDamaged, backup, fresh_start, identity_file, open_checked
 from serve_app.queue.storage import ResultStore
