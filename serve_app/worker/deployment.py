@@ -20,6 +20,9 @@ waiting for an answer (a station's progress never costs the GPU a round trip). C
 runs, the replica keeps a long poll open on the queue (``cancel_signal``); when it answers, the step
 callback raises ``JobCancelled`` at the end of the current step and the replica asks for the next job.
 
+What the replica tells the queue (its state, heartbeats, progress, previews, outcomes delivered until
+answered) and the ledger its leases are renewed by are ``reports.Reports``.
+
 Replicas: ``worker.num_replicas`` in config/serve.yaml; GPU pinning: ``worker.num_gpus`` (1 on a GPU
 machine). Scaling out needs nothing else: more replicas simply pull more jobs.
 """
@@ -37,8 +40,7 @@ from ray.serve.handle import DeploymentHandle
 from ..background import Background
 from ..config import Settings
 from ..contract import transfer
-from ..contract.protocol import (JobDone, JobFailed, JobTask, LoadDone, LoadTask, Outcome, PreviewReport, StepReport,
-                                 WorkerState, heartbeat_every)
+from ..contract.protocol import JobDone, JobFailed, JobTask, LoadDone, LoadTask, WorkerState
 from ..contract.queue_client import WorkerQueue
 from ..image_checks import CheckerUnavailable, ImageCheck
 from ..logs import for_job, use_serve_handlers
@@ -46,10 +48,10 @@ from ..metrics import PolicyMetrics, WorkerMetrics
 from ..presets import missing_weights
 from . import provenance
 from .engine import JobCancelled, ProfileUnavailable, public_error
+from .reports import Reports
 
 log = logging.getLogger(__name__)
 POLL_S = 5.0
-REPORT_BACKOFF_MAX_S = 10.0
 
 
 @serve.deployment(max_ongoing_requests=8)
@@ -66,12 +68,8 @@ class ModelWorker:
         self.engine = engine(settings.models_dir, settings.device, settings.torch_threads,
                              settings.png_compress_level, settings.attention_backend, settings.compile,
                              settings.profile, settings.gpu_memory_gib)
-        # Job id -> when this replica last made progress on it (claimed, a step, finished, a report
-        # tried). Heartbeats name the jobs with progress within the lease; a job without is stuck.
-        self.lease_s = app_settings.job_lease_seconds
-        self.heartbeat_s = heartbeat_every(self.lease_s)
-        self._active: dict[str, float] = {}
         self._background = Background(log, "[ModelWorker]")  # reports sent without waiting, encodings
+        self.reports = Reports(self.queue, self.id, app_settings.job_lease_seconds, self._background)
         # The next job, claimed and being prepared while the current one finishes (prepare_ahead).
         self._ahead: asyncio.Task | None = None
         self.prepare_ahead = (settings.prepare_ahead if settings.prepare_ahead is not None
@@ -141,21 +139,7 @@ class ModelWorker:
         if ray.is_initialized():  # (outside Ray, as in bench/load.py's plain server, asking would start it)
             placement.update(gpu_ids=[int(g) for g in ray.get_gpu_ids()],
                              node=ray.get_runtime_context().get_node_id()[:12])
-        try:
-            await self.queue.worker_state(self.id, state.value, preset, detail, placement)
-        except Exception:
-            log.warning("[ModelWorker] could not report state %s to the queue", state)
-
-    def _touch(self, job_id: str) -> None:
-        self._active[job_id] = time.monotonic()
-
-    def _working_on(self) -> list[str]:
-        """The jobs this replica has made progress on within the lease (a load in progress counts)."""
-        now = time.monotonic()
-        return [j for j, t in list(self._active.items()) if now - t < self.lease_s or self.engine.loading]
-
-    def _stuck(self) -> list[str]:
-        return [j for j in list(self._active) if j not in self._working_on()]
+        await self.reports.state(state, preset, detail, placement)
 
     @property
     def _preset_name(self) -> str | None:
@@ -164,15 +148,12 @@ class ModelWorker:
     async def _heartbeat(self) -> None:
         """Tell the queue this replica is alive, also while a job runs (inference is in a thread)."""
         while True:
-            try:
-                await self.queue.heartbeat(self.id, self._working_on())
-            except Exception:
-                log.warning("[ModelWorker] heartbeat to the queue failed")
+            await self.reports.heartbeat(self.engine.loading)
             try:
                 self.metrics.sample_memory(self.engine.device)
             except Exception:  # metrics must never stop the heartbeat
                 log.debug("[ModelWorker] GPU memory sample failed")
-            await asyncio.sleep(self.heartbeat_s)
+            await asyncio.sleep(self.reports.heartbeat_s)
 
     async def _loop(self) -> None:
         if self.engine.preset is not None:
@@ -209,7 +190,7 @@ class ModelWorker:
             return None, None
         if not isinstance(task, JobTask):
             return None, None
-        self._touch(task.job_id)
+        self.reports.touch(task.job_id)
         self.jobs_claimed_ahead += 1
         if not self.prepare_ahead:
             return task, None
@@ -235,7 +216,7 @@ class ModelWorker:
             log.warning("[ModelWorker] job %s: its decoded images are gone (%s); decoding its upload instead",
                         task.job_id[:8], type(exc).__name__, extra=for_job(task.job_id))
         self.inputs_refetched += 1
-        images = await self._deliver(self.queue.inputs, self.id, task.job_id)
+        images = await self.reports.deliver(self.queue.inputs, self.id, task.job_id)
         if images is None:  # cancelled or declared lost meanwhile
             raise JobCancelled(task.job_id)
         return images
@@ -247,7 +228,7 @@ class ModelWorker:
         except Exception as exc:
             log.exception("[ModelWorker] loading %s failed", task.preset.name)
             seconds, error = None, public_error(exc)
-        await self._deliver(self.queue.load_done, self.id, LoadDone(task.preset.name, seconds, error))
+        await self.reports.deliver(self.queue.load_done, self.id, LoadDone(task.preset.name, seconds, error))
 
     def _warm_up(self, preset) -> None:
         import io
@@ -267,14 +248,14 @@ class ModelWorker:
         last = [None]
 
         def on_step(step: int, total: int) -> None:
-            self._touch(task.job_id)
+            self.reports.touch(task.job_id)
             now = time.perf_counter()
             # The first step's time would include text and image encoding: measured from step 2.
             took = None if last[0] is None else now - last[0]
             last[0] = now
             if took is not None:
                 self.metrics.stepped(task.preset.name, took)
-            loop.call_soon_threadsafe(self._send_progress, task.job_id, step, total, took)
+            loop.call_soon_threadsafe(self.reports.progress, task.job_id, step, total, took)
             if step == max(1, total - 1):  # the last step begins: get the next job ready meanwhile
                 loop.call_soon_threadsafe(self._claim_ahead)
             if cancelled.is_set():
@@ -288,41 +269,17 @@ class ModelWorker:
         loop = asyncio.get_running_loop()
 
         def on_preview(step: int, jpeg: bytes) -> None:
-            loop.call_soon_threadsafe(self._send_report, self.queue.preview, PreviewReport(job_id, step, jpeg))
+            loop.call_soon_threadsafe(self.reports.preview, job_id, step, jpeg)
 
         return on_preview
-
-    def _send_report(self, call, report) -> None:
-        """A progress or preview report, sent without waiting for it; one lost is not retried (the
-        next one, or the outcome, supersedes it)."""
-        async def send():
-            try:
-                await call(self.id, report)
-            except Exception:
-                log.debug("[ModelWorker] %s report for %s lost", call.__name__, report.job_id[:8])
-
-        self._background.start(send())
-
-    def _send_progress(self, job_id: str, step: int, total: int, took: float | None) -> None:
-        self._send_report(self.queue.progress, StepReport(job_id, step, total, took))
-
-    async def _listen_for_cancel(self, job_id: str, cancelled: threading.Event) -> None:
-        while not cancelled.is_set():
-            try:
-                if await self.queue.cancel_signal(self.id, job_id, 30.0):
-                    cancelled.set()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                await asyncio.sleep(1.0)
 
     async def _run(self, task: JobTask, prepared=None) -> None:
         """Generate on the device; on a GPU, hand PNG encoding and the report to a background task so
         the next job's generation starts at once (encoding is CPU work, off the GPU's path)."""
         start = time.perf_counter()
-        self._touch(task.job_id)
+        self.reports.touch(task.job_id)
         cancelled = threading.Event()
-        listener = asyncio.get_running_loop().create_task(self._listen_for_cancel(task.job_id, cancelled))
+        listener = asyncio.get_running_loop().create_task(self.reports.listen_for_cancel(task.job_id, cancelled))
         try:
             # Only a job that asked for previews passes on_preview: the others compute none of it.
             extra = {"on_preview": self._preview_sender(task.job_id)} if task.previews else {}
@@ -333,20 +290,20 @@ class ModelWorker:
         except JobCancelled:
             log.info("[ModelWorker] job %s stopped: cancelled after %.2fs", task.job_id[:8],
                      time.perf_counter() - start, extra=for_job(task.job_id))
-            self._active.pop(task.job_id, None)
+            self.reports.active.pop(task.job_id, None)
             return
         except Exception as exc:
             log.exception("[ModelWorker] job %s raised", task.job_id[:8], extra=for_job(task.job_id))
-            await self._report_outcome(JobFailed(task.job_id, public_error(exc), time.perf_counter() - start))
+            await self.reports.outcome(JobFailed(task.job_id, public_error(exc), time.perf_counter() - start))
             return
         finally:
             listener.cancel()
-        self._touch(task.job_id)
+        self.reports.touch(task.job_id)
         if self.engine.device == "cpu":
             # No accelerator to keep busy: encoding beside the next job would only compete for the
             # cores, so it is done now. The report (a wait on the queue storing the file) is not.
             report = await self._encode(task, image, start)
-            self._background.start(self._report_outcome(report))
+            self._background.start(self.reports.outcome(report))
             return
         self._background.start(self._finish(task, image, start))
 
@@ -373,41 +330,7 @@ class ModelWorker:
         return JobDone(task.job_id, png, time.perf_counter() - start)
 
     async def _finish(self, task: JobTask, image, start: float) -> None:
-        await self._report_outcome(await self._encode(task, image, start))
-
-    async def _report_outcome(self, report: JobDone | JobFailed) -> None:
-        """A job's outcome, delivered (``_deliver``); the job is no longer this replica's after."""
-        job_id = report.job_id
-        self._touch(job_id)
-        call = self.queue.job_done if isinstance(report, JobDone) else self.queue.job_failed
-        try:
-            answer = await self._deliver(call, self.id, report, touch=job_id)
-            if answer == Outcome.NOT_YOURS:
-                log.info("[ModelWorker] job %s was no longer ours (cancelled or run elsewhere)", job_id[:8],
-                         extra=for_job(job_id))
-        finally:
-            self._active.pop(job_id, None)
-
-    async def _deliver(self, call, *args, touch: str | None = None):
-        """Report an outcome (or a load) until the queue answers: any answer is an acknowledgement,
-        ``not yours`` included (the job was cancelled or declared lost meanwhile). While the queue is
-        away (a restart, a network fault) the report waits with backoff up to REPORT_BACKOFF_MAX_S;
-        it is never dropped. The queue's lease on the job bounds how long that can matter."""
-        attempt = 0
-        while True:
-            try:
-                answer = await call(*args)
-                if attempt:
-                    log.info("[ModelWorker] %s delivered after %d retries: %s", call.__name__, attempt, answer)
-                return answer
-            except Exception as exc:
-                attempt += 1
-                if touch:  # trying to deliver is progress: the job's lease holds meanwhile
-                    self._touch(touch)
-                delay = min(REPORT_BACKOFF_MAX_S, 0.5 * 2 ** min(attempt, 6))
-                log.warning("[ModelWorker] %s not delivered (attempt %d: %s); again in %.1fs", call.__name__,
-                            attempt, type(exc).__name__, delay)
-                await asyncio.sleep(delay)
+        await self.reports.outcome(await self._encode(task, image, start))
 
     def check_health(self) -> None:
         """Raising asks Serve to replace this replica: its loop stopped, or a job made no progress for
@@ -415,9 +338,9 @@ class ModelWorker:
         the thread cannot be interrupted, the process can)."""
         if (self._loop_task is not None and self._loop_task.done()) or self._heartbeat_task.done():
             raise RuntimeError("the worker's job loop stopped")
-        stuck = self._stuck()
+        stuck = self.reports.stuck(self.engine.loading)
         if stuck:
-            raise RuntimeError(f"no progress on job {stuck[0][:8]} for more than {self.lease_s:g}s")
+            raise RuntimeError(f"no progress on job {stuck[0][:8]} for more than {self.reports.lease_s:g}s")
 
     def info(self) -> dict:
         """Which device and preset this replica has (used by tests and operators)."""

@@ -1,7 +1,7 @@
 """The model engine: loads a preset's diffusers pipeline and runs one edit at a time.
 
 The same code path serves the embedded tiny model and the real presets: both are loaded with
-``<PipelineClass>.from_pretrained(folder_or_hub_id, local_files_only=True)``, so the tests exercise
+``<PipelineClass>.from_pretrained(folder_or_hub_id, local_files_only=True)`` (``loading``), so the tests exercise
 the real loading code. Heavy imports (torch, diffusers) happen inside methods so that the ingress and
 the queue, which import this package too, stay light.
 
@@ -10,16 +10,8 @@ int8 or NF4 weights, offload); ``choose_profile`` resolves ``auto`` against the 
 with the plan of ``memplan``. A preset may name its own profile; the base is then loaded again.
 
 Presets that share a base (and profile) share one copy of it in memory. Switching between them swaps
-the LoRA and the scheduler and never reloads the base from disk. A LoRA preset's file is read once
-(then kept in CPU memory) and its layer names are checked against the transformer (a LoRA for another
-model is an error, never silently half-applied). Then, by the profile's ``lora_mode``:
-- ``fuse`` (bf16 weights): fused into the weights, with the PEFT wrappers removed so inference costs
-  exactly the base's. Before the first fuse, the original weights of every layer a LoRA touches are
-  copied aside (to pinned CPU memory on a GPU); switching away copies them back, so a round trip
-  4step -> 40step -> 4step gives pixel-identical outputs (fuse then unfuse is not exact in bf16).
-- ``adapter`` (quantized weights): the LoRA stays an unfused PEFT adapter beside the quantized
-  layers, which are never written to: switching away removes the adapter, so the round trip is
-  exact by construction. Fusing into 4- or 8-bit weights would re-quantize them, irreversibly.
+the LoRA (``lora.LoraSlot``: fused into bf16 weights and restored exactly, or an adapter beside
+quantized ones) and the scheduler, and never reloads the base from disk.
 
 Not thread-safe: a diffusers pipeline gives wrong pixels when called from two threads, so the worker
 runs one job at a time per engine (the contract of ``ModelWorker``). The one exception is
@@ -36,13 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import images, profiles
-from ..presets import BUILTIN_TINY, LoraSpec, Preset, looks_local
+from ..presets import BUILTIN_TINY, Preset
 from ..profiles import PROFILES, Profile
 from ..prompts import render
+from . import loading
+from .lora import LoraSlot
 from .pipeline_tweaks import set_fastest_attention, working_area
-from .placement import place, quantization_config
-from .schedulers import LIGHTNING_SCHEDULER
-from .tiny_model import ensure_tiny_model
 
 log = logging.getLogger(__name__)
 _PATHS = re.compile(r"(/[\w.\-]+)+/?")
@@ -50,10 +41,6 @@ _PATHS = re.compile(r"(/[\w.\-]+)+/?")
 
 class JobCancelled(Exception):
     """Raised from the step callback when the job's station cancelled it: the pipeline stops there."""
-
-
-class LoraMismatch(ValueError):
-    """A LoRA whose layers do not match the base model's transformer."""
 
 
 class ProfileUnavailable(RuntimeError):
@@ -91,16 +78,6 @@ class EditResult:
     seconds: float
     width: int
     height: int
-
-
-def lora_targets(state_dict: dict) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
-    """Layer name -> (lora_A shape, lora_B shape) for a LoRA state dict in diffusers' naming."""
-    targets: dict[str, list] = {}
-    for key, tensor in state_dict.items():
-        m = re.match(r"^(?:transformer\.)?(.+)\.lora_([AB])\.weight$", key)
-        if m:
-            targets.setdefault(m.group(1), [None, None])["AB".index(m.group(2))] = tuple(tensor.shape)
-    return {name: (a, b) for name, (a, b) in targets.items()}
 
 
 class EditEngine:
@@ -141,9 +118,7 @@ class EditEngine:
         self.base: str | None = None  # the base weights held in memory
         self.held: Profile | None = None  # the profile they are held in
         self.preset: Preset | None = None  # the preset those weights are configured for
-        self._lora: LoraSpec | None = None  # the LoRA applied now (fused or as an adapter)
-        self._originals: dict = {}  # layer name -> its base weight, for an exact restore
-        self._lora_cache: dict[LoraSpec, dict] = {}
+        self.lora: LoraSlot | None = None  # the LoRA the held pipeline has (``lora``), with the pipeline
         # One side stream for ``prepare``, for the engine's life: the caching allocator keeps freed
         # blocks per stream, so a new stream per job would strand a text encoder's activations each.
         self._side_stream = None
@@ -193,15 +168,12 @@ class EditEngine:
     # --- loading ---------------------------------------------------------------------------------
 
     def _base_folder(self, preset: Preset) -> str:
-        if preset.base == BUILTIN_TINY:
-            return str(ensure_tiny_model(self.models_dir / "tiny"))
-        local = Path(preset.base).expanduser()
-        return str(local) if local.exists() else preset.base
+        return loading.base_folder(self.models_dir, preset)
 
     def local_base(self, preset: Preset) -> str | None:
         """The folder this engine loads ``preset``'s base from (the tiny model built first if it is
         not yet); None for a hub id (loaded from the Hugging Face cache)."""
-        return self._base_folder(preset) if preset.base == BUILTIN_TINY or looks_local(preset.base) else None
+        return loading.local_base(self.models_dir, preset)
 
     def ensure(self, preset: Preset) -> float:
         """Make ``preset`` the active one; returns the seconds it took (0 when it already was)."""
@@ -214,7 +186,7 @@ class EditEngine:
             if (self.base != preset.base or self.pipe is None or type(self.pipe).__name__ != preset.pipeline
                     or self.held != profile):
                 self._load_base(preset, profile)
-            self._apply_lora(preset.lora)
+            self.lora.apply(preset.lora)
             self._configure_scheduler(preset)
         finally:
             self.loading = False
@@ -227,35 +199,24 @@ class EditEngine:
         return seconds
 
     def _load_base(self, preset: Preset, profile: Profile) -> None:
-        import diffusers
-        import transformers
-
         why = profiles.missing(profile, self.device_info)
         if why:
             raise ProfileUnavailable(why)
-        diffusers.utils.logging.disable_progress_bar()  # no progress bars in the server log
-        transformers.utils.logging.disable_progress_bar()
-        self.pipe, self.base, self.preset, self._lora, self._originals = None, None, None, None, {}
+        self.pipe, self.base, self.preset, self.lora = None, None, None, None  # the old base goes first
         self.held = None
-        cls = getattr(diffusers, preset.pipeline)
-        kwargs = {"dtype": self.dtype, "local_files_only": True}
-        quantization = quantization_config(profile, self.dtype)
-        if quantization is not None:
-            kwargs["quantization_config"] = quantization
-        pipe = cls.from_pretrained(self._base_folder(preset), **kwargs)
-        place(pipe, profile, self.device)
-        self.use_pipeline(pipe, preset.base, profile)
+        self.use_pipeline(loading.from_disk(preset, profile, self.dtype, self.device, self.models_dir),
+                          preset.base, profile)
 
     def use_pipeline(self, pipe, base: str, profile: Profile | None = None) -> None:
         """Hold ``pipe`` (already placed on this engine's device as ``profile`` says; default bf16)
         as the weights of ``base``: attention backend, compile and scheduler handling as for a loaded
         one. Loading ends here; the GPU benchmark also enters here with a pipeline it built with
         random weights."""
-        self.pipe, self.base, self.preset, self._lora, self._originals = None, None, None, None, {}
+        self.pipe, self.base, self.preset, self.lora = None, None, None, None
         self.held = profile or PROFILES["bf16"]
-        self._lora_cache = {}  # checked against the previous base's layers
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe
+        self.lora = LoraSlot(pipe, self.held.lora_mode, self.device)  # its cache checked against this base
         self._default_scheduler_config = dict(self.pipe.scheduler.config)
         self._set_attention_backend()
         if self.compile and self.device == "cuda":
@@ -267,91 +228,7 @@ class EditEngine:
                                   set_fastest_attention(self.pipe.transformer, self.attention_backend_wanted))
 
     def _configure_scheduler(self, preset: Preset) -> None:
-        from diffusers import FlowMatchEulerDiscreteScheduler
-
-        config = {**self._default_scheduler_config}
-        if preset.scheduler == "lightning":
-            config.update(LIGHTNING_SCHEDULER)
-        self.pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(config)
-
-    # --- LoRA: fused (restoring the base exactly) or as an adapter over quantized weights ---------
-
-    def _lora_state(self, lora: LoraSpec) -> dict:
-        if lora not in self._lora_cache:
-            if lora.path:
-                sd = self.pipe.lora_state_dict(str(Path(lora.path).expanduser()))
-            else:
-                sd = self.pipe.lora_state_dict(lora.repo, weight_name=lora.file, local_files_only=True)
-            self._check_lora(sd, lora)
-            self._lora_cache[lora] = {k: v.to("cpu") for k, v in sd.items()}
-        return self._lora_cache[lora]
-
-    def _check_lora(self, state_dict: dict, lora: LoraSpec) -> None:
-        import torch
-
-        targets = lora_targets(state_dict)
-        modules = dict(self.pipe.transformer.named_modules())
-        if not targets:
-            raise LoraMismatch(f"LoRA {lora.describe()} holds no LoRA layers")
-        absent = sorted(n for n in targets if not isinstance(modules.get(n), torch.nn.Linear))
-        if absent:
-            raise LoraMismatch(
-                f"LoRA {Path(lora.describe()).name} does not fit this model: {len(absent)} of its "
-                f"{len(targets)} layers (e.g. {absent[0]}) are not linear layers of the transformer")
-        for name, (a, b) in targets.items():
-            # The layer's sizes, not its weight's shape: a 4-bit weight is stored packed.
-            layer = modules[name]
-            shape = (layer.out_features, layer.in_features)
-            if a is None or b is None or a[1] != shape[1] or b[0] != shape[0]:
-                raise LoraMismatch(f"LoRA {Path(lora.describe()).name} does not fit this model: layer "
-                                   f"{name} has shapes {a} / {b}, the model's weight is {shape}")
-
-    def _restore_base(self) -> None:
-        """Back to the bare base: an adapter removed, or fused weights copied back from the originals."""
-        import torch
-
-        if self._lora is None:
-            return
-        if self.held.lora_mode == "adapter":
-            self.pipe.unload_lora_weights()  # the PEFT layers go; the quantized weights were never touched
-            self._lora = None
-            return
-        modules = dict(self.pipe.transformer.named_modules())
-        with torch.no_grad():
-            for name, original in self._originals.items():
-                modules[name].weight.copy_(original, non_blocking=True)
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-        self._lora = None
-
-    def _apply_lora(self, lora: LoraSpec | None) -> None:
-        if self._lora == lora:
-            return
-        self._restore_base()
-        if lora is None:
-            return
-        state = self._lora_state(lora)  # read and checked against the bare base
-        if self.held.lora_mode == "adapter":
-            self.pipe.load_lora_weights(dict(state), adapter_name="active")
-        else:
-            self._fuse(state)
-        self._lora = lora
-
-    def _fuse(self, state: dict) -> None:
-        import torch
-
-        modules = dict(self.pipe.transformer.named_modules())
-        with torch.no_grad():
-            for name in lora_targets(state):
-                if name not in self._originals:  # weights are the base's here: keep a copy once
-                    weight = modules[name].weight.detach()
-                    # Pinned host memory on a GPU (one copy, no staging): the restore is a fast
-                    # host-to-device copy, and the GPU keeps its memory for the model.
-                    copy = torch.empty(weight.shape, dtype=weight.dtype, pin_memory=self.device == "cuda")
-                    self._originals[name] = copy.copy_(weight)
-        self.pipe.load_lora_weights(dict(state), adapter_name="active")
-        self.pipe.fuse_lora(components=["transformer"], lora_scale=1.0, adapter_names=["active"])
-        self.pipe.unload_lora_weights()  # drop the PEFT wrappers; the fused weights stay
+        self.pipe.scheduler = loading.scheduler_for(self._default_scheduler_config, preset)
 
     # --- inference -------------------------------------------------------------------------------
 

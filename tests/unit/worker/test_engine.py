@@ -96,7 +96,7 @@ def test_lora_fuses_and_round_trip_restores_the_base_exactly(engine, lora_preset
 
 
 def test_lora_for_another_model_is_an_error(engine, lora_presets):
-    from serve_app.worker.engine import LoraMismatch
+    from serve_app.worker.lora import LoraMismatch
 
     with pytest.raises(LoraMismatch, match="does not fit this model"):
         engine.ensure(lora_presets["alien"])
