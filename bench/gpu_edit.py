@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # gpu_edit / gpu_serving beside
 
 from serve_app.prompts import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT_TEMPLATE, render  # noqa: E402
-from serve_app.worker import architecture  # noqa: E402
 from serve_app.worker.pipeline_tweaks import set_fastest_attention, working_area  # noqa: E402
+from gpu_model import build_pipeline  # noqa: E402  (beside this script)
 
 PEAK_TFLOPS = 790.0
 PRESETS = {  # steps, true CFG, negative prompt, Lightning scheduler: as the server runs them (issue 23)
@@ -45,30 +45,6 @@ PRESETS = {  # steps, true CFG, negative prompt, Lightning scheduler: as the ser
     "qwen-40step": (40, 4.0, DEFAULT_NEGATIVE_PROMPT, False),
 }
 PROMPT = render(DEFAULT_PROMPT_TEMPLATE, "make the sky blue and add clouds")  # the served prompt
-
-
-def build_pipeline(device, dtype, smoke: bool):
-    from diffusers import FlowMatchEulerDiscreteScheduler, QwenImageEditPlusPipeline
-    from transformers import Qwen2Tokenizer, Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
-
-    from serve_app.worker.tiny_model import SPECIAL_TOKENS, _train_tokenizer
-
-    raw = _train_tokenizer()
-    tokenizer = Qwen2Tokenizer(tokenizer_object=raw)
-    ids = {t: raw.token_to_id(t) for t in SPECIAL_TOKENS}
-    t0 = time.perf_counter()
-    # Qwen2.5-VL-7B and Qwen-Image-Edit-2509 as published (toy sizes for --smoke), in the target
-    # dtype straight on the device: no fp32 copy, no host RAM.
-    transformer, text_encoder, vae_model = architecture.build_components(
-        architecture.SMOKE if smoke else architecture.FULL, device, dtype, ids)
-    processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(), video_processor=Qwen2VLVideoProcessor(),
-                                 tokenizer=tokenizer)
-    pipe = QwenImageEditPlusPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae_model,
-                                     text_encoder=text_encoder, tokenizer=tokenizer, processor=processor,
-                                     transformer=transformer)
-    pipe.set_progress_bar_config(disable=True)
-    params = sum(p.numel() for p in transformer.parameters())
-    return pipe, params, time.perf_counter() - t0
 
 
 def to_nf4(module, skip: tuple[str, ...] = ()) -> None:

@@ -3,8 +3,8 @@
     python3 bench/gpu_serving.py [--jobs 10] [--lora-rank 64] [--out FILE.json]
     (or ``bench/gpu_edit.py --serving``, which shares one model build with the per-stage timings)
 
-On the random-weight pipeline that ``gpu_edit.py`` builds, this drives the project's own
-``EditEngine`` (the code a model worker runs) with random LoRA files in the Lightning key format at
+On the random-weight pipeline of ``gpu_model.py`` (the one ``gpu_edit.py`` times), this drives the
+project's own ``EditEngine`` (the code a model worker runs) with random LoRA files in the Lightning key format at
 the real files' size (rank 64 on every linear layer of the 60 blocks):
 
 - preset switches: base -> qwen-4step (LoRA read, checked, fused), -> qwen-40step (base restored),
@@ -232,7 +232,7 @@ def main() -> int:
     ap.add_argument("--out")
     args = ap.parse_args()
     import torch
-    from gpu_edit import build_pipeline  # beside this script
+    from gpu_model import build_pipeline  # beside this script
 
     device = "cpu" if args.smoke or not torch.cuda.is_available() else "cuda"
     if device == "cpu" and not args.smoke:
