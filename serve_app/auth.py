@@ -28,12 +28,13 @@ from pathlib import Path
 
 import yaml
 
-from .contract.protocol import PRIORITIES
 from .errors import Forbidden
 
 ENV_KEY = "QWEN_API_KEY"
 ENV_KEYS_FILE = "QWEN_API_KEYS_FILE"
 DEFAULT_STATION = "default"
+# A job's priority, lowest first; a key's priority (the keys file) is the highest it may ask for.
+PRIORITIES = ("low", "normal", "high")
 STATION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 

@@ -18,8 +18,6 @@ from ..presets import Preset
 # Workers heartbeat this often, busy or idle (the queue's registry judges them by it), or more often
 # under a short lease (``heartbeat_every``).
 HEARTBEAT_S = 2.0
-# A job's priority, lowest first; a key's priority (the keys file) is the highest it may ask for.
-PRIORITIES = ("low", "normal", "high")
 
 
 def heartbeat_every(lease_s: float) -> float:
@@ -157,7 +155,7 @@ class JobRequest:
     webhook_events: tuple[str, ...] = DEFAULT_WEBHOOK_EVENTS
     start_within_seconds: float | None = None  # not started by then: cancelled (refused if already later)
     deadline_seconds: float | None = None  # not finished by then: cancelled
-    priority: str = "normal"  # one of PRIORITIES, at most the caller's
+    priority: str = "normal"  # one of auth.PRIORITIES, at most the caller's
     previews: bool = False  # live previews after each step
     pixels: Any = None  # the decoded images (``transfer.share``: a reference into Ray's object store)
 

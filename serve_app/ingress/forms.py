@@ -11,8 +11,9 @@ import secrets
 from dataclasses import dataclass, field, fields
 from typing import Protocol
 
+from ..auth import PRIORITIES
 from ..config import Settings
-from ..contract.protocol import DEFAULT_WEBHOOK_EVENTS, PRIORITIES, WEBHOOK_EVENTS
+from ..contract.protocol import DEFAULT_WEBHOOK_EVENTS, WEBHOOK_EVENTS
 from ..errors import BadRequest, Unprocessable
 from ..images import check_size
 from ..presets import resolve

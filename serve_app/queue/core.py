@@ -37,7 +37,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..contract.protocol import PRIORITIES, JobStatus, JobView
+from ..auth import PRIORITIES
+from ..contract.protocol import JobStatus, JobView
 from ..errors import Conflict, JobNotFound, QueueFull, StartTooLate, StationLimit, Unprocessable
 from .estimates import Estimates
 from .feed import ChangeFeed

@@ -10,7 +10,7 @@ import bisect
 from collections import deque
 from collections.abc import Mapping, Sequence
 
-from ..contract.protocol import PRIORITIES
+from ..auth import PRIORITIES
 from .job import Job
 
 RANK = {name: n for n, name in enumerate(PRIORITIES)}  # low 0, normal 1, high 2

@@ -254,10 +254,8 @@ class EditEngine:
                 or self.held.offload != "none" or preset.pipeline != "QwenImageEditPlusPipeline"
                 or type(pipe).__name__ != preset.pipeline):
             return Prepared(inputs, prompt)
-        from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import (
-            CONDITION_IMAGE_SIZE,
-            calculate_dimensions,
-        )
+        from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import (CONDITION_IMAGE_SIZE,
+                                                                                calculate_dimensions)
 
         # The condition images exactly as the Plus pipeline makes them from each input.
         condition = []
