@@ -2,8 +2,8 @@
 
     HTTP -> Ingress (N replicas) -> QueueActor (1 replica) <- ModelWorker (N replicas, pull)
 
-The only module that knows all three deployments; each of them knows only ``protocol`` and its
-own settings.
+The only module (with ``launcher``) that knows all three wings; each wing knows only ``contract``
+(the messages, the queue's faces, the typed clients), the shared vocabulary and its own settings.
 """
 
 from .config import AppArgs, build_settings

@@ -4,9 +4,9 @@ It checks a station's edit (``forms``), calls the queue (``IngressQueue``: each 
 limit, a refusal raised as the ``ApiError`` it is), answers status, queue stats, health and the events
 streams from this replica's mirror of the queue when it can (``mirror``: no queue hop), follows jobs
 for the events stream (``events``), and cancels the job of an /edit whose client went away. The
-routes in ``api`` only translate between HTTP and these methods. No FastAPI and no Ray import: the
-queue is injected: a ``contract.queue_client.IngressQueue`` (typed calls) over Serve's handle, or in
-``bench/load.py plain`` over the queue object itself.
+routes (``routes``) only translate between HTTP and these methods. No FastAPI and no Ray import: the
+queue is injected, an ``IngressQueue`` over Serve's handle (or, in ``bench/load.py plain``, over the
+queue object itself).
 """
 
 import asyncio

@@ -1,5 +1,5 @@
 """The queue's view of its model workers: who is alive, what each is doing, and the leases on running
-jobs. Plain Python with an injected clock (no Ray), unit-tested like ``queue_core``.
+jobs. Plain Python with an injected clock (no Ray), unit-tested like ``core``.
 
 Liveness: a worker heartbeats every ``HEARTBEAT_S``, busy or idle; silent for ``WORKER_SILENCE_S`` it
 is gone (its replica died or was replaced).
