@@ -513,17 +513,13 @@ class JobQueue:
         ``start``: its ``estimated_start`` when the caller has it."""
         if job.status.terminal:
             return 0
-        if job.status is JobStatus.QUEUED and start is None:
-            start = self.estimated_start(job)
-        return self.estimates.wait(job, start or 0.0)
+        return self.estimates.wait(job, self._start(job, start))
 
-    def eta_seconds(self, job: Job, start: float | None = None) -> float | None:
-        """Seconds until the result (``Estimates.eta``); None once the job ended."""
-        if job.status.terminal:
-            return None
-        if job.status is JobStatus.QUEUED and start is None:
-            start = self.estimated_start(job)
-        return self.estimates.eta(job, start or 0.0)
+    def _start(self, job: Job, start: float | None) -> float:
+        """An unfinished job's ``estimated_start``: ``start`` when the caller has it."""
+        if start is None and job.status is JobStatus.QUEUED:
+            return self.estimated_start(job)
+        return start or 0.0
 
     def retry_after(self) -> int:
         """Whole seconds until a place in the queue should free up (at least 1)."""
@@ -563,5 +559,8 @@ class JobQueue:
     def view(self, job: Job, start: float | None = None) -> JobView:
         """The contract's status object for one job, as of now (``start``: its ``estimated_start``
         when the caller has it)."""
-        wait = None if job.status.terminal else self.estimated_wait(job, start)
-        return job_view(job, self.position(job), wait, self.eta_seconds(job, start), self.version)
+        wait = eta = None
+        if not job.status.terminal:  # (a queued job's start, found once for both)
+            start = self._start(job, start)
+            wait, eta = self.estimates.wait(job, start), self.estimates.eta(job, start)
+        return job_view(job, self.position(job), wait, eta, self.version)
