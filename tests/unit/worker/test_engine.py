@@ -30,16 +30,19 @@ def test_tiny_model_is_a_hub_style_snapshot(engine, tiny):
 def test_same_seed_same_pixels_and_fast(engine, tiny):
     image = photo(512, 512)
     engine.run(tiny, image, "warm up", seed=1)
-    start = time.perf_counter()
+    # CPU seconds of this process, not wall time: `make test` runs this file beside the Ray cluster
+    # tests, whose processes stretched one edit's wall time from 0.8 s to 2.4 s on the 2-core CI
+    # machine. The work itself is about 1.3 CPU-s at 256 px; at 512 px (a lost resolution cap) it is 6.
+    start = time.process_time()
     a = engine.run(tiny, image, "make the sky blue", seed=42)
-    took = time.perf_counter() - start
+    took = time.process_time() - start
     b = engine.run(tiny, image, "make the sky blue", seed=42)
     c = engine.run(tiny, image, "make the sky blue", seed=43)
     pa, pb, pc = (np.asarray(Image.open(io.BytesIO(r.png))) for r in (a, b, c))
     assert pa.shape == (256, 256, 3)
     assert np.array_equal(pa, pb)
     assert not np.array_equal(pa, pc)
-    assert took < 2.0, f"a 512x512 tiny edit took {took:.2f}s on this machine"
+    assert took < 4.0, f"a 512x512 tiny edit took {took:.2f} CPU-s on this machine"
 
 
 def test_public_error_hides_paths():
