@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # gpu_edit / gpu_servi
 
 from serve_app.prompts import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT_TEMPLATE, render  # noqa: E402
 from serve_app.worker.pipeline_tweaks import set_fastest_attention, working_area  # noqa: E402
-from gpu_model import build_pipeline  # noqa: E402  (beside this script)
+from gpu_model import build_pipeline, to_random_gguf  # noqa: E402  (beside this script)
 
 PEAK_TFLOPS = 790.0
 PRESETS = {  # steps, true CFG, negative prompt, Lightning scheduler: as the server runs them (issue 23)
@@ -68,16 +68,20 @@ def to_nf4(module, skip: tuple[str, ...] = ()) -> None:
             setattr(parent, name, layer)
 
 
-def apply_profile(pipe, name: str, device: str, cap_gib: float | None):
+def apply_profile(pipe, name: str, device: str, cap_gib: float | None, gguf: str | None = None):
     """Hold the bf16 pipeline as profile ``name`` does: quantize its weights in place, cap the
-    process's GPU memory, then place it (offload hooks, VAE tiling) with the service's own code."""
+    process's GPU memory, then place it (offload hooks, VAE tiling) with the service's own code.
+    ``gguf``: the transformer becomes random blocks of that GGUF type instead (as a preset's
+    ``transformer_gguf`` loads), and the profile's text encoder format applies."""
     import torch
 
     from serve_app.profiles import PROFILES, GiB
     from serve_app.worker import placement
 
     profile = PROFILES[name]
-    for component, fmt, skip in (("transformer", profile.transformer, ()),
+    if gguf:
+        to_random_gguf(pipe.transformer, gguf)
+    for component, fmt, skip in (("transformer", "bf16" if gguf else profile.transformer, ()),
                                  ("text_encoder", profile.text_encoder, ("lm_head",))):
         if fmt == "nf4":
             to_nf4(getattr(pipe, component), skip)
@@ -175,7 +179,7 @@ def run_edit(pipe, size, preset, device, seed, steps=None):
     return out
 
 
-def time_preset(pipe, size, preset, device, runs, timer, sync, flops, profile=None) -> dict:
+def time_preset(pipe, size, preset, device, runs, timer, sync, flops, profile=None, gguf=None) -> dict:
     """Median seconds per edit (PNG encode included), per-stage times and per-step times for a preset;
     on a GPU also its peak memory, beside what ``memplan`` planned for it under ``profile``."""
     import torch
@@ -208,7 +212,7 @@ def time_preset(pipe, size, preset, device, runs, timer, sync, flops, profile=No
         memory = {"peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2),
                   "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
     if profile is not None:
-        memory["planned_peak_gib"] = round(planned_peak(preset, profile, size) / 2**30, 2)
+        memory["planned_peak_gib"] = round(planned_peak(preset, profile, size, gguf) / 2**30, 2)
     return {**memory,
         "runs": runs,
         "seconds_per_edit": round(statistics.median(per_edit), 3),
@@ -221,15 +225,39 @@ def time_preset(pipe, size, preset, device, runs, timer, sync, flops, profile=No
     }
 
 
-def planned_peak(preset: str, profile, size: int) -> int:
+def time_step_cache(pipe, size, device, timer, sync, flops, profile, gguf, uncached: dict) -> dict:
+    """qwen-40step again with the service's step cache armed (its default settings), against
+    ``uncached`` (the same preset's timing without): seconds, the speed-up, steps run in full."""
+    from types import SimpleNamespace
+
+    from serve_app.presets import StepCache
+    from serve_app.worker import step_cache
+
+    steps, cfg, _, _ = PRESETS["qwen-40step"]
+    preset = SimpleNamespace(name="qwen-40step-cached", step_cache=StepCache(), cfg_scale=cfg, steps=steps)
+    armed = step_cache.arm(pipe, None, preset)
+    try:
+        cached = time_preset(pipe, size, "qwen-40step", device, 1, timer, sync, flops, profile, gguf)
+        full = step_cache.full_steps(pipe, armed, steps)
+    finally:
+        step_cache.disarm_unless(pipe, armed, SimpleNamespace(step_cache=None))
+    return {"settings": StepCache().model_dump(), "uncached_seconds": uncached["seconds_per_edit"],
+            "cached_seconds": cached["seconds_per_edit"], "full_steps": full, "steps": steps,
+            "speedup": round(uncached["seconds_per_edit"] / cached["seconds_per_edit"], 2),
+            **{k: v for k, v in cached.items() if k.startswith("peak")}}
+
+
+def planned_peak(preset: str, profile, size: int, gguf: str | None = None) -> int:
     """What serve_app/worker/memplan.py plans for this benchmark's preset (one reference image, a rank-64
     LoRA for the Lightning presets) on the published architecture."""
     from types import SimpleNamespace
 
     from serve_app.worker import memplan
 
-    lora = SimpleNamespace(path=None) if PRESETS[preset][3] else None
-    return memplan.plan(SimpleNamespace(name=preset, resolution=size, lora=lora), profile, images=1).peak
+    lora = SimpleNamespace(path=None, local_path=lambda: None) if PRESETS[preset][3] else None  # not on disk
+    file = gguf and SimpleNamespace(name=f"random-{gguf}.gguf", local_path=lambda: None)  # planned by its type
+    return memplan.plan(SimpleNamespace(name=preset, resolution=size, lora=lora, transformer_gguf=file), profile,
+                        images=1).peak
 
 
 def main() -> int:
@@ -237,6 +265,10 @@ def main() -> int:
     ap.add_argument("--profile", default="bf16", help="memory/precision profile (serve_app/profiles.py)")
     ap.add_argument("--memory-cap-gib", type=float, default=None,
                     help="cap the process's GPU memory to this once the weights are in their formats")
+    ap.add_argument("--gguf", default=None, help="the transformer as random blocks of this GGUF type (Q4_0, Q4_K, "
+                                                 "Q8_0, ...): a preset's transformer_gguf; the profile sets the rest")
+    ap.add_argument("--step-cache", action="store_true",
+                    help="then time qwen-40step again with the step cache (presets.StepCache defaults) armed")
     ap.add_argument("--presets", default="qwen-4step,qwen-8step,qwen-40step")
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--runs", type=int, default=3)
@@ -290,8 +322,8 @@ def main() -> int:
     result["transformer_flop_per_forward"] = flops
     result["transformer_tflop_per_forward"] = round(flops / 1e12, 3)
     t = time.perf_counter()
-    profile = apply_profile(pipe, args.profile, device, args.memory_cap_gib)  # FLOPs were counted in bf16
-    result.update(profile=profile.name, profile_seconds=round(time.perf_counter() - t, 1),
+    profile = apply_profile(pipe, args.profile, device, args.memory_cap_gib, args.gguf)  # FLOPs counted in bf16
+    result.update(profile=profile.name, gguf=args.gguf, profile_seconds=round(time.perf_counter() - t, 1),
                   memory_cap_gib=args.memory_cap_gib)
     if device == "cuda":
         result["resident_after_profile_gib"] = round(torch.cuda.memory_allocated() / 2**30, 2)
@@ -304,9 +336,15 @@ def main() -> int:
         runs = args.long_runs if steps > 10 else args.runs
         if not time_left(step_s * forwards * (runs + 0.2) + 10, preset):
             continue
-        result["presets"][preset] = time_preset(pipe, size, preset, device, runs, timer, sync, flops, profile)
+        result["presets"][preset] = time_preset(pipe, size, preset, device, runs, timer, sync, flops, profile,
+                                                args.gguf)
         step_s = result["presets"][preset]["transformer_forward_seconds"]
         print(json.dumps({preset: result["presets"][preset]}), flush=True)
+        save()
+    uncached = result["presets"].get("qwen-40step")
+    if args.step_cache and uncached and time_left(uncached["seconds_per_edit"] * 1.3 + 10, "step cache"):
+        result["step_cache"] = time_step_cache(pipe, size, device, timer, sync, flops, profile, args.gguf, uncached)
+        print(json.dumps({"step_cache": result["step_cache"]}), flush=True)
         save()
     timer.unwrap()
     workdir = Path(tempfile.mkdtemp(prefix="gpu-bench-"))
@@ -316,7 +354,7 @@ def main() -> int:
 
         try:
             result["serving"] = gpu_serving.measure(pipe, device, size, args.jobs, 4 if args.smoke else 64,
-                                                    result["attention_backend"], workdir, sync, profile)
+                                                    result["attention_backend"], workdir, sync, profile, args.gguf)
         except Exception as exc:  # keep what was measured; say what broke
             traceback.print_exc()
             result["serving_error"] = f"{type(exc).__name__}: {exc}"[:500]

@@ -33,3 +33,34 @@ def build_pipeline(device, dtype, smoke: bool):
     pipe.set_progress_bar_config(disable=True)
     params = sum(p.numel() for p in transformer.parameters())
     return pipe, params, time.perf_counter() - t0
+
+
+def to_random_gguf(module, qtype: str, skip: tuple[str, ...] = ()) -> int:
+    """Replace the linear layers of ``module`` whose rows split into whole ``qtype`` blocks by
+    diffusers' ``GGUFLinear`` holding random blocks of that type, made on the layer's device (as a
+    GGUF file loads: packed weights, dequantized to bf16 by each layer as it runs). Returns the
+    layers replaced."""
+    import torch
+    from diffusers.quantizers.gguf.utils import GGUFLinear, GGUFParameter
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    from serve_app.worker.gguf_files import random_blocks
+
+    kind = GGMLQuantizationType[qtype]
+    block, _ = GGML_QUANT_SIZES[kind]
+    replaced = 0
+    for parent_name, parent in list(module.named_modules()):
+        for name, child in list(parent.named_children()):
+            full = f"{parent_name}.{name}" if parent_name else name
+            if not isinstance(child, torch.nn.Linear) or full in skip or child.in_features % block:
+                continue
+            device, dtype = child.weight.device, child.weight.dtype
+            layer = GGUFLinear(child.in_features, child.out_features, child.bias is not None, compute_dtype=dtype,
+                               device="meta")
+            data = random_blocks(qtype, child.out_features, child.in_features, device, seed=replaced)
+            layer.weight = GGUFParameter(data, quant_type=kind)
+            layer.bias = child.bias
+            setattr(parent, name, layer)
+            del child
+            replaced += 1
+    return replaced

@@ -38,17 +38,25 @@ BASE = "random:full-size"
 INSTRUCTION = "make the sky blue and add clouds"
 
 
-def presets(lora4: Path, lora8: Path, size: int) -> dict:
-    from serve_app.presets import LoraSpec, Preset
+def presets(lora4: Path, lora8: Path, size: int, gguf: str | None = None) -> dict:
+    from serve_app.presets import WeightFile, Preset
 
-    common = dict(base=BASE, resolution=size)
+    common = dict(base=BASE, resolution=size, transformer_gguf=gguf_file(gguf))
     return {
         "qwen-4step": Preset(name="qwen-4step", scheduler="lightning", steps=4, cfg_scale=1.0,
-                             lora=LoraSpec(path=str(lora4)), nominal_seconds=2, **common),
+                             lora=WeightFile(path=str(lora4)), nominal_seconds=2, **common),
         "qwen-8step": Preset(name="qwen-8step", scheduler="lightning", steps=8, cfg_scale=1.0,
-                             lora=LoraSpec(path=str(lora8)), nominal_seconds=4, **common),
+                             lora=WeightFile(path=str(lora8)), nominal_seconds=4, **common),
         "qwen-40step": Preset(name="qwen-40step", steps=40, cfg_scale=4.0, nominal_seconds=30, **common),
     }
+
+
+def gguf_file(gguf: str | None):
+    """The (never read) GGUF file the random GGUF transformer stands for: the presets and the engine
+    name the same one, so they share the held weights."""
+    from serve_app.presets import WeightFile
+
+    return WeightFile(path=f"/random/full-size-{gguf}.gguf") if gguf else None
 
 
 def fingerprint(module) -> list[int]:
@@ -61,6 +69,8 @@ def fingerprint(module) -> list[int]:
         for p in module.parameters():
             raw = getattr(p, "qdata", None)
             raw = (p if raw is None else raw).detach()
+            if hasattr(raw, "as_tensor"):  # a GGUF weight: its packed blocks, as a plain tensor
+                raw = raw.as_tensor()
             width = {1: torch.uint8, 2: torch.int16, 4: torch.int32}[raw.element_size()]
             bits = raw.view(width)
             weights = torch.arange(1, bits.numel() + 1, device=bits.device, dtype=torch.int64) % 7919
@@ -168,7 +178,7 @@ def run_queue(engine, preset, upload: bytes, jobs: int, sync, ahead: bool = True
 
 
 def measure(pipe, device: str, size: int, jobs: int, lora_rank: int, attention: str, workdir: Path,
-            sync=lambda: None, profile=None) -> dict:
+            sync=lambda: None, profile=None, gguf: str | None = None) -> dict:
     """Preset switches, exact restore and a full queue through ``EditEngine`` on ``pipe``, held as
     ``profile`` says (default bf16: LoRAs fused; quantized profiles: LoRAs as adapters)."""
     from serve_app.worker.engine import EditEngine
@@ -182,10 +192,10 @@ def measure(pipe, device: str, size: int, jobs: int, lora_rank: int, attention: 
                                 scale=0.02, dtype=dtype, device=device)
     out = {"lora_rank": lora_rank, "lora_file_mb": round(lora4.stat().st_size / 2**20, 1),
            "lora_files_made_seconds": round(time.perf_counter() - t, 1)}
-    reg = presets(lora4, lora8, size)
+    reg = presets(lora4, lora8, size, gguf)
     engine = EditEngine(str(workdir / "models"), device=device, attention_backend=attention,
                         profile=profile.name if profile else "bf16")
-    engine.use_pipeline(pipe, BASE, profile)
+    engine.use_pipeline(pipe, BASE, profile, gguf_file(gguf))
     out["profile"] = engine.held.name
     out["attention_backend"] = engine.attention_backend
     base_print = fingerprint(pipe.transformer)

@@ -41,6 +41,11 @@ class Profile:
     cards: str  # the cards it is meant for, in words
     summary: str
 
+    def lora_mode_for(self, gguf: bool) -> str:
+        """``lora_mode`` for a preset whose transformer is (``gguf``) or is not a GGUF file: LoRAs on
+        GGUF weights are always adapters (fusing into packed weights fails, diffusers issue #12047)."""
+        return "adapter" if gguf else self.lora_mode
+
     @property
     def lora_mode(self) -> str:
         """``fuse``: LoRAs are fused into bf16 weights (restored exactly from a host copy on switch).
@@ -53,8 +58,10 @@ class Profile:
     def quantized(self) -> bool:
         return self.transformer != "bf16" or self.text_encoder != "bf16"
 
-    def describe(self) -> str:
-        parts = [f"transformer {self.transformer}", f"text encoder {self.text_encoder}"]
+    def describe(self, gguf_type: str | None = None) -> str:
+        """In words; ``gguf_type``: the preset's transformer is a GGUF file of that type instead."""
+        transformer = f"GGUF {gguf_type}" if gguf_type else self.transformer
+        parts = [f"transformer {transformer}", f"text encoder {self.text_encoder}"]
         if self.offload != "none":
             parts.append({"text_encoder": "text encoder in host memory between jobs",
                           "model": "model CPU offload", "group": "group offload (CUDA streams)"}[self.offload])
@@ -113,10 +120,11 @@ class DeviceInfo:
     backends: frozenset[str] = field(default_factory=frozenset)  # importable: torchao, bitsandbytes
 
 
-def missing(profile: Profile, device: DeviceInfo) -> str | None:
+def missing(profile: Profile, device: DeviceInfo, gguf: bool = False) -> str | None:
     """None when ``device`` can run ``profile``; otherwise a sentence naming the profile and what is
-    missing (shown to operators and stations: no paths)."""
-    formats = {profile.transformer, profile.text_encoder}
+    missing (shown to operators and stations: no paths). ``gguf``: for a preset whose transformer
+    comes from a GGUF file, so that only the profile's text encoder format and offload apply."""
+    formats = {profile.text_encoder} if gguf else {profile.transformer, profile.text_encoder}
     gpu_only = []
     if "fp8" in formats:
         if device.kind != "cuda" or device.capability < (8, 9):
@@ -145,17 +153,19 @@ def _device_words(device: DeviceInfo) -> str:
     return f"{device.name} (compute capability {device.capability[0]}.{device.capability[1]})"
 
 
-def choose(device: DeviceInfo, need: "callable", candidates: tuple[str, ...] | None = None) -> tuple[Profile | None, str]:
+def choose(device: DeviceInfo, need: "callable", candidates: tuple[str, ...] | None = None,
+           gguf: bool = False) -> tuple[Profile | None, str]:
     """``auto``: the fastest profile that ``device`` can run and whose planned peak fits its free
     memory, with the reason in words. ``need(profile)`` is the planned peak in bytes. On a CPU,
-    ``bf16`` (weights in float32 there). ``(None, reason)`` when nothing fits."""
+    ``bf16`` (weights in float32 there). ``(None, reason)`` when nothing fits. ``gguf``: the presets'
+    transformers are GGUF files (only the profiles' text encoder and offload choices differ)."""
     if device.kind != "cuda":
         return PROFILES["bf16"], "auto on a CPU worker: bf16 (float32 on the CPU; quantized profiles need a GPU)"
     budget = usable(device.free)
     skipped = []
     for name in candidates or tuple(PROFILES):
         profile = PROFILES[name]
-        why_not = missing(profile, device)
+        why_not = missing(profile, device, gguf)
         if why_not:
             skipped.append(f"{name}: not on this card")
             continue

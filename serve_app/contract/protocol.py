@@ -72,6 +72,7 @@ class JobView:
     attempts: int
     priority: str
     preview_step: int | None  # the step of the latest live preview (jobs that asked for previews)
+    full_steps: int | None = None  # of a completed job: steps its transformer ran in full (a step cache skips some)
     # The queue's version when this view was made (``JobQueue.changes``): which of two views of a job
     # is newer. Not part of the status object stations see.
     version: int = 0
@@ -204,6 +205,7 @@ class JobDone:
     job_id: str
     png: bytes
     run_seconds: float
+    full_steps: int | None = None  # steps the transformer ran in full (fewer than the preset's with a step cache)
 
 
 @dataclass(frozen=True)

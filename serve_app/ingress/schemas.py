@@ -58,6 +58,9 @@ class JobStatusResponse(BaseModel):
                                                 "queued job's position can grow when a higher one arrives")
     preview_step: int | None = Field(None, description="addition: the step of the latest live preview (jobs "
                                                        "submitted with previews=true), at .../preview")
+    full_steps: int | None = Field(None, description="addition: of a completed job, the denoising steps its "
+                                                     "transformer ran in full: total_steps, or fewer where the "
+                                                     "preset's step cache reused work")
 
 
 class JobListResponse(BaseModel):
@@ -101,6 +104,9 @@ class WorkerView(BaseModel):
                                                    "it has, `presets.<name>`: base (hub id and snapshot revision, or "
                                                    "local folder name and fingerprint), LoRA files with SHA-256, "
                                                    "profile")
+    refused: dict[str, str] | None = Field(None, description="addition: presets this worker will not run, each "
+                                                             "with why (a GGUF transformer file that is not "
+                                                             "usable, found when the worker started)")
 
 
 class HealthResponse(BaseModel):
@@ -138,6 +144,8 @@ class PresetView(BaseModel):
     prompt_template: str | None = Field(None, description="addition: what the model is asked ({system_prompt}, "
                                                           "{instruction} filled in)")
     negative_prompt: str | None = Field(None, description="addition: the negative prompt, where CFG runs")
+    step_cache: bool = Field(False, description="addition: steps may reuse cached transformer work (cache-dit): "
+                                                "faster, near the uncached pixels, not equal to them")
     running: dict | None = Field(None, description="addition: what a worker runs for this preset (as in /health's "
                                                    "workers[].running.presets), with its libraries; null until a "
                                                    "worker has reported it")

@@ -231,18 +231,21 @@ class EditService:
                     "queue_max_size": self.settings.max_queue_size,
                     "queue_cleanup_age_seconds": self.settings.cleanup_age_seconds, "workers": []}, False
         h = dict(h)
+        refused = h.pop("refused", None)  # presets whose files a worker refused: their sentences are warnings
         if h.pop("damaged", False):  # the job database is not to be trusted: nothing is served
             return {"status": "unhealthy", **h}, False
         unusable = any(w["state"] == WorkerState.UNUSABLE for w in h["workers"])
-        status = "healthy" if h["model_loaded"] and not unusable else ("degraded" if h["warnings"] else "starting")
+        status = ("healthy" if h["model_loaded"] and not unusable and not refused
+                  else ("degraded" if h["warnings"] else "starting"))
         return {"status": status, **h}, True
 
     async def models(self) -> dict:
         self.mirror.start()
         h = self.mirror.queue_health() or await self.queue.health()
         models = {}
+        refused = h.get("refused") or {}
         for name, p in self.settings.presets.items():
-            missing = missing_weights(p)
+            missing = missing_weights(p) or refused.get(name)
             models[name] = {**p.public(), "available": missing is None, "missing": missing,
                             "running": _running(h["workers"], name)}
         return {"models": models, "default": h["current_model"],

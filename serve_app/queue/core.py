@@ -408,9 +408,11 @@ class JobQueue:
                                   "(deadline_seconds)."))
         return late
 
-    def complete(self, job_id: str, result_name: str, run_seconds: float | None = None) -> Job:
+    def complete(self, job_id: str, result_name: str, run_seconds: float | None = None,
+                 full_steps: int | None = None) -> Job:
         job = self._finish(job_id, JobStatus.COMPLETED, run_seconds)
         job.result_name = result_name
+        job.full_steps = full_steps
         job.step = job.total_steps or job.step
         self.completed_total += 1
         self._bump(job)

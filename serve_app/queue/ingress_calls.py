@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 from ..auth import Caller, job_priority
 from ..contract.protocol import Changes, JobRequest, JobStatus, JobView, WorkerState
-from ..errors import (ApiError, LoadInProgress, NoModelLoaded, PreviewNotReady, QueueFull, ResultNotReady,
-                      ServiceUnavailable, StartTooLate, StationLimit)
+from ..errors import (ApiError, LoadInProgress, NoModelLoaded, PresetUnavailable, PreviewNotReady, QueueFull,
+                      ResultNotReady, ServiceUnavailable, StartTooLate, StationLimit)
 from ..logs import for_job
 from ..presets import Preset, require_available, resolve
 
@@ -54,8 +54,15 @@ class IngressCalls:
                 raise NoModelLoaded()
             name = self.default_preset
         preset = resolve(self.presets, name)
-        require_available(preset)
+        self._require_runnable(preset)
         return preset
+
+    def _require_runnable(self, preset: Preset) -> None:
+        """Its weights are here (``require_available``) and some worker can use them."""
+        require_available(preset)
+        refused = self.registry.refusal(preset.name)
+        if refused:
+            raise PresetUnavailable(refused)
 
     @answers
     async def admit(self, caller: Caller, key: str | None, fingerprint: str | None) -> JobView | None:
@@ -204,11 +211,13 @@ class IngressCalls:
                                  self.db_problem) if w]
         warnings += [f"Worker {w.id[-12:]} takes no jobs: {w.detail}" for w in workers
                      if w.state == WorkerState.UNUSABLE and not reason]
+        warnings += list(self.registry.refusals().values())  # each a sentence naming its preset
         if self.stopping:
             warnings.append("The server is stopping: running jobs finish, queued and new jobs wait "
                             "for the next start.")
         return {
             "warnings": warnings,
+            "refused": self.registry.refusals(),  # preset -> why: the ingress says "degraded" (not a field)
             "damaged": self.damaged is not None,  # the ingress answers 503 "unhealthy" (not shown as a field)
             "current_model": self.default_preset,
             "model_loaded": any(s in (WorkerState.READY, WorkerState.BUSY) for s in states),
@@ -224,7 +233,7 @@ class IngressCalls:
     @answers
     async def load_model(self, name: str) -> dict:
         preset = resolve(self.presets, name)
-        require_available(preset)
+        self._require_runnable(preset)
         if self.load is not None:
             raise LoadInProgress(f"A model load is already running ({self.load.preset.name}). "
                                  "Try again when it finishes.")

@@ -41,6 +41,7 @@ class Job:
     total_steps: int | None = None
     step_seconds: float | None = None  # measured on this job, from the pipeline's step callback
     run_seconds: float | None = None  # the worker's time on it, from generation start to result
+    full_steps: int | None = None  # steps its transformer ran in full (a preset's step cache skips some)
     attempts: int = 0  # times a worker started it (a job interrupted by a crash runs again once)
     start_by: float | None = None  # not started by then: cancelled (start_within_seconds)
     finish_by: float | None = None  # not finished by then: cancelled (deadline_seconds)

@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     result_name TEXT, error TEXT, worker_id TEXT, station TEXT NOT NULL, idempotency_key TEXT,
     fingerprint TEXT, webhook_url TEXT, step INTEGER NOT NULL DEFAULT 0, total_steps INTEGER,
     step_seconds REAL, run_seconds REAL, attempts INTEGER NOT NULL DEFAULT 0, webhook_events TEXT,
-    start_by REAL, finish_by REAL, priority TEXT NOT NULL DEFAULT 'normal', previews INTEGER NOT NULL DEFAULT 0
+    start_by REAL, finish_by REAL, priority TEXT NOT NULL DEFAULT 'normal', previews INTEGER NOT NULL DEFAULT 0,
+    full_steps INTEGER
 );
 CREATE TABLE IF NOT EXISTS inputs (
     job_id TEXT NOT NULL, idx INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (job_id, idx)
@@ -41,27 +42,40 @@ CREATE TABLE IF NOT EXISTS inputs (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 # The schema's version, in SQLite's user_version. 0: as released up to 0.2.0 (no version kept);
-# 1: every column below present; 2: the ``meta`` table, holding the state folder's identity.
-SCHEMA_VERSION = 2
+# 1: every column below present; 2: the ``meta`` table, holding the state folder's identity;
+# 3: ``jobs.full_steps`` (steps run in full, under a preset's step cache).
+SCHEMA_VERSION = 3
 # Columns added before versions were kept, with their types: added to an older file when it is opened.
 ADDED_COLUMNS = {"webhook_events": "TEXT", "start_by": "REAL", "finish_by": "REAL",
                  "priority": "TEXT NOT NULL DEFAULT 'normal'", "previews": "INTEGER NOT NULL DEFAULT 0"}
 
 
-def _to_v1(db: sqlite3.Connection) -> None:
+# Columns added by the migrations after version 1.
+LATER_COLUMNS = {3: {"full_steps": "INTEGER"}}
+
+
+def _add_missing(db: sqlite3.Connection, columns: dict[str, str]) -> None:
     have = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
-    for column, kind in ADDED_COLUMNS.items():
+    for column, kind in columns.items():
         if column not in have:
             db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+
+
+def _to_v1(db: sqlite3.Connection) -> None:
+    _add_missing(db, ADDED_COLUMNS)
 
 
 def _to_v2(db: sqlite3.Connection) -> None:
     db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
 
 
+def _to_v3(db: sqlite3.Connection) -> None:
+    _add_missing(db, LATER_COLUMNS[3])
+
+
 # Each schema change is a migration to the version after it, run in order on an older file (each in
 # its own transaction with the version it reaches); a new file gets SCHEMA and the latest version.
-MIGRATIONS = {1: _to_v1, 2: _to_v2}
+MIGRATIONS = {1: _to_v1, 2: _to_v2, 3: _to_v3}
 # Job fields kept in the jobs table. Not kept: the payload (it lives in ``inputs``), the latest
 # preview's step (in memory with the preview) and the passes counted for the starvation bound (in
 # memory: a restart counts them again from zero, as docs/operations.md says). Seeds up to 2**64-1 overflow

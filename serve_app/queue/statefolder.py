@@ -25,7 +25,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from .jobstore import ADDED_COLUMNS, COLUMNS, SCHEMA_VERSION, JobStore, NewerSchema, StateLock
+from .jobstore import ADDED_COLUMNS, COLUMNS, LATER_COLUMNS, SCHEMA_VERSION, JobStore, NewerSchema, StateLock
 from .storage import RESULT_NAME, names_in
 
 IDENTITY_SUFFIX = ".identity"
@@ -77,7 +77,8 @@ def _read_only_check(db_path: Path, identity: str | None = None, results: bool =
             return "is not a job database of this server (it has no jobs and inputs tables)"
         columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
         # Columns the migrations add are allowed to be missing; any other is not this schema.
-        missing = sorted(set(COLUMNS) - columns - set(ADDED_COLUMNS))
+        migrated = set(ADDED_COLUMNS).union(*(cols for v, cols in LATER_COLUMNS.items() if v > version))
+        missing = sorted(set(COLUMNS) - columns - migrated)
         if missing:
             return f"is not a job database of this server (its jobs table has no {missing[0]} column)"
         if identity is not None:

@@ -37,5 +37,6 @@ def job_view(job: Job, position: int | None, wait: int | None, eta: float | None
         attempts=job.attempts,
         priority=job.priority,
         preview_step=job.preview_step,
+        full_steps=job.full_steps,
         version=version,
     )

@@ -236,7 +236,7 @@ class WorkerCalls:
             await asyncio.to_thread(self.store.delete, name)
             return Outcome.NOT_YOURS
         self.store_failure = None
-        self.core.complete(job_id, name, run_seconds)
+        self.core.complete(job_id, name, run_seconds, report.full_steps)
         await self._persist(job)
         info = self._worker(worker_id)
         info.state, info.preset = self._idle_or_busy(worker_id), job.preset

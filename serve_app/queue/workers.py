@@ -57,6 +57,21 @@ class WorkerRegistry:
     def usable(self) -> list[WorkerInfo]:
         return [w for w in self.alive() if w.state != WorkerState.UNUSABLE]
 
+    def refusals(self) -> dict[str, str]:
+        """Preset -> why, for the presets that workers refuse to run (a bad weights file, found when
+        they started: ``placement["refused"]``), the first reason each."""
+        found: dict[str, str] = {}
+        for w in self.usable():
+            for preset, why in (w.placement.get("refused") or {}).items():
+                found.setdefault(preset, why)
+        return found
+
+    def refusal(self, preset: str) -> str | None:
+        """Why ``preset`` cannot run anywhere: every usable worker (one at least) refuses it."""
+        workers = self.usable()
+        reasons = [(w.placement.get("refused") or {}).get(preset) for w in workers]
+        return reasons[0] if reasons and all(reasons) else None
+
     def forget_silent(self) -> list[str]:
         """Drop the workers that stopped heartbeating; their ids."""
         alive = {w.id for w in self.alive()}

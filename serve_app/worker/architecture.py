@@ -105,6 +105,15 @@ def local_folder(base: str) -> Path | None:
     return Path(found).parent if isinstance(found, str) else None
 
 
+def meta_transformer(folder: Path):
+    """The transformer of the base in ``folder``, on the meta device (shapes, no memory)."""
+    import torch
+    from diffusers import QwenImageTransformer2DModel
+
+    with torch.device("meta"):
+        return QwenImageTransformer2DModel.from_config(QwenImageTransformer2DModel.load_config(folder / "transformer"))
+
+
 def meta_components(folder: Path | None):
     """(transformer, text_encoder, vae) on the meta device in bf16: from ``folder``'s configs when
     given, else the published full-size dimensions."""

@@ -84,6 +84,7 @@ class ModelWorker:
         self._heartbeat_task = loop.create_task(self._heartbeat())  # also during a long preload
         self._loop_task: asyncio.Task | None = None
         self.running: dict | None = None  # what each preset runs here (provenance), once the profile is known
+        self.refused: dict[str, str] = {}  # preset -> why its files cannot run here (engine.refused_files)
         self.policy_metrics = PolicyMetrics()
         policy = app_settings.output_policy
         self.output_check = ImageCheck(policy) if policy is not None else None
@@ -94,13 +95,17 @@ class ModelWorker:
             if self.output_check is not None:  # a result is never stored unchecked: no checker, no jobs
                 await asyncio.to_thread(self.output_check.load)
             self.running = await asyncio.to_thread(self._describe, app_settings.presets)
+            # Files that cannot work are found now: health says so and the queue refuses their jobs.
+            self.refused = await asyncio.to_thread(self.engine.refused_files, list(app_settings.presets.values()))
+            for why in self.refused.values():
+                log.error("[ModelWorker] %s", why)
         except (ProfileUnavailable, CheckerUnavailable) as exc:
             # Stay up (a replica that raised would be restarted into the same error, for ever), say
             # why in /health, and take no job: the queue hands jobs only to workers that ask.
             log.error("[ModelWorker] cannot run: %s", exc)
             await self._report(WorkerState.UNUSABLE, None, str(exc))
             return
-        if settings.preload is not None:
+        if settings.preload is not None and settings.preload not in self.refused:
             preload = app_settings.presets[settings.preload]
             await self._report(WorkerState.LOADING, preload.name)
             try:
@@ -135,7 +140,8 @@ class ModelWorker:
         import ray
 
         placement = {"device": self.engine.device, "profile": self.engine.profile and self.engine.profile.name,
-                     "profile_reason": self.engine.profile_reason, "running": self.running}
+                     "profile_reason": self.engine.profile_reason, "running": self.running,
+                     "refused": self.refused or None}
         if ray.is_initialized():  # (outside Ray, as in bench/load.py's plain server, asking would start it)
             placement.update(gpu_ids=[int(g) for g in ray.get_gpu_ids()],
                              node=ray.get_runtime_context().get_node_id()[:12])
@@ -298,14 +304,15 @@ class ModelWorker:
             return
         finally:
             listener.cancel()
+        full_steps = self.engine.full_steps  # read before the next job's generate replaces it
         self.reports.touch(task.job_id)
         if self.engine.device == "cpu":
             # No accelerator to keep busy: encoding beside the next job would only compete for the
             # cores, so it is done now. The report (a wait on the queue storing the file) is not.
-            report = await self._encode(task, image, start)
+            report = await self._encode(task, image, start, full_steps)
             self._background.start(self.reports.outcome(report))
             return
-        self._background.start(self._finish(task, image, start))
+        self._background.start(self._finish(task, image, start, full_steps))
 
     def _checked_png(self, image) -> tuple[bytes | None, str | None]:
         """(A thread.) (the PNG, None), or (None, why it is withheld) when the output check says so."""
@@ -317,7 +324,7 @@ class ModelWorker:
                 return None, withheld
         return self.engine.encode(image), None
 
-    async def _encode(self, task: JobTask, image, start: float) -> JobDone | JobFailed:
+    async def _encode(self, task: JobTask, image, start: float, full_steps: int | None = None) -> JobDone | JobFailed:
         try:
             png, withheld = await asyncio.to_thread(self._checked_png, image)
         except Exception as exc:
@@ -327,10 +334,10 @@ class ModelWorker:
             log.warning("[ModelWorker] job %s: %s", task.job_id[:8], withheld, extra=for_job(task.job_id))
             return JobFailed(task.job_id, withheld, time.perf_counter() - start)
         self.jobs_done += 1
-        return JobDone(task.job_id, png, time.perf_counter() - start)
+        return JobDone(task.job_id, png, time.perf_counter() - start, full_steps)
 
-    async def _finish(self, task: JobTask, image, start: float) -> None:
-        await self.reports.outcome(await self._encode(task, image, start))
+    async def _finish(self, task: JobTask, image, start: float, full_steps: int | None) -> None:
+        await self.reports.outcome(await self._encode(task, image, start, full_steps))
 
     def check_health(self) -> None:
         """Raising asks Serve to replace this replica: its loop stopped, or a job made no progress for

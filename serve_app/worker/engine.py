@@ -31,7 +31,7 @@ from .. import images, profiles
 from ..presets import BUILTIN_TINY, Preset
 from ..profiles import PROFILES, Profile
 from ..prompts import render
-from . import loading
+from . import loading, step_cache
 from .lora import LoraSlot
 from .pipeline_tweaks import set_fastest_attention, working_area
 
@@ -50,7 +50,7 @@ class ProfileUnavailable(RuntimeError):
 def public_error(exc: BaseException) -> str:
     """A one-line reason for a failed job that names the problem but never a server path."""
     name = type(exc).__name__
-    if isinstance(exc, ProfileUnavailable):
+    if isinstance(exc, (ProfileUnavailable, loading.TransformerFileRefused)):  # sentences written to be shown
         return str(exc)
     if name == "OutOfMemoryError" or "out of memory" in str(exc).lower():
         return "CUDA out of memory"
@@ -116,6 +116,9 @@ class EditEngine:
         self.compile = compile
         self.pipe = None
         self.base: str | None = None  # the base weights held in memory
+        self.transformer_file = None  # the GGUF file their transformer came from (a WeightFile), if any
+        self.step_cache = None  # what the held pipeline's cache-dit hooks were armed with (step_cache.armed_for)
+        self.full_steps: int | None = None  # of the last generate: steps its transformer ran in full
         self.held: Profile | None = None  # the profile they are held in
         self.preset: Preset | None = None  # the preset those weights are configured for
         self.lora: LoraSlot | None = None  # the LoRA the held pipeline has (``lora``), with the pipeline
@@ -133,8 +136,10 @@ class EditEngine:
         fastest profile whose planned peak for the largest of ``presets`` (the ones this worker may
         serve) fits the free memory. Raises ``ProfileUnavailable`` with a sentence when the
         configured profile cannot run here, or when no profile fits."""
+        # GGUF presets bring their transformer's format: only the profile's text encoder applies.
+        gguf = bool(presets) and all(p.transformer_gguf is not None for p in presets)
         if self.profile_wanted != profiles.AUTO:
-            why = profiles.missing(self.profile, self.device_info)
+            why = profiles.missing(self.profile, self.device_info, gguf)
             if why:
                 raise ProfileUnavailable(why)
             return self.profile
@@ -143,12 +148,26 @@ class EditEngine:
         def need(profile: Profile) -> int:
             return max((memplan.plan(p, profile, images, self._plan_folder(p)).peak for p in presets), default=0)
 
-        chosen, reason = profiles.choose(self.device_info, need)
+        chosen, reason = profiles.choose(self.device_info, need, gguf=gguf)
         if chosen is None:
             raise ProfileUnavailable(reason)
         self.profile, self.profile_reason = chosen, reason
         log.info("[ModelWorker] %s", reason)
         return chosen
+
+    def refused_files(self, presets: list[Preset]) -> dict[str, str]:
+        """Preset name -> the sentence why, for each of ``presets`` whose GGUF transformer file is
+        here but unusable (not GGUF, truncated, another model's: ``loading.gguf_transformer_file``).
+        Reads headers only; a file that is absent is ``missing_weights``' to say, not this."""
+        refused = {}
+        for preset in presets:
+            if preset.transformer_gguf is None or preset.transformer_gguf.local_path() is None:
+                continue
+            try:
+                loading.gguf_transformer_file(preset, self.models_dir)
+            except loading.TransformerFileRefused as exc:
+                refused[preset.name] = str(exc)
+        return refused
 
     def _plan_folder(self, preset: Preset) -> str | None:
         from .architecture import local_folder
@@ -183,11 +202,14 @@ class EditEngine:
         profile = self.profile_for(preset)
         self.loading = True
         try:
-            if (self.base != preset.base or self.pipe is None or type(self.pipe).__name__ != preset.pipeline
-                    or self.held != profile):
+            if not self._holds(preset) or self.pipe is None or self.held != profile:
                 self._load_base(preset, profile)
+            # The cache's hooks come off before the LoRA changes and go on after: a preset without
+            # one runs exactly the bare pipeline.
+            self.step_cache = step_cache.disarm_unless(self.pipe, self.step_cache, preset)
             self.lora.apply(preset.lora)
             self._configure_scheduler(preset)
+            self.step_cache = step_cache.arm(self.pipe, self.step_cache, preset)
         finally:
             self.loading = False
         self.preset = preset
@@ -198,25 +220,33 @@ class EditEngine:
             self.on_load(preset.name, seconds)
         return seconds
 
+    def _holds(self, preset: Preset) -> bool:
+        """Whether the weights held are ``preset``'s (its base, pipeline and transformer file)."""
+        return (self.pipe is not None and self.base == preset.base and type(self.pipe).__name__ == preset.pipeline
+                and self.transformer_file == preset.transformer_gguf)
+
     def _load_base(self, preset: Preset, profile: Profile) -> None:
-        why = profiles.missing(profile, self.device_info)
+        why = profiles.missing(profile, self.device_info, preset.transformer_gguf is not None)
         if why:
             raise ProfileUnavailable(why)
         self.pipe, self.base, self.preset, self.lora = None, None, None, None  # the old base goes first
         self.held = None
         self.use_pipeline(loading.from_disk(preset, profile, self.dtype, self.device, self.models_dir),
-                          preset.base, profile)
+                          preset.base, profile, preset.transformer_gguf)
 
-    def use_pipeline(self, pipe, base: str, profile: Profile | None = None) -> None:
+    def use_pipeline(self, pipe, base: str, profile: Profile | None = None, transformer_file=None) -> None:
         """Hold ``pipe`` (already placed on this engine's device as ``profile`` says; default bf16)
-        as the weights of ``base``: attention backend, compile and scheduler handling as for a loaded
-        one. Loading ends here; the GPU benchmark also enters here with a pipeline it built with
-        random weights."""
+        as the weights of ``base`` (its transformer from ``transformer_file``, a GGUF ``WeightFile``,
+        when given): attention backend, compile and scheduler handling as for a loaded one. Loading
+        ends here; the GPU benchmark also enters here with a pipeline it built with random weights."""
         self.pipe, self.base, self.preset, self.lora = None, None, None, None
         self.held = profile or PROFILES["bf16"]
+        self.transformer_file = transformer_file
+        self.step_cache = None  # a new pipeline has no hooks
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe
-        self.lora = LoraSlot(pipe, self.held.lora_mode, self.device)  # its cache checked against this base
+        # its cache checked against this base
+        self.lora = LoraSlot(pipe, self.held.lora_mode_for(transformer_file is not None), self.device)
         self._default_scheduler_config = dict(self.pipe.scheduler.config)
         self._set_attention_backend()
         if self.compile and self.device == "cuda":
@@ -233,7 +263,7 @@ class EditEngine:
     # --- inference -------------------------------------------------------------------------------
 
     def _held_key(self) -> tuple:
-        return (id(self.pipe), self.base, self.held)
+        return (id(self.pipe), self.base, self.transformer_file, self.held)
 
     def prepare(self, preset: Preset, uploads: list, instruction: str,
                 system_prompt: str | None = None) -> Prepared:
@@ -250,9 +280,8 @@ class EditEngine:
         prompt = render(preset.prompt_template, instruction, system_prompt)
         held = self._held_key()
         pipe = self.pipe
-        if (pipe is None or self.base != preset.base or self.held != self.profile_for(preset)
-                or self.held.offload != "none" or preset.pipeline != "QwenImageEditPlusPipeline"
-                or type(pipe).__name__ != preset.pipeline):
+        if (not self._holds(preset) or self.held != self.profile_for(preset)
+                or self.held.offload != "none" or preset.pipeline != "QwenImageEditPlusPipeline"):
             return Prepared(inputs, prompt)
         from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import (CONDITION_IMAGE_SIZE,
                                                                                 calculate_dimensions)
@@ -346,8 +375,10 @@ class EditEngine:
                 return callback_kwargs
 
             kwargs["callback_on_step_end"] = callback
+        self.full_steps = None
         with torch.inference_mode(), working_area(area):
             image = self.pipe(**kwargs).images[0]
+        self.full_steps = step_cache.full_steps(self.pipe, self.step_cache, preset.steps)
         if previewer is not None:
             previewer.flush()
         return image

@@ -15,7 +15,7 @@ By the profile's ``lora_mode``:
 import re
 from pathlib import Path
 
-from ..presets import LoraSpec
+from ..presets import WeightFile
 
 
 class LoraMismatch(ValueError):
@@ -38,11 +38,11 @@ class LoraSlot:
 
     def __init__(self, pipe, mode: str, device: str):
         self.pipe, self.mode, self.device = pipe, mode, device
-        self.applied: LoraSpec | None = None
+        self.applied: WeightFile | None = None
         self._originals: dict = {}  # layer name -> its base weight, for an exact restore
-        self._cache: dict[LoraSpec, dict] = {}
+        self._cache: dict[WeightFile, dict] = {}
 
-    def _state(self, lora: LoraSpec) -> dict:
+    def _state(self, lora: WeightFile) -> dict:
         if lora not in self._cache:
             if lora.path:
                 sd = self.pipe.lora_state_dict(str(Path(lora.path).expanduser()))
@@ -52,7 +52,7 @@ class LoraSlot:
             self._cache[lora] = {k: v.to("cpu") for k, v in sd.items()}
         return self._cache[lora]
 
-    def _check(self, state_dict: dict, lora: LoraSpec) -> None:
+    def _check(self, state_dict: dict, lora: WeightFile) -> None:
         import torch
 
         targets = lora_targets(state_dict)
@@ -90,7 +90,7 @@ class LoraSlot:
             torch.cuda.synchronize()
         self.applied = None
 
-    def apply(self, lora: LoraSpec | None) -> None:
+    def apply(self, lora: WeightFile | None) -> None:
         """Hold ``lora`` (None: the bare base); the one before it is removed first, exactly."""
         if self.applied == lora:
             return

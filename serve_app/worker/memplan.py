@@ -258,20 +258,30 @@ def lora_file_bytes(path: str | None) -> int | None:
     return total
 
 
+def gguf_bytes(preset, arch: Architecture) -> tuple[int, str]:
+    """(bytes, how they were found) of ``preset``'s GGUF transformer once loaded: from the file's
+    header when the file is here (exact), else from the type its name says (``gguf_files.BITS_PER_WEIGHT``
+    on the linear weights, the rest bf16). A name that says no type is planned as Q8_0, the largest
+    usual one."""
+    from . import gguf_files
+
+    path = preset.transformer_gguf.local_path()
+    if path is not None:
+        try:
+            found = gguf_files.tensors(path)
+            return gguf_files.loaded_bytes(found), f"{gguf_files.main_type(found)} (from the file's header)"
+        except gguf_files.BadGGUF:
+            pass  # the worker refuses the file with the reason; plan it by its name meanwhile
+    named = gguf_files.type_from_name(preset.transformer_gguf.name)
+    qtype = named or "Q8_0"
+    total = sum(gguf_files.weight_bytes(qtype, o, i) for o, i in arch.transformer.linear)
+    how = f"{qtype} (type from the file's name)" if named else "of no type its name says (planned as Q8_0)"
+    return total + 2 * arch.transformer.other_params, how
+
+
 def lora_path(preset) -> str | None:
     """Where the preset's LoRA file is on this machine, or None."""
-    lora = preset.lora
-    if lora is None:
-        return None
-    if lora.path:
-        return lora.path
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        found = try_to_load_from_cache(repo_id=lora.repo, filename=lora.file)
-    except Exception:
-        return None
-    return found if isinstance(found, str) else None
+    return preset.lora.local_path() if preset.lora is not None else None
 
 
 def _stage_peaks(profile: Profile, w: dict, lora: int, act: dict, scratch: int, arch: Architecture) -> dict:
@@ -304,7 +314,8 @@ def plan(preset, profile: Profile, images: int = 3, folder: str | None = None) -
 
     ``folder``: the preset's model folder when its files are here (else the published architecture)."""
     arch = architecture(folder, preset.resolution, images, profile.vae_tiling)
-    weights = {"transformer": arch.transformer.bytes(profile.transformer),
+    gguf = preset.transformer_gguf is not None
+    weights = {"transformer": gguf_bytes(preset, arch)[0] if gguf else arch.transformer.bytes(profile.transformer),
                "text_encoder": arch.text_encoder.bytes(profile.text_encoder),
                "vae": 2 * arch.vae_params}
     lora_bytes = 0
@@ -312,15 +323,16 @@ def plan(preset, profile: Profile, images: int = 3, folder: str | None = None) -
         from_file = lora_file_bytes(lora_path(preset))
         lora_bytes = from_file if from_file is not None else sum(
             2 * LORA_RANK * (o + i) for o, i in arch.block_lora_shapes)
-    on_gpu_lora = lora_bytes if profile.lora_mode == "adapter" else 0
+    lora_mode = profile.lora_mode_for(gguf)
+    on_gpu_lora = lora_bytes if lora_mode == "adapter" else 0
     scratch = 0
-    if profile.transformer in ("int8", "nf4"):
+    if gguf or profile.transformer in ("int8", "nf4"):
         scratch = 2 * arch.transformer.largest_linear()  # one weight dequantized to bf16
     elif profile.transformer == "fp8":
         scratch = arch.tokens * arch.max_in_features  # the activations quantized to 8 bits
     stages = _stage_peaks(profile, weights, on_gpu_lora, arch.activations, scratch, arch)
     host = lora_bytes  # LoRA files are read once and kept in host memory
-    if profile.lora_mode == "fuse" and preset.lora is not None:
+    if lora_mode == "fuse" and preset.lora is not None:
         host += sum(2 * o * i for o, i in arch.block_lora_shapes)  # base copies for the exact restore
     if profile.offload == "text_encoder":
         host += weights["text_encoder"]
@@ -378,7 +390,8 @@ def config_plan(args) -> tuple[list[str], int, bool]:
         # L4/L40S, H100/H200); on an older card auto skips the FP8 profiles at start.
         device = DeviceInfo("cuda", f"a {worker.gpu_memory_gib:g} GiB card", (8, 9), card, card,
                             backends=frozenset({"torchao", "bitsandbytes"}))
-        chosen, _ = choose(device, lambda prof: plan(preset, prof, args.max_images, folder(preset)).peak)
+        chosen, _ = choose(device, lambda prof: plan(preset, prof, args.max_images, folder(preset)).peak,
+                           gguf=preset.transformer_gguf is not None)
         return (chosen, "auto") if chosen else (PROFILES["bf16-stream"], "auto: nothing fits; smallest shown")
 
     plans, sources = [], set()
@@ -387,7 +400,11 @@ def config_plan(args) -> tuple[list[str], int, bool]:
         result = plan(preset, profile, args.max_images, folder(preset))
         plans.append(result)
         sources.add(result.source)
-        lines.append(f"{preset.name}: profile {profile.name} ({why}): {profile.describe()}")
+        described = profile.describe()
+        if preset.transformer_gguf is not None:
+            described = profile.describe(gguf_bytes(preset, architecture(folder(preset), preset.resolution,
+                                                                         args.max_images, profile.vae_tiling))[1])
+        lines.append(f"{preset.name}: profile {profile.name} ({why}): {described}")
     if not plans:
         return lines + ["plan: 0.0 GiB peak"], 0, True
     lines.append("architecture: " + "; ".join(sorted(sources)))

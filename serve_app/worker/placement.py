@@ -28,10 +28,11 @@ def _bnb_nf4(cls, dtype):
                bnb_4bit_compute_dtype=dtype)
 
 
-def quantization_config(profile: Profile, dtype):
-    """The ``PipelineQuantizationConfig`` for ``profile`` (None when everything stays in ``dtype``)."""
+def quantization_config(profile: Profile, dtype, transformer: bool = True):
+    """The ``PipelineQuantizationConfig`` for ``profile`` (None when everything stays in ``dtype``).
+    ``transformer=False``: the transformer comes quantized already (a GGUF file): only the text encoder's."""
     mapping = {}
-    if profile.transformer != "bf16":
+    if transformer and profile.transformer != "bf16":
         if profile.transformer == "nf4":
             from diffusers import BitsAndBytesConfig
 

@@ -14,7 +14,7 @@ import os
 import re
 from pathlib import Path
 
-from ..presets import BUILTIN_TINY, LoraSpec, Preset, looks_local
+from ..presets import BUILTIN_TINY, WeightFile, Preset, looks_local
 
 LIBRARIES = ("torch", "diffusers", "transformers", "peft")
 WHOLE_FILE_BYTES = 64 * 1024 * 1024  # larger files enter a folder's fingerprint by size and ends
@@ -52,15 +52,28 @@ def fingerprint(folder: str | Path) -> str:
     root = Path(folder)
     h = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        size = path.stat().st_size
-        h.update(f"{path.relative_to(root).as_posix()}\0{size}\0".encode())
-        with open(path, "rb") as f:
-            if size <= WHOLE_FILE_BYTES:
-                h.update(f.read())
-            else:
-                h.update(f.read(1 << 20))
-                f.seek(size - (1 << 20))
-                h.update(f.read(1 << 20))
+        h.update(f"{path.relative_to(root).as_posix()}\0".encode())
+        _fingerprint_into(h, path)
+    return h.hexdigest()
+
+
+def _fingerprint_into(h, path: Path) -> None:
+    size = path.stat().st_size
+    h.update(f"{size}\0".encode())
+    with open(path, "rb") as f:
+        if size <= WHOLE_FILE_BYTES:
+            h.update(f.read())
+        else:
+            h.update(f.read(1 << 20))
+            f.seek(size - (1 << 20))
+            h.update(f.read(1 << 20))
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """SHA-256 of a file's size and content, a file over 64 MiB by its size and first and last MiB
+    (a 13 GB GGUF in a moment; hashing all of it would hold up every start by a minute)."""
+    h = hashlib.sha256()
+    _fingerprint_into(h, Path(path))
     return h.hexdigest()
 
 
@@ -88,7 +101,7 @@ def base_of(preset: Preset, folder: str | None) -> dict:
             "path": str(path)}
 
 
-def lora_of(lora: LoraSpec) -> dict:
+def lora_of(lora: WeightFile) -> dict:
     if lora.path:
         path, repo = str(Path(lora.path).expanduser()), None
     else:
@@ -97,18 +110,30 @@ def lora_of(lora: LoraSpec) -> dict:
             "sha256": path and sha256_file(path), "path": path}
 
 
+def gguf_of(spec: WeightFile) -> dict:
+    """A GGUF transformer file: its name, hub repo and revision, and ``file_fingerprint``."""
+    path = spec.local_path()
+    return {"file": spec.name, "repo": spec.repo, "revision": path and _revision(path),
+            "fingerprint": path and file_fingerprint(path), "path": path}
+
+
 def describe(preset: Preset, folder: str | None, profile: str | None) -> dict:
     """What ``preset`` runs on this machine. The ``path`` entries are for the operator's log;
     ``public`` removes them."""
     return {"base": base_of(preset, folder), "loras": [lora_of(preset.lora)] if preset.lora else [],
+            "transformer_gguf": gguf_of(preset.transformer_gguf) if preset.transformer_gguf else None,
             "profile": profile}
+
+
+def _without_path(entry: dict | None) -> dict | None:
+    return entry and {k: v for k, v in entry.items() if k != "path"}
 
 
 def public(described: dict) -> dict:
     """``describe``'s answer without server paths (for /health and /models)."""
-    base = {k: v for k, v in described["base"].items() if k != "path"}
-    loras = [{k: v for k, v in lora.items() if k != "path"} for lora in described["loras"]]
-    return {**described, "base": base, "loras": loras}
+    return {**described, "base": _without_path(described["base"]),
+            "loras": [_without_path(lora) for lora in described["loras"]],
+            "transformer_gguf": _without_path(described.get("transformer_gguf"))}
 
 
 def log_line(name: str, described: dict, versions: dict) -> str:
@@ -118,5 +143,8 @@ def log_line(name: str, described: dict, versions: dict) -> str:
              else f"{base['path']} (fingerprint {base['fingerprint'][:16]}"
                   + (f", revision {base['revision']}" if base["revision"] else "") + ")")
     loras = "".join(f", LoRA {lora['path'] or lora['file']} sha256 {lora['sha256']}" for lora in described["loras"])
+    gguf = described.get("transformer_gguf")
+    if gguf:
+        loras += f", transformer {gguf['path'] or gguf['file']} (fingerprint {(gguf['fingerprint'] or '-')[:16]})"
     libs = ", ".join(f"{k} {v}" for k, v in versions.items())
     return f"preset {name}: base {where}{loras}, profile {described['profile']}; {libs}"

@@ -165,6 +165,22 @@ def ensure_tiny_model(folder: str | os.PathLike) -> Path:
     return folder
 
 
+def ensure_tiny_gguf(folder: str | os.PathLike, qtype: str = "Q8_0") -> Path:
+    """The tiny model's transformer as a GGUF file of ``qtype`` (``gguf_files.WRITABLE``), written
+    into ``<folder>/gguf/`` beside the tiny model (built first if it is not yet), as the published
+    conversions lay their files out: the quantized weights under diffusers' names. Idempotent."""
+    from safetensors.torch import load_file
+
+    from . import gguf_files
+
+    folder = ensure_tiny_model(folder)
+    path = folder / "gguf" / f"tiny-transformer-{qtype}.gguf"
+    if not path.is_file():
+        weights = load_file(str(folder / "transformer" / "diffusion_pytorch_model.safetensors"))
+        gguf_files.write(weights, path, qtype)
+    return path
+
+
 def random_lightning_lora(transformer, path: Path, rank: int = 4, seed: int = 0, scale: float = 0.5,
                           prefix: str = "", only: str | None = None, dtype=None, device: str = "cpu") -> Path:
     """A LoRA file in the Lightning LoRAs' key format with random values, for tests and benchmarks

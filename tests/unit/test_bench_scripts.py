@@ -51,6 +51,35 @@ def test_gpu_edit_benchmark_holds_the_model_in_a_profile(tmp_path):
     assert serving["base_weights_identical_after_restore"] is True  # the int8 weights as stored
 
 
+def test_gpu_edit_benchmark_runs_a_random_gguf_transformer_and_the_step_cache(tmp_path):
+    """--gguf Q4_0: the transformer as random GGUF blocks (diffusers' GGUFLinear), LoRAs as adapters
+    with an exact round trip; --step-cache: the 40-step preset again with the cache, fewer full steps."""
+    out = tmp_path / "gguf.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_edit.py"), "--smoke", "--runs", "1",
+                           "--presets", "qwen-4step,qwen-40step", "--gguf", "Q4_0", "--step-cache", "--serving",
+                           "--jobs", "2", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["gguf"] == "Q4_0" and "serving_error" not in result
+    assert result["serving"]["pixels_identical_after_round_trip"] is True
+    cache = result["step_cache"]
+    assert cache["steps"] == 40 and 8 <= cache["full_steps"] < 40 and cache["speedup"] > 0
+    # planned for the published model with a Q4_0 transformer: well under the bf16 one
+    assert 15 < result["presets"]["qwen-4step"]["planned_peak_gib"] < 40
+
+
+def test_the_gpu_proof_runs_each_profile_in_its_own_process_and_sums_them_up(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_proof.py"), "--smoke", "--out-dir", str(tmp_path),
+                           "--only", "gguf-Q4_0-nf4-24gib,bf16", "--budget", "240"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())["runs"]
+    assert [r["run"] for r in summary] == ["gguf-Q4_0-nf4-24gib", "bf16"]
+    assert summary[0]["gguf"] == "Q4_0" and summary[0]["profile"] == "nf4" and not summary[0]["error"]
+    assert all(r["seconds_per_edit"]["qwen-4step"] > 0 for r in summary)
+    assert "gguf-Q4_0-nf4-24gib" in proc.stdout.splitlines()[-2]  # the table, one row per run
+
+
 def test_serving_overhead_splits_the_cpu_between_the_worker_and_every_other_process(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "bench"))
     from serving_overhead import cpu_split

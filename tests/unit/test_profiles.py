@@ -119,3 +119,39 @@ def test_plan_of_the_other_configs_and_a_card_too_small(capsys, tmp_path):
     small.write_text(yaml.safe_dump(config))
     code, lines = _plan_output(capsys, small)
     assert code == 0 and any(line.startswith("qwen-4step: profile nf4 (auto)") for line in lines)
+
+
+def test_plan_of_the_24gb_gguf_config_fits_22_gib_with_the_q4_k_m_transformer(capsys, tmp_path):
+    code, lines = _plan_output(capsys, ROOT / "config" / "serve.24gb-gguf.yaml")
+    assert code == 0 and "every preset fits the card" in lines[-2], lines
+    assert float(re.fullmatch(r"plan: ([\d.]+) GiB peak", lines[-1]).group(1)) <= 22.0
+    for name in ("qwen-4step", "qwen-8step", "qwen-40step"):
+        assert (f"{name}: profile nf4 (worker.profile): transformer GGUF Q4_K_M (type from the file's name), "
+                "text encoder nf4, VAE tiling") in lines
+    # 20.4 B weights at Q4_K_M's 5.13 bits: the published file's 13.1 GB (12.2 GiB)
+    assert any(re.match(r"qwen-4step\s+nf4\s+12\.2\s", line) for line in lines)
+    config = yaml.safe_load((ROOT / "config" / "serve.24gb-gguf.yaml").read_text())
+    for preset in config["applications"][0]["args"]["presets"].values():
+        preset["transformer_gguf"]["file"] = "Qwen-Image-Edit-2509-Q8_0.gguf"
+    big = tmp_path / "q8.yaml"
+    big.write_text(yaml.safe_dump(config))
+    code, lines = _plan_output(capsys, big)
+    assert code == 1 and "does not fit the card" in lines[-2]  # Q8_0 (21.7 GB) beside the text encoder
+
+
+def test_gguf_sizes_by_type_and_from_a_file_header(tmp_path):
+    from serve_app.worker import gguf_files
+    from serve_app.worker.tiny_model import ensure_tiny_gguf
+
+    assert gguf_files.weight_bytes("Q4_0", 3072, 3072) == 3072 * 3072 * 18 // 32  # 18 bytes per 32 weights
+    assert gguf_files.weight_bytes("Q8_0", 3072, 12288) == 3072 * 12288 * 34 // 32
+    named = {"base": "builtin:tiny", "steps": 2, "cfg_scale": 1.0, "nominal_seconds": 1, "resolution": 256}
+    path = ensure_tiny_gguf(tmp_path / "tiny", "Q4_0")
+    folder = str(tmp_path / "tiny")
+    here = build_registry({"g": {**named, "transformer_gguf": {"path": str(path)}}})["g"]
+    plan = memplan.plan(here, PROFILES["bf16"], folder=folder)
+    found = gguf_files.tensors(str(path))
+    assert plan.weights["transformer"] == gguf_files.loaded_bytes(found)
+    unpacked = memplan.plan(REGISTRY["tiny"], PROFILES["bf16"], folder=folder).weights["transformer"]
+    assert plan.weights["transformer"] < unpacked
+    assert memplan.gguf_bytes(here, memplan.architecture(folder, 256, 3, False))[1] == "Q4_0 (from the file's header)"

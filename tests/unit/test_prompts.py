@@ -47,7 +47,7 @@ def test_the_real_presets_ask_the_earlier_prompt_and_the_40_step_preset_its_nega
     for name in ("qwen-4step", "qwen-8step", "qwen-40step", "tiny"):
         assert defaults[name].prompt_template == DEFAULT_PROMPT_TEMPLATE
     assert defaults["qwen-40step"].negative_prompt == EARLIER_NEGATIVE == DEFAULT_NEGATIVE_PROMPT
-    for config in ("serve.gpu.yaml", "serve.24gb.yaml"):
+    for config in ("serve.gpu.yaml", "serve.24gb.yaml", "serve.24gb-gguf.yaml"):
         args = yaml.safe_load((ROOT / "config" / config).read_text())["applications"][0]["args"]
         presets = build_registry(args.get("presets"))
         for name in ("qwen-4step", "qwen-8step", "qwen-40step"):

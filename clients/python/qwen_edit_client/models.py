@@ -58,6 +58,7 @@ class JobStatusResponse(_Answer):
     attempts: int = 0
     priority: str = "normal"
     preview_step: int | None = None
+    full_steps: int | None = None  # of a completed job: steps run in full (a preset's step cache skips some)
 
 
 class JobListResponse(_Answer):
@@ -91,6 +92,7 @@ class WorkerView(_Answer):
     profile: str | None = None
     profile_reason: str | None = None
     running: dict | None = None  # libraries and, per preset, base revision, LoRA SHA-256s, profile
+    refused: dict[str, str] | None = None  # presets this worker will not run (a bad GGUF file), with why
 
 
 class HealthResponse(_Answer):
@@ -118,6 +120,7 @@ class PresetView(_Answer):
     missing: str | None = None
     prompt_template: str | None = None
     negative_prompt: str | None = None
+    step_cache: bool = False  # its steps may reuse cached transformer work (cache-dit)
     running: dict | None = None  # what a worker runs for this preset, with its libraries
 
 

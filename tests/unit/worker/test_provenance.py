@@ -19,7 +19,8 @@ REV = "0123456789abcdef0123456789abcdef01234567"
 def hub_cache(tmp_path, monkeypatch):
     """A cache holding Org/Edit's model_index.json and Org/Loras' LoRA file at revision REV."""
     cache = tmp_path / "hub"
-    for repo, name, data in (("Org/Edit", "model_index.json", b"{}"), ("Org/Loras", "l/fast.safetensors", b"lora")):
+    for repo, name, data in (("Org/Edit", "model_index.json", b"{}"), ("Org/Loras", "l/fast.safetensors", b"lora"),
+                             ("Org/Edit-GGUF", "Edit-Q4_K_M.gguf", b"GGUF")):
         folder = cache / f"models--{repo.replace('/', '--')}"
         (folder / "refs").mkdir(parents=True)
         (folder / "refs" / "main").write_text(REV)
@@ -32,13 +33,17 @@ def hub_cache(tmp_path, monkeypatch):
 
 def test_a_hub_base_shows_its_snapshot_revision_and_a_hub_lora_its_sha256(hub_cache):
     preset = build_registry({"p": {"base": "Org/Edit", "steps": 4, "cfg_scale": 1.0, "nominal_seconds": 1,
-                                   "lora": {"repo": "Org/Loras", "file": "l/fast.safetensors"}}})["p"]
+                                   "lora": {"repo": "Org/Loras", "file": "l/fast.safetensors"},
+                                   "transformer_gguf": {"repo": "Org/Edit-GGUF", "file": "Edit-Q4_K_M.gguf"}}})["p"]
     found = provenance.describe(preset, None, "fp8")
     shown = provenance.public(found)
     assert shown == {"base": {"source": "hub", "base": "Org/Edit", "revision": REV, "folder": None,
                               "fingerprint": None},
                      "loras": [{"file": "fast.safetensors", "repo": "Org/Loras", "revision": REV,
                                 "sha256": hashlib.sha256(b"lora").hexdigest()}],
+                     # a GGUF by size and ends (a whole 13 GB file would hold up each start)
+                     "transformer_gguf": {"file": "Edit-Q4_K_M.gguf", "repo": "Org/Edit-GGUF", "revision": REV,
+                                          "fingerprint": hashlib.sha256(b"4\0GGUF").hexdigest()},
                      "profile": "fp8"}
     assert str(hub_cache) not in json.dumps(shown)
     assert str(hub_cache) in provenance.log_line("p", found, provenance.libraries())  # the operator's log has it
