@@ -20,6 +20,9 @@ from serve_app.config import IngressSettings, QueueSettings, Settings, WorkerSet
     ({"worker": {"engine": "not an import path"}}, "worker.engine"),
     ({"max_upload_mb": 20, "max_body_mb": 10}, "max_body_mb (10.0) must be at least max_upload_mb"),
     ({"queue_size": 10}, "queue_size"),  # a misspelt key is refused, not ignored
+    ({"presets": {"qwen-4step": {"step_cache": {"threshold": 2}}}}, "step_cache.threshold"),
+    ({"presets": {"qwen-4step": {"step_cache": {"fn": 8}}}}, "step_cache.fn"),
+    ({"presets": {"qwen-4step": {"transformer_gguf": {"repo": "Org/X"}}}}, "needs either `path`, or both"),
 ])
 def test_a_wrong_key_or_value_stops_the_build_naming_it(args, says, tmp_path):
     with pytest.raises(ValidationError, match=re.escape(says)):
@@ -84,3 +87,17 @@ def test_a_hung_worker_is_checked_every_third_of_the_lease_within_serves_bounds(
     app = build_app({"state_dir": str(tmp_path), "job_lease_seconds": lease})
     workers = app._bound_deployment.init_args[1]._bound_deployment  # (Serve has no public reader for it)
     assert workers.name == "ModelWorker" and workers._deployment_config.health_check_period_s == period
+
+
+def test_the_gpu_config_adds_a_cached_40_step_preset_and_leaves_the_others_uncached():
+    import yaml
+
+    from serve_app.presets import build_registry
+    from tests.helpers import ROOT
+
+    args = yaml.safe_load((ROOT / "config" / "serve.gpu.yaml").read_text())["applications"][0]["args"]
+    presets = build_registry(args["presets"])
+    fast = presets["qwen-40step-fast"]
+    assert fast.step_cache is not None and fast.step_cache.threshold == 0.12 and fast.step_cache.warmup_steps == 8
+    assert (fast.steps, fast.cfg_scale, fast.negative_prompt) == (40, 4.0, presets["qwen-40step"].negative_prompt)
+    assert all(presets[n].step_cache is None for n in ("qwen-4step", "qwen-8step", "qwen-40step"))
