@@ -1,8 +1,8 @@
 """GGUF transformers through the real Serve app: the tiny model's transformer written as Q8_0 and Q4_0
 by the project's builder, presets that run on them (a Lightning LoRA switched on and off exactly, a
 step cache that leaves the uncached preset's pixels as they were and says how many steps ran in
-full), and a preset whose file is not GGUF: refused with a sentence naming the file, health
-degraded, the worker serving the others, never a 500."""
+full), and presets whose files are not GGUF, cut short or of another model: refused with a sentence
+naming the file, health degraded, the worker serving the others, never a 500."""
 
 import io
 
@@ -29,6 +29,15 @@ def gguf_api(cluster, deploy):
     broken = root / "gguf-files" / "broken-Q4_0.gguf"
     broken.parent.mkdir(parents=True, exist_ok=True)
     broken.write_bytes(b"<html>404: this download was an error page, not a model</html>\n" * 50)
+    whole = q8.read_bytes()
+    (root / "gguf-files" / "cut-Q8_0.gguf").write_bytes(whole[: len(whole) * 2 // 3])  # a download cut short
+    from safetensors.torch import load_file
+
+    from serve_app.worker.gguf_files import write
+
+    weights = load_file(str(tiny / "transformer" / "diffusion_pytorch_model.safetensors"))
+    weights["single_transformer_blocks.0.proj.weight"] = weights.pop("transformer_blocks.0.attn.to_q.weight")
+    write(weights, root / "gguf-files" / "other-model-Q8_0.gguf", "Q8_0")  # another model's names
     common = {"base": "builtin:tiny", "cfg_scale": 1.0, "resolution": 256, "nominal_seconds": 1.0}
     presets = {
         "g4": {**common, "transformer_gguf": {"path": str(q8)}, "steps": 4, "scheduler": "lightning",
@@ -38,6 +47,9 @@ def gguf_api(cluster, deploy):
                      "step_cache": {"threshold": 0.5, "warmup_steps": 2, "warmup_interval": 1}},
         "q4": {**common, "transformer_gguf": {"path": str(q4)}, "steps": 4},
         "broken": {**common, "transformer_gguf": {"path": str(broken)}, "steps": 4},
+        "cut": {**common, "transformer_gguf": {"path": str(root / "gguf-files" / "cut-Q8_0.gguf")}, "steps": 4},
+        "other": {**common, "transformer_gguf": {"path": str(root / "gguf-files" / "other-model-Q8_0.gguf")},
+                  "steps": 4},
     }
     yield deploy("gguf", "/gguf", wait_workers=True, presets=presets, default_preset="g4")
     remove_app("gguf")
@@ -72,7 +84,12 @@ def test_a_file_that_is_not_gguf_is_refused_by_name_and_health_says_so(gguf_api)
     body = health.json()
     assert health.status_code == 200 and body["status"] == "degraded" and body["model_loaded"]
     assert any(w.startswith(SENTENCE) for w in body["warnings"]), body["warnings"]
-    assert body["workers"][0]["refused"]["broken"].startswith(SENTENCE)
+    refused = body["workers"][0]["refused"]
+    assert refused["broken"].startswith(SENTENCE) and set(refused) == {"broken", "cut", "other"}
+    assert "cut-Q8_0.gguf (presets.cut.transformer_gguf): it is damaged or truncated" in refused["cut"]
+    assert "other-model-Q8_0.gguf (presets.other.transformer_gguf): it is not a transformer of this model" \
+        in refused["other"]
+    assert sorted(w.split()[1] for w in body["warnings"] if w.startswith("Preset ")) == ["broken", "cut", "other"]
     assert "gguf-files" not in str(body)  # the file by name, never its folder
     model = gguf_api.http.get("/api/v1/models").json()["models"]["broken"]
     assert model["available"] is False and model["missing"].startswith(SENTENCE)

@@ -64,3 +64,19 @@ def test_a_cached_lora_preset_then_an_uncached_bare_one_gives_the_bare_pixels(ca
     assert full < 10
     assert np.array_equal(plain, _run(engine, reg["plain"], seed=8)[0])
     assert reg["fast"].public()["step_cache"] is True and reg["plain"].public()["step_cache"] is False
+
+
+def test_a_job_cancelled_mid_cache_leaves_the_next_one_as_if_it_had_not_run(cached):
+    from serve_app.worker.engine import JobCancelled
+
+    engine, reg = cached
+    before, full = _run(engine, reg["fast"], seed=12)
+
+    def stop(step, total):
+        if step == 5:
+            raise JobCancelled("j")
+
+    with pytest.raises(JobCancelled):
+        engine.generate(reg["fast"], [photo(256, 256, seed=2)], "make the sky blue", 12, on_step=stop)
+    after, again = _run(engine, reg["fast"], seed=12)
+    assert np.array_equal(before, after) and full == again  # the cache's state starts anew each job
