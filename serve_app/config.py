@@ -21,10 +21,56 @@ from .prompts import DEFAULT_BLOCKED_TERMS, PromptPolicy
 from .webhooks import load_secret
 
 
+class AutoscalingArgs(BaseModel):
+    """``worker.autoscaling``: the model workers follow the queue (``worker/scaling.py``). Serve
+    decides, with these bounds and delays; a worker chosen to go finishes its job first."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_workers: int = Field(1, ge=0, le=64, description="never fewer; 0: none while nothing waits (a cold "
+                                                        "start on the next submit)")
+    max_workers: int = Field(4, ge=1, le=64, description="never more (on a cluster: what its GPU nodes can hold)")
+    jobs_per_worker: int = Field(1, ge=1, le=10, description="queued jobs that ask for one more worker (1: a "
+                                                             "worker for every job waiting, up to max_workers)")
+    upscale_delay_seconds: float = Field(5, ge=0, le=3600, description="how long more workers must be wanted "
+                                                                       "before one is added")
+    downscale_delay_seconds: float = Field(120, ge=0, le=86_400, description="how long fewer workers must be "
+                                                                           "wanted before one goes")
+    downscale_to_zero_delay_seconds: float | None = Field(
+        None, ge=0, le=86_400, description="before the last worker goes (min_workers 0); default: "
+                                           "downscale_delay_seconds")
+    look_back_seconds: float = Field(10, ge=0.5, le=600, description="the window Serve averages the "
+                                                                     "workers' reports of the queue over")
+    cold_start_seconds: float = Field(60, gt=0, le=3600, description="a worker's start-up time for the ETAs "
+                                                                     "until one has been measured")
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        if self.min_workers > self.max_workers:
+            raise ValueError(f"worker.autoscaling.min_workers ({self.min_workers}) must not exceed "
+                             f"max_workers ({self.max_workers})")
+        return self
+
+    def serve_config(self) -> dict:
+        """Serve's ``autoscaling_config`` for the ModelWorker deployment. The look-back must exceed
+        Serve's metrics interval (its default 10 s unless set below it)."""
+        look_back = self.look_back_seconds
+        return {
+            "min_replicas": self.min_workers, "max_replicas": self.max_workers,
+            "initial_replicas": self.min_workers,
+            "upscale_delay_s": self.upscale_delay_seconds, "downscale_delay_s": self.downscale_delay_seconds,
+            "downscale_to_zero_delay_s": self.downscale_to_zero_delay_seconds,
+            "look_back_period_s": look_back, "metrics_interval_s": min(10.0, look_back / 2),
+            "policy": {"policy_function": "serve_app.worker.scaling:QueueDepthPolicy",
+                       "policy_kwargs": {"jobs_per_worker": self.jobs_per_worker}},
+        }
+
+
 class WorkerArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     num_replicas: int = Field(1, ge=1, le=64, description="model workers; each runs one job at a time")
+    autoscaling: AutoscalingArgs | None = Field(None, description="instead of num_replicas: workers follow the "
+                                                                  "queue between min_workers and max_workers")
     num_gpus: float = Field(0, ge=0, description="GPUs per worker: 1 on a GPU machine, 0 on CPU")
     num_cpus: float = Field(1, ge=0)
     resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources to pin workers")
@@ -50,6 +96,13 @@ class WorkerArgs(BaseModel):
         if not known(v):
             raise ValueError(unknown_profile_message(v))
         return v
+
+    @model_validator(mode="after")
+    def _replicas_or_autoscaling(self):
+        if self.autoscaling is not None and "num_replicas" in self.model_fields_set:
+            raise ValueError("set worker.num_replicas (a fixed number of workers) or worker.autoscaling "
+                             "(workers that follow the queue), not both")
+        return self
 
 
 class WebhookArgs(BaseModel):
@@ -237,6 +290,7 @@ class WorkerSettings(BaseModel):
     prepare_ahead: bool | None
     engine: str
     num_replicas: int
+    autoscaling: AutoscalingArgs | None  # None: num_replicas workers, always
     actor_options: dict  # Ray actor options of each worker (GPUs, CPUs, custom resources)
 
 
@@ -282,6 +336,13 @@ class Settings(BaseModel):
         replaces a replica after three failed checks, so a third of the lease (within 1 s and Serve's
         default of 10 s) replaces a hung worker about one lease after its job's lease ran out."""
         return min(10.0, max(1.0, self.job_lease_seconds / 3))
+
+    @property
+    def worker_graceful_seconds(self) -> float:
+        """How long Serve lets a worker chosen to stop (scaled down, redeployed) finish its job
+        before it kills the process: the graceful stop's time plus the hand-back's margin
+        (``ModelWorker.__del__`` hands an unfinished job back, uncharged, before then)."""
+        return self.queue.graceful_stop_seconds + 10.0
 
     @property
     def worker_resources(self) -> dict[str, float]:
@@ -340,7 +401,7 @@ def build_settings(args: AppArgs | dict | None) -> Settings:
             png_compress_level=w.png_compress_level, attention_backend=w.attention_backend, compile=w.compile,
             warmup=w.warmup, preload=preload, profile=w.profile, gpu_memory_gib=w.gpu_memory_gib,
             plan_presets=planned_presets(presets, default), prepare_ahead=w.prepare_ahead, engine=w.engine,
-            num_replicas=w.num_replicas, actor_options=actor_options),
+            num_replicas=w.num_replicas, autoscaling=w.autoscaling, actor_options=actor_options),
         ingress=IngressSettings(
             replicas=args.ingress_replicas, actor_options=_pinned(args.ingress_resources),
             upload_limits=args.upload_limits,

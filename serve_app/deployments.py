@@ -17,8 +17,12 @@ def build_app(args: AppArgs | dict | None):
     unknown or invalid key stops ``serve run`` with a sentence naming it)."""
     settings = build_settings(args)
     queue = QueueActor.options(ray_actor_options=settings.queue.actor_options).bind(settings)
-    workers = ModelWorker.options(num_replicas=settings.worker.num_replicas,
-                                  health_check_period_s=settings.worker_health_check_seconds,
+    scaling = settings.worker.autoscaling
+    count = ({"num_replicas": settings.worker.num_replicas} if scaling is None else
+             {"autoscaling_config": scaling.serve_config()})
+    workers = ModelWorker.options(**count, health_check_period_s=settings.worker_health_check_seconds,
+                                  graceful_shutdown_timeout_s=settings.worker_graceful_seconds,
+                                  graceful_shutdown_wait_loop_s=1.0,
                                   ray_actor_options=settings.worker.actor_options).bind(queue, settings)
     return Ingress.options(num_replicas=settings.ingress.replicas,
                            ray_actor_options=settings.ingress.actor_options).bind(queue, workers, settings)

@@ -11,6 +11,8 @@ Metrics view reads them. Names:
   ``ray_qwen_model_load_seconds{preset}``: histograms;
 - ``ray_qwen_gpu_memory_bytes{device}``: memory the worker holds for its model (GPU: what torch
   reserved; CPU workers: their resident memory);
+- ``ray_qwen_workers_running`` (the queue's live workers) and ``ray_qwen_workers_desired`` (what the
+  queue's figures ask Serve's autoscaler for, ``worker.autoscaling``; set by Serve's controller);
 - ``ray_qwen_policy_refusals_total{check}``: prompts refused (``prompt``), uploads refused
   (``upload``) and results withheld (``output``) by the prompt and output policies.
 
@@ -47,7 +49,10 @@ class QueueMetrics:
         m = _ray_metrics()
         if m is None:
             self.depth = self.processing = self.jobs = self.wait = self.run = self.switches = _Noop()
+            self.running_workers = _Noop()
             return
+        self.running_workers = m.Gauge("qwen_workers_running", description="Model workers up (heartbeating), "
+                                                                           "starting ones included.")
         self.depth = m.Gauge("qwen_queue_depth", description="Jobs waiting in the queue (queued).")
         self.processing = m.Gauge("qwen_jobs_processing", description="Jobs a model worker is running.")
         self.jobs = m.Counter("qwen_jobs", description="Jobs by outcome: accepted, refused (queue full), "
@@ -64,6 +69,9 @@ class QueueMetrics:
     def occupancy(self, queued: int, processing: int) -> None:
         self.depth.set(queued)
         self.processing.set(processing)
+
+    def workers(self, alive: int) -> None:
+        self.running_workers.set(alive)
 
     def outcome(self, name: str) -> None:
         self.jobs.inc(1, tags={"outcome": name})

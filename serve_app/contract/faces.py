@@ -48,7 +48,7 @@ class IngressFace(Protocol):
 
 class WorkerFace(Protocol):
     """What a model worker asks and reports: liveness, its next task, a job's inputs, progress and
-    outcomes."""
+    outcomes; the queue's figures its autoscaler reads, and its leaving."""
 
     async def heartbeat(self, worker_id: str, working_on: list[str] | tuple = ()) -> None: ...
 
@@ -71,6 +71,10 @@ class WorkerFace(Protocol):
     async def job_failed(self, worker_id: str, report: JobFailed) -> Outcome: ...
 
     async def load_done(self, worker_id: str, report: LoadDone) -> None: ...
+
+    async def scaling_figures(self) -> dict[str, int]: ...
+
+    async def worker_left(self, worker_id: str) -> list[str]: ...
 
 
 class OperatorFace(Protocol):

@@ -73,6 +73,7 @@ class JobView:
     priority: str
     preview_step: int | None  # the step of the latest live preview (jobs that asked for previews)
     full_steps: int | None = None  # of a completed job: steps its transformer ran in full (a step cache skips some)
+    message: str | None = None  # why a queued job waits, when it is not the jobs ahead (a worker starting)
     # The queue's version when this view was made (``JobQueue.changes``): which of two views of a job
     # is newer. Not part of the status object stations see.
     version: int = 0
@@ -85,7 +86,7 @@ class JobView:
         """What a status event tells (ETAs, which tick with time, are left out): two views with the
         same status signature are the same status news."""
         return (self.status.value, self.position, self.step, self.total_steps, self.error, self.result_path,
-                self.worker)
+                self.worker, self.message)
 
     def signature(self) -> tuple:
         """What a station following the job is told about when it changes: its status, and a new

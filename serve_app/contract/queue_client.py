@@ -137,6 +137,12 @@ class WorkerQueue(_Transports):
     async def load_done(self, worker_id: str, report: LoadDone) -> None:
         return await self._fast.load_done.remote(worker_id, report)
 
+    async def scaling_figures(self) -> dict[str, int]:
+        return await self._fast.scaling_figures.remote()
+
+    async def worker_left(self, worker_id: str) -> list[str]:
+        return await self._fast.worker_left.remote(worker_id)
+
 
 class OperatorQueue:
     """``faces.OperatorFace`` for ``qwen-serve``: a Ray call, as every call of the launcher's."""

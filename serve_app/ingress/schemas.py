@@ -61,6 +61,8 @@ class JobStatusResponse(BaseModel):
     full_steps: int | None = Field(None, description="addition: of a completed job, the denoising steps its "
                                                      "transformer ran in full: total_steps, or fewer where the "
                                                      "preset's step cache reused work")
+    message: str | None = Field(None, description="addition: why a queued job waits when it is not for the jobs "
+                                                  "ahead, e.g. a model worker starting (autoscaling from zero)")
 
 
 class JobListResponse(BaseModel):
@@ -109,6 +111,16 @@ class WorkerView(BaseModel):
                                                              "usable, found when the worker started)")
 
 
+class AutoscalingView(BaseModel):
+    min_workers: int = Field(description="the fewest workers kept (0: none while nothing waits)")
+    max_workers: int
+    workers: int = Field(description="workers up now (starting ones included)")
+    starting: bool = Field(description="jobs wait and no worker is ready: one is being started for them")
+    expected_start_seconds: float = Field(description="what a worker's start takes, as measured here (the "
+                                                      "configured cold_start_seconds until one was)")
+    measured_start_seconds: list[float] = Field(default_factory=list, description="the latest starts measured")
+
+
 class HealthResponse(BaseModel):
     model_config = example(status="healthy", current_model="qwen-4step", model_loaded=True, is_loading=False,
                            is_generating=True, queue_max_size=10, queue_cleanup_age_seconds=3600.0,
@@ -117,7 +129,8 @@ class HealthResponse(BaseModel):
                                      "profile": "fp8", "profile_reason": "auto: fp8 needs 39.2 GiB of the "
                                      "139.8 GiB free on NVIDIA H200, the fastest profile that fits"}],
                            warnings=[])
-    status: str = Field(description="healthy (a worker is ready), starting, degraded (see warnings: also "
+    status: str = Field(description="healthy (a worker is ready, or none is needed: autoscaled to zero), "
+                                    "starting, degraded (see warnings: also "
                                     "when a worker cannot run its profile), or unhealthy (503: the job database "
                                     "is damaged; the first warning says what was found and what to do)")
     current_model: str | None
@@ -128,6 +141,8 @@ class HealthResponse(BaseModel):
     queue_cleanup_age_seconds: float
     workers: list[WorkerView] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list, description="e.g. no node can host a model worker")
+    autoscaling: AutoscalingView | None = Field(None, description="addition, with worker.autoscaling: the "
+                                                                  "bounds, the workers up, a start under way")
 
 
 class PresetView(BaseModel):

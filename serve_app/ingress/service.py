@@ -235,8 +235,11 @@ class EditService:
         if h.pop("damaged", False):  # the job database is not to be trusted: nothing is served
             return {"status": "unhealthy", **h}, False
         unusable = any(w["state"] == WorkerState.UNUSABLE for w in h["workers"])
-        status = ("healthy" if h["model_loaded"] and not unusable and not refused
-                  else ("degraded" if h["warnings"] else "starting"))
+        scaling = h.get("autoscaling")
+        # Autoscaled to zero is a healthy server: a submit is accepted and starts a worker.
+        asleep = bool(scaling) and not h["workers"] and scaling["min_workers"] == 0
+        status = ("healthy" if (h["model_loaded"] or asleep) and not unusable and not refused and not
+                  (asleep and h["warnings"]) else ("degraded" if h["warnings"] else "starting"))
         return {"status": status, **h}, True
 
     async def models(self) -> dict:

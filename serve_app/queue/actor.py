@@ -50,6 +50,7 @@ from ..config import Settings
 from ..logs import use_serve_handlers
 from ..metrics import QueueMetrics
 from ..webhooks import Notifier
+from .cold_start import ColdStart
 from .core import JobQueue
 from .durability import Durability
 from .endings import Endings
@@ -61,6 +62,7 @@ from .worker_calls import WorkerCalls
 from .workers import WorkerRegistry
 
 log = logging.getLogger(__name__)
+WORKER_DEPLOYMENT = "ModelWorker"  # the workers' deployment in the same app (deployments.build_app)
 
 
 # A replaced replica (a redeploy) gets 5 s to answer what it has in flight, not Serve's 20 s: its
@@ -121,6 +123,9 @@ class QueueActor(IngressCalls, WorkerCalls, Endings, Durability):
         self.storage_problem: str | None = None
         self.store_failure: tuple[str, int] | None = None
         self.metrics = QueueMetrics()
+        scaling = settings.worker.autoscaling  # workers that follow the queue, maybe down to none
+        self.cold_start = ColdStart(scaling.cold_start_seconds) if scaling is not None else None
+        self._waking: asyncio.Task | None = None
         self.epoch = uuid.uuid4().hex  # names this replica's versions in the change feed
         self._changed = asyncio.Event()
         self._sched_checked, self._sched_reason = -1e9, None
@@ -171,6 +176,23 @@ class QueueActor(IngressCalls, WorkerCalls, Endings, Durability):
             await asyncio.wait_for(event.wait(), timeout=max(timeout, 0))
         except asyncio.TimeoutError:
             pass
+
+    def _wake_worker(self) -> None:
+        """Ask for a model worker when there is none (autoscaled to zero): a call to the workers'
+        deployment that waits for a replica; Serve starts one for it at once (its cold-start path
+        for a deployment at zero with a request waiting). One call at a time; a failed one is
+        asked again on the next pass."""
+        if self._waking is not None and not self._waking.done():
+            return
+
+        async def wake():
+            context = serve.get_replica_context()
+            handle = serve.get_deployment_handle(WORKER_DEPLOYMENT, context.app_name)
+            woke = await handle.wake.remote()
+            log.info("[JobQueue] Worker %s started for the waiting jobs", woke)
+
+        log.info("[JobQueue] Jobs wait and no model worker is up: asking for one")
+        self._waking = self._background.start(wake())
 
     def check_health(self) -> None:
         if self._cleanup_task.done():

@@ -31,6 +31,7 @@ Guarantees (each checked by tests/unit/queue/test_core.py):
   ``since`` is too old to answer as a delta). Each view carries the version it was made at.
 """
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -94,6 +95,9 @@ class JobQueue:
         self._next_ticket = 0
         self._recent: deque[str] = deque(maxlen=RECENT_PRESETS)  # presets of the latest submits
         self._worker_slots = 1
+        # When the first worker should be ready (this clock), while none is up and one is starting
+        # (autoscaling from zero): queued jobs' ETAs count from then, and their status says why.
+        self._worker_expected_at: float | None = None
         self.feed = ChangeFeed()
         # Finished jobs in the order they finished, (time, id): expiry walks only the expired ones.
         self._expiring: deque[tuple[float, str]] = deque()
@@ -492,6 +496,27 @@ class JobQueue:
             self._positions = {job_id: n for n, job_id in enumerate(order, start=1)}
         return self._order
 
+    def worker_starting(self, expected_at: float | None) -> None:
+        """No worker is up and one is starting, expected ready at ``expected_at`` (this queue's
+        clock); None: a worker is up (or none is coming)."""
+        if expected_at != self._worker_expected_at:
+            self._worker_expected_at = expected_at
+            self._bump(*(self._jobs[i] for i in self._queued))
+
+    def _not_before(self) -> float:
+        """Seconds until a worker can start a job: 0 with a worker up; while one starts, what is
+        left of its measured start time (at least 1: it is late, not there)."""
+        if self._worker_expected_at is None:
+            return 0.0
+        return max(1.0, self._worker_expected_at - self._clock())
+
+    def waiting_message(self, job: Job) -> str | None:
+        """Why a queued job waits, when it is not only for the jobs ahead of it."""
+        if job.status is not JobStatus.QUEUED or self._worker_expected_at is None:
+            return None
+        return (f"Waiting for a model worker to start (about {math.ceil(self._not_before())} s more); "
+                "the server starts workers when jobs arrive.")
+
     def position(self, job: Job) -> int | None:
         if job.status is not JobStatus.QUEUED:
             return None
@@ -508,7 +533,7 @@ class JobQueue:
         if job.status is not JobStatus.QUEUED:
             return 0.0
         ahead = [self._jobs[i] for i in self.order()[: self.position(job) - 1]]
-        return self.estimates.start_after(ahead, self._running.values(), self.worker_slots)
+        return self.estimates.start_after(ahead, self._running.values(), self.worker_slots, self._not_before())
 
     def estimated_wait(self, job: Job, start: float | None = None) -> int:
         """Whole seconds until ``job``'s result should be ready (queue wait plus its own run time);
@@ -554,7 +579,7 @@ class JobQueue:
     def active_views(self) -> list[JobView]:
         """The views of every queued and processing job (queued ones in start order), as of now."""
         queued = [self._jobs[job_id] for job_id in self.order()]
-        starts = self.estimates.starts(queued, self._running.values(), self.worker_slots)
+        starts = self.estimates.starts(queued, self._running.values(), self.worker_slots, self._not_before())
         return ([self.view(job) for job in self._running.values()]
                 + [self.view(self._jobs[job_id], start) for job_id, start in starts.items()])
 
@@ -565,4 +590,4 @@ class JobQueue:
         if not job.status.terminal:  # (a queued job's start, found once for both)
             start = self._start(job, start)
             wait, eta = self.estimates.wait(job, start), self.estimates.eta(job, start)
-        return job_view(job, self.position(job), wait, eta, self.version)
+        return job_view(job, self.position(job), wait, eta, self.version, self.waiting_message(job))

@@ -37,25 +37,28 @@ class Estimates:
         now = self._clock()
         return max(self.average(job.preset) - (now - (job.started_at or now)), 0.0)
 
-    def slot_free_times(self, running: Iterable[Job], slots: int) -> list[float]:
-        """Seconds from now until each of ``slots`` worker slots is free, as a heap."""
+    def slot_free_times(self, running: Iterable[Job], slots: int, not_before: float = 0.0) -> list[float]:
+        """Seconds from now until each of ``slots`` worker slots is free, as a heap; none before
+        ``not_before`` (no worker yet: the seconds until one should have started)."""
         frees = [self.remaining(j) for j in running]
         frees += [0.0] * max(slots - len(frees), 0)
         if not frees:
             frees = [0.0]
+        frees = [max(f, not_before) for f in frees]
         heapq.heapify(frees)
         return frees
 
-    def start_after(self, ahead: Iterable[Job], running: Iterable[Job], slots: int) -> float:
+    def start_after(self, ahead: Iterable[Job], running: Iterable[Job], slots: int, not_before: float = 0.0) -> float:
         """Seconds until a queued job starts, with ``ahead`` (in start order) before it."""
-        frees = self.slot_free_times(running, slots)
+        frees = self.slot_free_times(running, slots, not_before)
         for job in ahead:
             heapq.heapreplace(frees, frees[0] + self.average(job.preset))
         return frees[0]
 
-    def starts(self, queued: Iterable[Job], running: Iterable[Job], slots: int) -> dict[str, float]:
+    def starts(self, queued: Iterable[Job], running: Iterable[Job], slots: int,
+               not_before: float = 0.0) -> dict[str, float]:
         """Each queued job's start (``queued`` in start order), in one pass."""
-        frees, starts = self.slot_free_times(running, slots), {}
+        frees, starts = self.slot_free_times(running, slots, not_before), {}
         for job in queued:
             starts[job.id] = frees[0]
             heapq.heapreplace(frees, frees[0] + self.average(job.preset))

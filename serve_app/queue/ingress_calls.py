@@ -119,6 +119,7 @@ class IngressCalls:
                                      "read-only); nothing was queued. Try again later.") from None
         self._notify()
         self._arm_deadlines(job)
+        self._follow_workers()  # with no worker up (autoscaled to zero), one is asked for now
         self.metrics.outcome("accepted")
         log.info("[JobQueue] Job %s submitted - Queue size: %d - preset %s - station %s",
                  job.id[:8], self.core.occupancy, chosen.name, caller.station, extra=for_job(job.id))
@@ -228,7 +229,18 @@ class IngressCalls:
             "queue_cleanup_age_seconds": self.core.cleanup_age_s,
             "workers": [{"id": w.id[-12:], "state": w.state.value, "preset": w.preset, "detail": w.detail,
                          **w.placement} for w in workers],
+            "autoscaling": self._scaling_view(len(workers)),
         }
+
+    def _scaling_view(self, alive: int) -> dict | None:
+        """Health's ``autoscaling``: the bounds, the workers up, whether one is being started for
+        waiting jobs, and the start times measured (None with a fixed number of workers)."""
+        scaling = self.settings.worker.autoscaling
+        if scaling is None:
+            return None
+        return {"min_workers": scaling.min_workers, "max_workers": scaling.max_workers, "workers": alive,
+                "starting": self.cold_start.waiting, "expected_start_seconds": round(self.cold_start.expected_s, 1),
+                "measured_start_seconds": self.cold_start.measured[-5:]}
 
     @answers
     async def load_model(self, name: str) -> dict:

@@ -13,7 +13,8 @@ def progress_of(job: Job) -> float:
     return 0.0
 
 
-def job_view(job: Job, position: int | None, wait: int | None, eta: float | None, version: int) -> JobView:
+def job_view(job: Job, position: int | None, wait: int | None, eta: float | None, version: int,
+             message: str | None = None) -> JobView:
     return JobView(
         job_id=job.id,
         status=job.status,
@@ -38,5 +39,6 @@ def job_view(job: Job, position: int | None, wait: int | None, eta: float | None
         priority=job.priority,
         preview_step=job.preview_step,
         full_steps=job.full_steps,
+        message=message,
         version=version,
     )

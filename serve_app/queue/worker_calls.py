@@ -44,6 +44,43 @@ class WorkerCalls:
         self.core.worker_slots = max(1, len(self._usable_workers()))
         if self.load:
             self.load.pending &= alive
+        self._follow_workers()
+        self.metrics.workers(len(alive))
+
+    def _follow_workers(self) -> None:
+        """(Autoscaling.) While jobs wait and no worker is ready, their status says a worker is
+        starting and when it should be ready (``cold_start``); with no worker at all, one is asked
+        for (``_wake_worker``: Serve starts a replica for a call that waits for one)."""
+        if self.cold_start is None:
+            return
+        ready = [w for w in self._usable_workers() if w.state not in (WorkerState.STARTING, WorkerState.LOADING)]
+        expected = self.cold_start.update(bool(self.core.order()), bool(ready))
+        self.core.worker_starting(expected)
+        if expected is not None and not self._alive_workers() and not self.stopping:
+            self._wake_worker()
+
+    async def scaling_figures(self) -> dict[str, int]:
+        """What each worker reports to Serve's autoscaler (``worker.scaling``): jobs queued, jobs
+        running."""
+        return {"queued": len(self.core.order()), "running": len(self.core.running())}
+
+    async def worker_left(self, worker_id: str) -> list[str]:
+        """A worker's replica is stopping (scaled down, redeployed) and has finished what it could:
+        the jobs it still holds are queued again without charging an attempt (as the graceful stop
+        does: no fault of theirs), it is forgotten, and nothing is handed to it again. Answers the
+        ids queued again."""
+        held = [job for job in self.core.running() if job.worker_id == worker_id]
+        self.registry.leave(worker_id)
+        self._waiting.pop(worker_id, None)
+        for job in held:
+            await self._requeue(job, charge=False)
+            log.info("[JobQueue] Job %s queued again: its worker %s is stopping", job.id[:8], worker_id,
+                     extra=for_job(job.id))
+        log.info("[JobQueue] Worker %s left", worker_id)
+        self.core.worker_slots = max(1, len(self._usable_workers()))
+        self._follow_workers()
+        self._notify()
+        return [job.id for job in held]
 
     def unschedulable(self) -> str | None:
         """Why no model worker can run: every live worker is unusable (its profile cannot run on its
@@ -56,6 +93,8 @@ class WorkerCalls:
             return "No model worker can run: " + " ".join(sorted({w.detail or "unusable" for w in alive}))
         if alive:
             return None
+        if self.cold_start is not None and not self.cold_start.overdue():
+            return None  # autoscaling: none is up by design, and the cluster's autoscaler may add a node
         now = time.monotonic()
         if now - self._sched_checked < 5.0:
             return self._sched_reason
@@ -112,6 +151,8 @@ class WorkerCalls:
         ``ahead``: a busy worker on its current job's last step asks for its next job now (the job
         is ``processing`` from then on); answered at once, a job or None, never a load. None while
         another worker waits for a job: that one can start it now, this one only after its step."""
+        if self.registry.has_left(worker_id):  # (a long poll sent before its worker said it leaves)
+            return None
         if ahead:
             self._worker(worker_id)
             if self.stopping or self.load is not None or any(w != worker_id for w in self._waiting):
@@ -125,6 +166,9 @@ class WorkerCalls:
                 info.state, info.preset = WorkerState.READY, preset
             elif info.state != WorkerState.FAILED:
                 info.state = WorkerState.IDLE  # up, but no preset loaded yet
+            if self.registry.has_left(worker_id):
+                return None
+            self._follow_workers()  # a worker ready: a cold start (if one was waited for) ends here
             if self.load and worker_id in self.load.pending:
                 info.state = WorkerState.LOADING
                 return LoadTask(self.load.preset)

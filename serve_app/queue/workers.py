@@ -38,11 +38,24 @@ class WorkerRegistry:
         self.started = clock()
         self.workers: dict[str, WorkerInfo] = {}
         self._leases: dict[str, float] = {}  # running job id -> when its lease runs out
+        self._left: set[str] = set()  # workers that said they leave (scaled down, stopped): never back
 
     # --- liveness --------------------------------------------------------------------------------
 
+    def leave(self, worker_id: str) -> None:
+        """The worker's replica is stopping: forgotten now, and a late report of its (a heartbeat
+        already on its way) does not bring it back."""
+        self._left.add(worker_id)
+        self.workers.pop(worker_id, None)
+
+    def has_left(self, worker_id: str) -> bool:
+        return worker_id in self._left
+
     def seen(self, worker_id: str) -> tuple[WorkerInfo, bool]:
-        """The worker's record, marked alive now; and whether it is new."""
+        """The worker's record, marked alive now; and whether it is new. A worker that left gets a
+        record that is not kept (its late report changes nothing)."""
+        if worker_id in self._left:
+            return WorkerInfo(worker_id, last_seen=self.clock()), False
         info = self.workers.get(worker_id)
         new = info is None
         if new:

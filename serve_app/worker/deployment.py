@@ -23,8 +23,12 @@ callback raises ``JobCancelled`` at the end of the current step and the replica 
 What the replica tells the queue (its state, heartbeats, progress, previews, outcomes delivered until
 answered) and the ledger its leases are renewed by are ``reports.Reports``.
 
-Replicas: ``worker.num_replicas`` in config/serve.yaml; GPU pinning: ``worker.num_gpus`` (1 on a GPU
-machine). Scaling out needs nothing else: more replicas simply pull more jobs.
+Replicas: ``worker.num_replicas`` in config/serve.yaml, or ``worker.autoscaling`` (Serve's
+autoscaler over the queue's figures, which each replica reports: ``record_autoscaling_stats``,
+``scaling``); GPU pinning: ``worker.num_gpus`` (1 on a GPU machine). Scaling out needs nothing
+else: more replicas simply pull more jobs. A replica Serve stops (scaled down, redeployed) takes no
+new job, finishes the one it runs within ``graceful_stop_seconds``, and hands back to the queue,
+uncharged, whatever it still holds (``__del__``).
 """
 
 import asyncio
@@ -49,6 +53,7 @@ from ..presets import missing_weights
 from . import provenance
 from .engine import JobCancelled, ProfileUnavailable, public_error
 from .reports import Reports
+from .scaling import BUSY, QUEUED, RUNNING
 
 log = logging.getLogger(__name__)
 POLL_S = 5.0
@@ -74,6 +79,9 @@ class ModelWorker:
         self._ahead: asyncio.Task | None = None
         self.prepare_ahead = (settings.prepare_ahead if settings.prepare_ahead is not None
                               else self.engine.device == "cuda")
+        self.grace_s = app_settings.queue.graceful_stop_seconds
+        self.leaving = False  # Serve is stopping this replica (__del__): no new job
+        self._current: str | None = None  # the job being generated now
         self.jobs_done = 0
         self.jobs_claimed_ahead = 0  # claimed on a previous job's last step
         self.jobs_prepared_ahead = 0  # of those, prepared meanwhile (prepare_ahead)
@@ -164,19 +172,23 @@ class ModelWorker:
     async def _loop(self) -> None:
         if self.engine.preset is not None:
             await self._report(WorkerState.READY, self._preset_name)
-        while True:
+        # (A job received after ``leaving`` is set stays this worker's until it tells the queue it
+        # leaves, which queues it again: __del__.)
+        while not self.leaving:
             if self._ahead is not None:
                 task, prepared = await self._ahead
                 self._ahead = None
-                if task is not None:
+                if task is not None and not self.leaving:
                     await self._run(task, prepared)
-                    continue
+                continue
             try:
                 task = await self.queue.next_task(self.id, self._preset_name, POLL_S)
             except Exception:
                 log.warning("[ModelWorker] queue unreachable; retrying in 1s")
                 await asyncio.sleep(1.0)
                 continue
+            if self.leaving:
+                break
             if isinstance(task, LoadTask):
                 await self._load(task)
             elif isinstance(task, JobTask):
@@ -184,8 +196,8 @@ class ModelWorker:
 
     def _claim_ahead(self) -> None:
         """(On the event loop.) Start claiming (and with prepare_ahead, preparing) the next job, once
-        per running job."""
-        if self._ahead is None:
+        per running job (none once the replica is leaving)."""
+        if self._ahead is None and not self.leaving:
             self._ahead = asyncio.get_running_loop().create_task(self._fetch_ahead())
 
     async def _fetch_ahead(self):
@@ -280,6 +292,15 @@ class ModelWorker:
         return on_preview
 
     async def _run(self, task: JobTask, prepared=None) -> None:
+        """One job, with ``_current`` naming it until its result is encoded (a replica that is
+        stopping waits for that: ``__del__``)."""
+        self._current = task.job_id
+        try:
+            await self._generate(task, prepared)
+        finally:
+            self._current = None
+
+    async def _generate(self, task: JobTask, prepared=None) -> None:
         """Generate on the device; on a GPU, hand PNG encoding and the report to a background task so
         the next job's generation starts at once (encoding is CPU work, off the GPU's path)."""
         start = time.perf_counter()
@@ -338,6 +359,46 @@ class ModelWorker:
 
     async def _finish(self, task: JobTask, image, start: float, full_steps: int | None) -> None:
         await self.reports.outcome(await self._encode(task, image, start, full_steps))
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """(Serve calls it with ``worker.autoscaling``.) The queue's figures for the autoscaling
+        policy (``scaling.QueueDepthPolicy``): jobs queued and running, and whether this replica
+        holds a job. Without the queue's answer only the last, so the policy holds its target."""
+        own = {BUSY: float(self._current is not None)}
+        try:
+            figures = await asyncio.wait_for(self.queue.scaling_figures(), 5.0)
+        except Exception:
+            return own
+        return {QUEUED: float(figures["queued"]), RUNNING: float(figures["running"]), **own}
+
+    async def wake(self) -> str:
+        """The queue's call when jobs wait and no worker is up: it waits for a replica, so Serve
+        starts one (autoscaled to zero); answers this replica's id once it is constructed."""
+        return self.id
+
+    async def __del__(self):
+        """Serve stops this replica (scaled down, redeployed, the app deleted): take no new job,
+        let the running one finish (within ``graceful_stop_seconds``; Serve's
+        ``graceful_shutdown_timeout_s`` is longer), then tell the queue this worker leaves, which
+        queues again, uncharged, any job it still holds (one claimed meanwhile, or one that did
+        not finish in time). A hung job (no progress for its lease) is not waited for nor handed
+        back: its lease fails it as before, so a job that hangs every worker does not run for ever."""
+        self.leaving = True
+        if self.reports.stuck(self.engine.loading):
+            return
+        deadline = time.monotonic() + self.grace_s
+        while (self._current is not None or len(self._background)) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)  # (the outcome's report is background work: delivered first)
+        for task in (self._loop_task, self._heartbeat_task, self._ahead):
+            if task is not None:
+                task.cancel()
+        try:
+            handed_back = await asyncio.wait_for(self.queue.worker_left(self.id), 5.0)
+        except Exception:  # the queue is gone too (the app deleted): its restart restores the jobs
+            log.info("[ModelWorker] stopping; the queue did not answer", exc_info=True)
+            return
+        log.info("[ModelWorker] stopping; %s", f"job(s) {', '.join(j[:8] for j in handed_back)} queued again"
+                 if handed_back else "no job left unfinished")
 
     def check_health(self) -> None:
         """Raising asks Serve to replace this replica: its loop stopped, or a job made no progress for

@@ -23,6 +23,10 @@ from serve_app.config import IngressSettings, QueueSettings, Settings, WorkerSet
     ({"presets": {"qwen-4step": {"step_cache": {"threshold": 2}}}}, "step_cache.threshold"),
     ({"presets": {"qwen-4step": {"step_cache": {"fn": 8}}}}, "step_cache.fn"),
     ({"presets": {"qwen-4step": {"transformer_gguf": {"repo": "Org/X"}}}}, "needs either `path`, or both"),
+    ({"worker": {"num_replicas": 2, "autoscaling": {}}}, "set worker.num_replicas (a fixed number of workers) or "
+                                                         "worker.autoscaling"),
+    ({"worker": {"autoscaling": {"min_workers": 2, "max_workers": 1}}}, "min_workers (2) must not exceed"),
+    ({"worker": {"autoscaling": {"max_replicas": 2}}}, "max_replicas"),  # Serve's name, not ours
 ])
 def test_a_wrong_key_or_value_stops_the_build_naming_it(args, says, tmp_path):
     with pytest.raises(ValidationError, match=re.escape(says)):
@@ -101,3 +105,28 @@ def test_the_gpu_config_adds_a_cached_40_step_preset_and_leaves_the_others_uncac
     assert fast.step_cache is not None and fast.step_cache.threshold == 0.12 and fast.step_cache.warmup_steps == 8
     assert (fast.steps, fast.cfg_scale, fast.negative_prompt) == (40, 4.0, presets["qwen-40step"].negative_prompt)
     assert all(presets[n].step_cache is None for n in ("qwen-4step", "qwen-8step", "qwen-40step"))
+
+
+def test_autoscaling_workers_are_a_serve_autoscaling_config_with_the_queue_policy(tmp_path):
+    """The YAML's worker.autoscaling becomes the ModelWorker deployment's autoscaling_config (Serve's
+    own model accepts it); a stopping worker gets the graceful stop's time and a margin."""
+    from ray.serve.config import AutoscalingConfig
+
+    from serve_app.deployments import build_app
+
+    s = build_settings({"state_dir": str(tmp_path), "graceful_stop_seconds": 20,
+                        "worker": {"autoscaling": {"min_workers": 0, "max_workers": 3, "jobs_per_worker": 2,
+                                                   "downscale_delay_seconds": 30, "look_back_seconds": 4}}})
+    config = AutoscalingConfig(**s.worker.autoscaling.serve_config())
+    assert (config.min_replicas, config.max_replicas, config.initial_replicas) == (0, 3, 0)
+    assert config.downscale_delay_s == 30 and config.downscale_to_zero_delay_s is None
+    assert config.look_back_period_s == 4 and config.metrics_interval_s == 2
+    assert config.policy.policy_function == "serve_app.worker.scaling:QueueDepthPolicy"
+    assert config.policy.policy_kwargs == {"jobs_per_worker": 2}
+    assert s.worker_graceful_seconds == 30
+    app = build_app({"state_dir": str(tmp_path), "worker": {"autoscaling": {"max_workers": 2}}})
+    workers = app._bound_deployment.init_args[1]  # Ingress(queue, workers, settings)
+    options = workers._bound_deployment._deployment_config
+    assert options.autoscaling_config.max_replicas == 2 and options.graceful_shutdown_timeout_s == 40
+    fixed = build_settings({"state_dir": str(tmp_path)})
+    assert fixed.worker.autoscaling is None and fixed.worker.num_replicas == 1

@@ -59,6 +59,7 @@ class JobStatusResponse(_Answer):
     priority: str = "normal"
     preview_step: int | None = None
     full_steps: int | None = None  # of a completed job: steps run in full (a preset's step cache skips some)
+    message: str | None = None  # why a queued job waits, when it is not the jobs ahead (a worker starting)
 
 
 class JobListResponse(_Answer):
@@ -95,6 +96,15 @@ class WorkerView(_Answer):
     refused: dict[str, str] | None = None  # presets this worker will not run (a bad GGUF file), with why
 
 
+class AutoscalingView(_Answer):
+    min_workers: int = 0
+    max_workers: int = 0
+    workers: int = 0
+    starting: bool = False
+    expected_start_seconds: float = 0.0
+    measured_start_seconds: list[float] = Field(default_factory=list)
+
+
 class HealthResponse(_Answer):
     status: str
     current_model: str | None = None
@@ -105,6 +115,7 @@ class HealthResponse(_Answer):
     queue_cleanup_age_seconds: float = 0.0
     workers: list[WorkerView] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
+    autoscaling: AutoscalingView | None = None
 
 
 class PresetView(_Answer):
