@@ -5,9 +5,11 @@ config/serve.gpu.yaml, so the two never drift.
     python deploy/kubernetes/make_rayservice.py --check   # exit 1 if the manifest is not what this writes
 
 What changes from config/serve.gpu.yaml: the state folder is the head's PersistentVolumeClaim, the queue
-and ingress need the head's `qwen_head` resource, each worker needs a GPU node's `qwen_gpu_node`, and
-`worker.num_replicas` is the GPU worker group's size (one GPU per pod). Edit the cluster's shape here
-(images, sizes, replicas), never in the generated file. Needs only PyYAML.
+and ingress need the head's `qwen_head` resource, each worker needs a GPU node's `qwen_gpu_node`, and the
+workers autoscale (`worker.autoscaling`, 0 to GPU_PODS_MAX): KubeRay's in-tree autoscaler adds a GPU pod
+when Serve asks for a worker that no node can hold and removes one idle for IDLE_NODE_SECONDS (one GPU
+per pod). Edit the cluster's shape here (images, sizes, bounds), never in the generated file. Needs only
+PyYAML.
 """
 
 import argparse
@@ -23,7 +25,13 @@ KUBERAY = "v1.7.0"  # the KubeRay release whose RayService API this targets (ray
 RAY_VERSION = "2.60.0"  # as pinned in pyproject.toml (a test checks)
 IMAGE = "qwen-image-edit:gpu"  # the Dockerfile's image, pushed to your registry
 NAME = "qwen-image-edit"
-GPU_PODS = 2
+GPU_PODS_MAX = 4  # the GPU worker group scales from 0 to this, as the workers do
+IDLE_NODE_SECONDS = 120  # KubeRay's autoscaler removes a GPU pod idle this long (its worker gone)
+# The workers: none while nothing waits for 10 minutes (a cold start costs a GPU node, the image's
+# pull and the weights' load: minutes; set min_workers: 1 to keep one warm).
+WORKER_SCALING = {"min_workers": 0, "max_workers": GPU_PODS_MAX, "jobs_per_worker": 1, "upscale_delay_seconds": 5,
+                  "downscale_delay_seconds": 300, "downscale_to_zero_delay_seconds": 600,
+                  "look_back_seconds": 20, "cold_start_seconds": 300}
 STATE = "/home/ray/qwen-image-edit/state"  # the image's working folder + state (its VOLUME)
 HF_CACHE = "/home/ray/.cache/huggingface"
 
@@ -38,7 +46,8 @@ def serve_config() -> dict:
         args["queue_resources"] = {"qwen_head": 1}
         args["ingress_resources"] = {"qwen_head": 1}
         worker = args.setdefault("worker", {})
-        worker["num_replicas"] = GPU_PODS
+        worker.pop("num_replicas", None)
+        worker["autoscaling"] = dict(WORKER_SCALING)
         worker["resources"] = {"qwen_gpu_node": 1}
     return {"proxy_location": config.get("proxy_location", "EveryNode"),
             "logging_config": config.get("logging_config", {}), "applications": apps}
@@ -68,7 +77,7 @@ def manifest() -> list[dict]:
         }},
     }
     gpu = {
-        "groupName": "gpu", "replicas": GPU_PODS, "minReplicas": 1, "maxReplicas": 8,
+        "groupName": "gpu", "replicas": 0, "minReplicas": 0, "maxReplicas": GPU_PODS_MAX,
         "rayStartParams": {},
         "resources": {"qwen_gpu_node": "1"},
         "template": {"spec": {
@@ -86,7 +95,11 @@ def manifest() -> list[dict]:
             # upgrade would start one with its own head and queue before switching traffic).
             "upgradeStrategy": {"type": "None"},
             "serveConfigV2": yaml.safe_dump(serve_config(), sort_keys=False),
-            "rayClusterConfig": {"rayVersion": RAY_VERSION, "headGroupSpec": head, "workerGroupSpecs": [gpu]},
+            "rayClusterConfig": {"rayVersion": RAY_VERSION,
+                                 # GPU pods follow the workers Serve asks for (worker.autoscaling).
+                                 "enableInTreeAutoscaling": True,
+                                 "autoscalerOptions": {"idleTimeoutSeconds": IDLE_NODE_SECONDS},
+                                 "headGroupSpec": head, "workerGroupSpecs": [gpu]},
         },
     }
     return [state_claim, service]

@@ -92,7 +92,10 @@ def test_the_serve_config_inside_is_a_valid_app_config_placed_for_the_cluster():
     head, gpu = cluster["headGroupSpec"], cluster["workerGroupSpecs"][0]
     assert float(head["resources"]["qwen_head"]) >= args.queue_resources["qwen_head"] + 1  # + an ingress
     assert set(args.worker.resources) == set(gpu["resources"]) and args.worker.num_gpus == 1
-    assert args.worker.num_replicas == gpu["replicas"]
+    scaling = args.worker.autoscaling  # the workers follow the queue; the GPU pods follow the workers
+    assert cluster["enableInTreeAutoscaling"] is True
+    assert (gpu["minReplicas"], gpu["maxReplicas"]) == (scaling.min_workers, scaling.max_workers) == (0, 4)
+    assert gpu["replicas"] == 0 and scaling.downscale_to_zero_delay_seconds >= 300
     assert gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     mounts = head["template"]["spec"]["containers"][0]["volumeMounts"]
     assert [m["mountPath"] for m in mounts] == [args.state_dir]  # the state folder is the claim
