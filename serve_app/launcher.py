@@ -189,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     use_cluster_env({k: v for args in ours.values() for k, v in args.cluster_env().items()}, opts.address)
     stop = _Stop()
     extra = {"_metrics_export_port": opts.metrics_port} if opts.metrics_port and not opts.address else {}
-    ray.init(address=opts.address, namespace="serve", **extra)
+    # "local": a cluster of its own. Without --address, ray.init would join the latest cluster
+    # started on this machine (/tmp/ray/ray_current_cluster), and deploy into someone else's.
+    ray.init(address=opts.address or "local", namespace="serve", **extra)
     # After ray.init: Ray installs its own SIGTERM handler, which would end the process at once.
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

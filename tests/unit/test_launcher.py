@@ -58,7 +58,7 @@ def test_http_proxy_haproxy_switches_serve_before_the_cluster_starts(tmp_path, m
     """Serve reads the switch from the environment its processes start with: qwen-serve sets it
     before ray.init, for a cluster it starts."""
     seen = _env_at_init(tmp_path, monkeypatch, http_proxy="haproxy")
-    assert all(seen[name] == "1" for name in SWITCHES) and seen["address"] is None
+    assert all(seen[name] == "1" for name in SWITCHES) and seen["address"] == "local"  # never another's
     seen = _env_at_init(tmp_path, monkeypatch)
     assert all(seen[name] == "0" for name in SWITCHES)  # python: untouched
 
