@@ -1,12 +1,14 @@
 """Workers that follow the queue against fixed workers, on this machine's three-node cluster with
 faked GPUs (``tests/autoscaling_check.py``'s): the seconds from a submit to the first step when no
 worker is up (a cold start, tiny model), and the jobs per minute of a burst of ten jobs arriving at
-an idle server that autoscales from zero to two workers, against two workers always up.
+an idle server that autoscales to two workers from zero and from one kept warm, against two workers
+always up.
 
     .venv/bin/python bench/autoscaling.py --rounds 2 --out bench/results/autoscaling-cpu-DATE.json
 
-Each round: the autoscaled app from zero (its burst includes the cold start and the second
-worker's), then, after it is removed, the fixed app (two workers, ready before its burst). One JSON
+Each round, one app after the other: autoscaled from zero (its burst waits for the first worker's
+start and the second's), autoscaled with ``min_workers: 1`` (one worker ready before its burst, the
+second started by it), and fixed (two workers, ready before its burst). One JSON
 object; ``--out`` writes it too.
 """
 
@@ -40,21 +42,28 @@ def main() -> None:
             st.until("no worker up", lambda: st.health()["autoscaling"]["workers"] == 0, 60)
             auto = burst(st, args.jobs, seed=100 * i)
             serve.delete(f"auto{i}", _blocking=True)
+            st = cluster.deploy(f"warm{i}", {"autoscaling": {**SCALING, "min_workers": 1}})
+            st.until("one worker ready", lambda: [w["state"] for w in st.health()["workers"]] == ["ready"], 240, 0.5)
+            warm = burst(st, args.jobs, seed=100 * i)
+            serve.delete(f"warm{i}", _blocking=True)
             st = cluster.deploy(f"fixed{i}", {"num_replicas": 2})
             st.until("two workers ready", lambda: sum(w["state"] == "ready" for w in st.health()["workers"]) == 2,
                      240, 0.5)
             fixed = burst(st, args.jobs, seed=100 * i)
             serve.delete(f"fixed{i}", _blocking=True)
-            for name, ran in (("autoscaled", auto), ("fixed", fixed)):
+            for name, ran in (("autoscaled", auto), ("warm", warm), ("fixed", fixed)):
                 assert [s["status"] for s in ran["states"]] == ["completed"] * args.jobs, (name, ran["states"])
             row = {"cold_start_to_first_step_s": auto["first_step_s"], "autoscaled_jobs_per_minute":
                    auto["jobs_per_minute"], "autoscaled_peak_workers": auto["peak_workers"],
+                   "warm_jobs_per_minute": warm["jobs_per_minute"], "warm_peak_workers": warm["peak_workers"],
                    "fixed_jobs_per_minute": fixed["jobs_per_minute"], "fixed_first_step_s": fixed["first_step_s"],
-                   "ratio": round(auto["jobs_per_minute"] / fixed["jobs_per_minute"], 3)}
+                   "ratio": round(auto["jobs_per_minute"] / fixed["jobs_per_minute"], 3),
+                   "warm_ratio": round(warm["jobs_per_minute"] / fixed["jobs_per_minute"], 3)}
             print(json.dumps({"round": i + 1, **row}), flush=True)
             rounds.append(row)
     out = {"when": time.strftime("%Y-%m-%d %H:%M"), "jobs": args.jobs, "scaling": SCALING, "rounds": rounds,
            "median_ratio": statistics.median(r["ratio"] for r in rounds),
+           "median_warm_ratio": statistics.median(r["warm_ratio"] for r in rounds),
            "median_cold_start_to_first_step_s": statistics.median(r["cold_start_to_first_step_s"] for r in rounds)}
     print(json.dumps(out))
     if args.out:

@@ -28,7 +28,7 @@ from ray import serve
 from ray.cluster_utils import Cluster
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.helpers import KEY, SLOW, config_args, free_port, merged, photo, qwen_metrics  # noqa: E402
+from tests.helpers import KEY, SLOW, config_args, free_port, merged, photo, qwen_metrics, wait_for  # noqa: E402
 
 MID = {**SLOW, "steps": 12, "nominal_seconds": 3.0}
 LONG = {**SLOW, "steps": 100, "resolution": 512, "nominal_seconds": 50.0}
@@ -67,13 +67,7 @@ class Station:
 
     def until(self, what, check, timeout: float, every: float = 0.2):
         """The first truthy ``check()`` within ``timeout`` seconds, else fail naming ``what``."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = check()
-            if value:
-                return value
-            time.sleep(every)
-        raise AssertionError(f"{what}: not within {timeout:g}s; health: {self.health()}")
+        return wait_for(check, timeout, every, show=lambda: f"{what}: not within {timeout:g}s; health: {self.health()}")
 
     def done(self, job_id: str, timeout: float) -> dict:
         return self.until(f"job {job_id[:8]} finished", lambda: (s := self.status(job_id))["status"] in (
