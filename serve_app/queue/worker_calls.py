@@ -28,6 +28,11 @@ class WorkerCalls:
     def _usable_workers(self) -> list[WorkerInfo]:
         return self.registry.usable()
 
+    def _count_slots(self) -> None:
+        """The core's ETAs count one slot per usable worker (one at least) after a worker joins,
+        leaves or goes silent."""
+        self.core.worker_slots = max(1, len(self._usable_workers()))
+
     async def _prune_workers(self) -> None:
         for wid in self.registry.forget_silent():
             log.warning("[JobQueue] Worker %s went silent; forgetting it", wid)
@@ -41,7 +46,7 @@ class WorkerCalls:
                 elif job.id in expired:
                     await self._interrupted(job, f"no progress for {self.registry.lease_s:g}s (lease expired)",
                                       LEASE_EXPIRED.format(seconds=self.registry.lease_s))
-        self.core.worker_slots = max(1, len(self._usable_workers()))
+        self._count_slots()
         if self.load:
             self.load.pending &= alive
         self._follow_workers()
@@ -77,7 +82,7 @@ class WorkerCalls:
             log.info("[JobQueue] Job %s queued again: its worker %s is stopping", job.id[:8], worker_id,
                      extra=for_job(job.id))
         log.info("[JobQueue] Worker %s left", worker_id)
-        self.core.worker_slots = max(1, len(self._usable_workers()))
+        self._count_slots()
         self._follow_workers()
         self._notify()
         return [job.id for job in held]
@@ -124,7 +129,7 @@ class WorkerCalls:
     def _worker(self, worker_id: str) -> WorkerInfo:
         info, new = self.registry.seen(worker_id)
         if new:
-            self.core.worker_slots = max(1, len(self._usable_workers()))
+            self._count_slots()
             log.info("[JobQueue] Worker %s joined", worker_id)
         return info
 
